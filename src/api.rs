@@ -1,0 +1,602 @@
+//! HTTP handlers for the decision API (`/v1/check`, `/v1/check/batch`) and the probes
+//! (`/healthz`, `/readyz`). Raw JSON becomes a typed [`CheckRequest`] here, once, at the edge;
+//! every error becomes a response in one place, [`ApiError::into_response`].
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Body;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::decision::{
+    CheckRequest, Decision, DecisionId, Engine, Outcome, PolicyError, RequestError,
+};
+use crate::state::State;
+
+/// Reason a batch item reports when it could not be evaluated.
+pub const REASON_INVALID_REQUEST: &str = "invalid_request";
+
+/// Limits of the decision API.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+    /// Most checks in one batch.
+    pub max_batch: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 64 * 1024,
+            max_batch: 100,
+        }
+    }
+}
+
+/// The decision API: cheap to clone, one per connection.
+#[derive(Debug, Clone)]
+pub struct Api {
+    state: Arc<State>,
+    config: Arc<ApiConfig>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Api {
+    /// An API over `state`.
+    pub fn new(state: Arc<State>, config: ApiConfig) -> Self {
+        Self {
+            state,
+            config: Arc::new(config),
+        }
+    }
+
+    /// Answer one HTTP request. Never fails: every error is a JSON response.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let result = match (request.uri().path(), request.method()) {
+            ("/v1/check", &Method::POST) => self.check(request).await,
+            ("/v1/check/batch", &Method::POST) => self.check_batch(request).await,
+            ("/healthz", &Method::GET | &Method::HEAD) => Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({"status": "ok"}),
+            )),
+            ("/readyz", &Method::GET | &Method::HEAD) => Ok(self.readyz()),
+            ("/v1/check" | "/v1/check/batch", _) => {
+                Err(ApiError::MethodNotAllowed { allow: "POST" })
+            }
+            ("/healthz" | "/readyz", _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
+            (path, _) => Err(ApiError::NotFound(path.to_owned())),
+        };
+        result.unwrap_or_else(ApiError::into_response)
+    }
+
+    async fn check<B>(&self, request: Request<B>) -> Result<Response<Full<Bytes>>, ApiError>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let body = self.read_json_body(request).await?;
+        let check: CheckRequest = parse_json(&body)?;
+        let loaded = self.state.current();
+        let loaded = loaded.as_ref().ok_or_else(|| self.not_ready())?;
+        let engine = &loaded.engine;
+        let outcome = engine.decide(check).map_err(ApiError::Request)?;
+        Ok(json_response(
+            StatusCode::OK,
+            &CheckResponse::new(engine, outcome),
+        ))
+    }
+
+    async fn check_batch<B>(&self, request: Request<B>) -> Result<Response<Full<Bytes>>, ApiError>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let body = self.read_json_body(request).await?;
+        let batch: BatchRequest = parse_json(&body)?;
+        if batch.checks.len() > self.config.max_batch {
+            return Err(ApiError::BatchTooLarge {
+                max: self.config.max_batch,
+                got: batch.checks.len(),
+            });
+        }
+        let loaded = self.state.current();
+        let loaded = loaded.as_ref().ok_or_else(|| self.not_ready())?;
+        let engine = &loaded.engine;
+        let results: Vec<BatchItem<'_>> = batch
+            .checks
+            .into_iter()
+            .enumerate()
+            .map(|(index, item)| decide_item(engine, index, item))
+            .collect();
+        Ok(json_response(StatusCode::OK, &BatchResponse { results }))
+    }
+
+    fn not_ready(&self) -> ApiError {
+        ApiError::NotReady(self.state.last_error().map_or_else(
+            || "no policy package and registry loaded".to_owned(),
+            |e| e.to_string(),
+        ))
+    }
+
+    fn readyz(&self) -> Response<Full<Bytes>> {
+        let loaded = self.state.current();
+        let (status, checks) = match (loaded.as_ref(), self.state.last_error()) {
+            (Some(_), None) => (
+                "ready",
+                vec![Check::pass("policy"), Check::pass("registry")],
+            ),
+            (Some(_), Some(error)) => (
+                "degraded",
+                vec![Check {
+                    name: "reload",
+                    status: "warn",
+                    reason: Some(format!(
+                        "last load failed, previous version still serves: {error}"
+                    )),
+                }],
+            ),
+            (None, error) => (
+                "unready",
+                vec![Check {
+                    name: "policy_and_registry",
+                    status: "fail",
+                    reason: Some(
+                        error.map_or_else(|| "not loaded yet".to_owned(), |e| e.to_string()),
+                    ),
+                }],
+            ),
+        };
+        let code = if status == "unready" {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
+        json_response(
+            code,
+            &serde_json::json!({"status": status, "checks": checks}),
+        )
+    }
+
+    async fn read_json_body<B>(&self, request: Request<B>) -> Result<Bytes, ApiError>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        if let Some(content_type) = request.headers().get(CONTENT_TYPE) {
+            if !is_json(content_type) {
+                return Err(ApiError::UnsupportedMediaType(
+                    String::from_utf8_lossy(content_type.as_bytes()).into_owned(),
+                ));
+            }
+        }
+        let limit = self.config.max_body_bytes;
+        let declared = request
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit as u64) {
+            return Err(ApiError::BodyTooLarge { limit });
+        }
+        match Limited::new(request.into_body(), limit).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                Err(ApiError::BodyTooLarge { limit })
+            }
+            Err(e) => Err(ApiError::BodyRead(e.to_string())),
+        }
+    }
+}
+
+fn is_json(content_type: &HeaderValue) -> bool {
+    let Ok(text) = content_type.to_str() else {
+        return false;
+    };
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+fn decide_item(engine: &Engine, index: usize, item: Value) -> BatchItem<'_> {
+    let check: Result<CheckRequest, ApiError> = serde_path_to_error::deserialize(item)
+        .map_err(|e| classify_json_error(e.path().to_string(), e.into_inner()));
+    let error = match check {
+        Ok(check) => match engine.decide(check) {
+            Ok(outcome) => return BatchItem::Decided(CheckResponse::new(engine, outcome)),
+            Err(e) => ApiError::Request(e),
+        },
+        Err(e) => e,
+    };
+    let body = error.body_with_field_prefix(&format!("checks[{index}]"));
+    BatchItem::Failed {
+        decision: Decision::Deny,
+        allowed: false,
+        decision_id: DecisionId::generate(),
+        reasons: [REASON_INVALID_REQUEST],
+        policies: [],
+        fail_closed: true,
+        policy_version: engine.policy().hash().as_str(),
+        registry_version: engine.registry().hash().as_str(),
+        error: body,
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    checks: Vec<Value>,
+}
+
+/// The response to one check (design §3).
+#[derive(Debug, Serialize)]
+pub struct CheckResponse<'a> {
+    decision: Decision,
+    allowed: bool,
+    decision_id: DecisionId,
+    reasons: Vec<String>,
+    policies: Vec<String>,
+    fail_closed: bool,
+    policy_version: &'a str,
+    registry_version: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<PolicyError>,
+}
+
+impl<'a> CheckResponse<'a> {
+    /// The wire form of an outcome of `engine`.
+    pub fn new(engine: &'a Engine, outcome: Outcome) -> Self {
+        Self {
+            decision: outcome.decision,
+            allowed: outcome.decision == Decision::Allow,
+            decision_id: outcome.id,
+            reasons: outcome.reasons,
+            policies: outcome.policies,
+            fail_closed: true,
+            policy_version: engine.policy().hash().as_str(),
+            registry_version: engine.registry().hash().as_str(),
+            errors: outcome.errors,
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BatchItem<'a> {
+    Decided(CheckResponse<'a>),
+    Failed {
+        decision: Decision,
+        allowed: bool,
+        decision_id: DecisionId,
+        reasons: [&'static str; 1],
+        policies: [&'static str; 0],
+        fail_closed: bool,
+        policy_version: &'a str,
+        registry_version: &'a str,
+        error: ErrorBody,
+    },
+}
+
+#[derive(Serialize)]
+struct BatchResponse<'a> {
+    results: Vec<BatchItem<'a>>,
+}
+
+#[derive(Serialize)]
+struct Check {
+    name: &'static str,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+impl Check {
+    fn pass(name: &'static str) -> Self {
+        Self {
+            name,
+            status: "pass",
+            reason: None,
+        }
+    }
+}
+
+/// Everything that can go wrong answering a request.
+#[derive(Debug)]
+pub enum ApiError {
+    /// The body is not JSON.
+    InvalidJson(String),
+    /// A required field is absent.
+    MissingField(String),
+    /// A field the API does not know.
+    UnknownField(String),
+    /// A field has the wrong type or value.
+    InvalidField {
+        /// Dotted path of the field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The engine rejected the request for this package.
+    Request(RequestError),
+    /// Body over the limit.
+    BodyTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// Batch over the limit.
+    BatchTooLarge {
+        /// The limit.
+        max: usize,
+        /// What was sent.
+        got: usize,
+    },
+    /// Content type other than JSON.
+    UnsupportedMediaType(String),
+    /// The body could not be read.
+    BodyRead(String),
+    /// No such path.
+    NotFound(String),
+    /// Path exists, method does not.
+    MethodNotAllowed {
+        /// The `Allow` header value.
+        allow: &'static str,
+    },
+    /// No policy package and registry are loaded.
+    NotReady(String),
+}
+
+/// The JSON `error` object.
+#[derive(Debug, Serialize)]
+struct ErrorBody {
+    code: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidJson(_)
+            | Self::MissingField(_)
+            | Self::UnknownField(_)
+            | Self::InvalidField { .. }
+            | Self::Request(_)
+            | Self::BodyRead(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge { .. } | Self::BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn body(&self) -> ErrorBody {
+        let (code, message, field) = match self {
+            Self::InvalidJson(m) => (
+                "invalid_json",
+                format!("request body is not valid JSON: {m}"),
+                None,
+            ),
+            Self::MissingField(f) => (
+                "missing_field",
+                format!("missing required field `{f}`"),
+                Some(f.clone()),
+            ),
+            Self::UnknownField(f) => (
+                "unknown_field",
+                format!("unknown field `{f}`"),
+                Some(f.clone()),
+            ),
+            Self::InvalidField { field, message } => (
+                "invalid_field",
+                format!("`{field}`: {message}"),
+                Some(field.clone()),
+            ),
+            Self::Request(e) => (
+                "invalid_request",
+                format!("`{}`: {}", e.field, e.message),
+                Some(e.field.to_owned()),
+            ),
+            Self::BodyTooLarge { limit } => (
+                "body_too_large",
+                format!("request body exceeds {limit} bytes"),
+                None,
+            ),
+            Self::BatchTooLarge { max, got } => (
+                "batch_too_large",
+                format!("batch holds {got} checks; at most {max} are accepted"),
+                Some("checks".to_owned()),
+            ),
+            Self::UnsupportedMediaType(ct) => (
+                "unsupported_media_type",
+                format!("content type `{ct}` is not supported; send `application/json`"),
+                None,
+            ),
+            Self::BodyRead(m) => (
+                "body_read_error",
+                format!("could not read the request body: {m}"),
+                None,
+            ),
+            Self::NotFound(p) => ("not_found", format!("no endpoint at `{p}`"), None),
+            Self::MethodNotAllowed { allow } => (
+                "method_not_allowed",
+                format!("method not allowed; use {allow}"),
+                None,
+            ),
+            Self::NotReady(m) => (
+                "not_ready",
+                format!("cannot decide, treat as deny: {m}"),
+                None,
+            ),
+        };
+        ErrorBody {
+            code,
+            message,
+            field,
+        }
+    }
+
+    fn body_with_field_prefix(&self, prefix: &str) -> ErrorBody {
+        let mut body = self.body();
+        body.field = Some(match body.field.take() {
+            Some(f) => format!("{prefix}.{f}"),
+            None => prefix.to_owned(),
+        });
+        body
+    }
+
+    /// The HTTP response for this error: the one place errors become status codes.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let body = self.body();
+        let payload = if status == StatusCode::SERVICE_UNAVAILABLE {
+            serde_json::json!({"error": body, "fail_closed": true})
+        } else {
+            serde_json::json!({"error": body})
+        };
+        let mut response = json_response(status, &payload);
+        if let Self::MethodNotAllowed { allow } = self {
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        response
+    }
+}
+
+/// Parse a JSON body into `T`, naming the field at fault.
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| classify_json_error(e.path().to_string(), e.into_inner()))?;
+    de.end().map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    Ok(value)
+}
+
+fn classify_json_error(path: String, error: serde_json::Error) -> ApiError {
+    use serde_json::error::Category;
+    match error.classify() {
+        Category::Syntax | Category::Eof | Category::Io => ApiError::InvalidJson(error.to_string()),
+        Category::Data => {
+            let message = error.to_string();
+            let quoted = message
+                .split('`')
+                .nth(1)
+                .map(str::to_owned)
+                .unwrap_or_default();
+            let join = |name: &str| {
+                if path == "." || path.is_empty() {
+                    name.to_owned()
+                } else {
+                    format!("{path}.{name}")
+                }
+            };
+            if message.starts_with("missing field") {
+                ApiError::MissingField(join(&quoted))
+            } else if message.starts_with("unknown field") {
+                ApiError::UnknownField(join(&quoted))
+            } else {
+                let message = match message.rfind(" at line ") {
+                    Some(i) => message.get(..i).unwrap_or(&message).to_owned(),
+                    None => message,
+                };
+                let field = if path == "." {
+                    "request".to_owned()
+                } else {
+                    path
+                };
+                ApiError::InvalidField { field, message }
+            }
+        }
+    }
+}
+
+fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+    // Serializing our own response types cannot fail (string keys, no custom serializers that
+    // error); should it ever, answer 503 rather than an empty 200.
+    let (status, bytes) = match serde_json::to_vec(body) {
+        Ok(bytes) => (status, bytes),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            br#"{"error":{"code":"internal_error","message":"could not encode the response"},"fail_closed":true}"#.to_vec(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types() {
+        for ok in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON",
+            "application/authzen+json",
+        ] {
+            assert!(is_json(&HeaderValue::from_static(ok)), "{ok}");
+        }
+        for bad in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "application/jsonx",
+        ] {
+            assert!(!is_json(&HeaderValue::from_static(bad)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let missing =
+            parse_json::<CheckRequest>(br#"{"subject":{"id":"a"},"action":"sign"}"#).unwrap_err();
+        assert!(
+            matches!(missing, ApiError::MissingField(ref f) if f == "resource"),
+            "{missing:?}"
+        );
+        let nested = parse_json::<CheckRequest>(
+            br#"{"subject":{},"action":"sign","resource":{"type":"A","id":"b"}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(nested, ApiError::MissingField(ref f) if f == "subject.id"),
+            "{nested:?}"
+        );
+        let wrong = parse_json::<CheckRequest>(
+            br#"{"subject":{"id":5},"action":"sign","resource":{"type":"A","id":"b"}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(wrong, ApiError::InvalidField { ref field, .. } if field == "subject.id"),
+            "{wrong:?}"
+        );
+        let syntax = parse_json::<CheckRequest>(br#"{"subject":"#).unwrap_err();
+        assert!(matches!(syntax, ApiError::InvalidJson(_)));
+        let trailing = parse_json::<CheckRequest>(
+            br#"{"subject":{"id":"a"},"action":"s","resource":{"type":"A","id":"b"}} x"#,
+        )
+        .unwrap_err();
+        assert!(matches!(trailing, ApiError::InvalidJson(_)));
+    }
+}

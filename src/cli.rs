@@ -1,0 +1,352 @@
+//! The subcommands: each takes its parsed arguments and returns the process exit code. Output
+//! for people goes to stdout, errors to stderr; nothing here is called by the rest of the crate.
+
+use std::io::Read as _;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+use crate::api::{Api, ApiConfig, CheckResponse};
+use crate::config::{CheckArgs, ConfigError, ServeArgs, SourceArgs, TestArgs};
+use crate::decision::{CheckRequest, ResourceRef, SubjectRef};
+use crate::server::{shutdown_signal, Server};
+use crate::state::{self, State};
+use crate::suite;
+
+/// Exit code: allowed / valid / all tests passed.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: denied / invalid / a test failed.
+pub const EXIT_DENY: u8 = 1;
+/// Exit code: no decision could be obtained (treat as deny).
+pub const EXIT_CANNOT_DECIDE: u8 = 2;
+/// Exit code: the configuration cannot run (EX_CONFIG).
+pub const EXIT_CONFIG: u8 = 78;
+
+fn config_error(e: &ConfigError) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// `flex-auth serve`.
+pub fn serve(args: ServeArgs) -> ExitCode {
+    let sources = match args.sources.sources() {
+        Ok(s) => s,
+        Err(e) => return config_error(&e),
+    };
+    let state = Arc::new(State::new(sources));
+    match state.reload() {
+        Ok(()) => {
+            if let Some(loaded) = state.current().as_ref() {
+                let engine = &loaded.engine;
+                tracing::info!(
+                    package = engine.policy().name(),
+                    policy_version = %engine.policy().hash(),
+                    policies = engine.policy().policy_count(),
+                    registry_version = %engine.registry().hash(),
+                    entities = engine.registry().entity_count(),
+                    "loaded policy package and registry"
+                );
+                for warning in engine.policy().warnings() {
+                    tracing::warn!(%warning, "policy validation warning");
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "load failed; serving unready (every check answers 503)")
+        }
+    }
+    let config = ApiConfig {
+        max_body_bytes: usize::try_from(args.max_body_bytes).unwrap_or(usize::MAX),
+        max_batch: usize::try_from(args.max_batch).unwrap_or(usize::MAX),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let server =
+            match Server::bind(args.listen, Api::new(state, config), args.shutdown_grace).await {
+                Ok(server) => server,
+                Err(e) => {
+                    eprintln!("error: cannot listen on {}: {e}", args.listen);
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+        let addr = server
+            .local_addr()
+            .map_or_else(|_| args.listen.to_string(), |a| a.to_string());
+        tracing::info!(%addr, "listening");
+        if !args.listen.ip().is_loopback() {
+            tracing::warn!(%addr, "serving plain HTTP on a non-loopback address");
+        }
+        server.serve(shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// `flex-auth validate`.
+pub fn validate(args: &SourceArgs) -> ExitCode {
+    let sources = match args.sources() {
+        Ok(s) => s,
+        Err(e) => return config_error(&e),
+    };
+    match state::load(&sources) {
+        Ok(engine) => {
+            let policy = engine.policy();
+            let registry = engine.registry();
+            for warning in policy.warnings() {
+                eprintln!("warning: {warning}");
+            }
+            println!(
+                "ok: package `{}`{} ({} policies, {}, version {}) with {} ({} entities, version {})",
+                policy.name(),
+                policy
+                    .declared_version()
+                    .map(|v| format!(" {v}"))
+                    .unwrap_or_default(),
+                policy.policy_count(),
+                if policy.schema().is_some() { "schema-validated" } else { "no schema" },
+                policy.hash(),
+                match &sources.registry {
+                    state::RegistrySource::Snapshot(p) | state::RegistrySource::Entities(p) =>
+                        format!("`{}`", p.display()),
+                },
+                registry.entity_count(),
+                registry.hash(),
+            );
+            ExitCode::from(EXIT_OK)
+        }
+        Err(e) => {
+            eprintln!("invalid: {e}");
+            ExitCode::from(EXIT_DENY)
+        }
+    }
+}
+
+/// `flex-auth test`.
+pub fn test(args: &TestArgs) -> ExitCode {
+    let sources = match args.sources.sources() {
+        Ok(s) => s,
+        Err(e) => return config_error(&e),
+    };
+    let engine = match state::load(&sources) {
+        Ok(engine) => engine,
+        Err(e) => {
+            eprintln!("invalid: {e}");
+            return ExitCode::from(EXIT_DENY);
+        }
+    };
+    let (mut passed, mut failed) = (0usize, 0usize);
+    for path in &args.cases {
+        let file = match suite::load_cases(path) {
+            Ok(file) => file,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_DENY);
+            }
+        };
+        println!("{}", path.display());
+        for result in suite::run_cases(&engine, file) {
+            println!("  {result}");
+            if result.failure.is_some() {
+                failed += 1;
+            } else {
+                passed += 1;
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 && passed > 0 {
+        ExitCode::from(EXIT_OK)
+    } else {
+        if passed + failed == 0 {
+            eprintln!("error: no test cases found");
+        }
+        ExitCode::from(EXIT_DENY)
+    }
+}
+
+/// `flex-auth check`.
+pub fn check(args: &CheckArgs) -> ExitCode {
+    let request = match build_request(args) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CANNOT_DECIDE);
+        }
+    };
+    let response = match &args.url {
+        Some(url) => check_remote(url, &request, args.timeout),
+        None => check_local(&args.sources, request),
+    };
+    match response {
+        Ok(body) => report(&body, args.json),
+        Err(e) => {
+            eprintln!("cannot decide (treat as deny): {e}");
+            ExitCode::from(EXIT_CANNOT_DECIDE)
+        }
+    }
+}
+
+fn build_request(args: &CheckArgs) -> Result<CheckRequest, String> {
+    if let Some(path) = &args.request {
+        let text = if path == Path::new("-") {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| format!("cannot read the request from stdin: {e}"))?;
+            text
+        } else {
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?
+        };
+        return serde_json::from_str(&text).map_err(|e| format!("invalid request JSON: {e}"));
+    }
+    let subject = args
+        .subject
+        .clone()
+        .ok_or("missing --subject (or --request)")?;
+    let action = args
+        .action
+        .clone()
+        .ok_or("missing --action (or --request)")?;
+    let resource_id = args
+        .resource_id
+        .clone()
+        .unwrap_or_else(|| subject.strip_prefix("iam:").unwrap_or(&subject).to_owned());
+    let context = match &args.context {
+        Some(text) => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(map)) => Some(map),
+            Ok(_) => return Err("--context must be a JSON object".to_owned()),
+            Err(e) => return Err(format!("--context is not valid JSON: {e}")),
+        },
+        None => None,
+    };
+    Ok(CheckRequest {
+        subject: SubjectRef {
+            entity_type: args.subject_type.clone(),
+            id: subject,
+        },
+        action,
+        resource: ResourceRef {
+            entity_type: args.resource_type.clone(),
+            id: resource_id,
+        },
+        context,
+    })
+}
+
+fn check_local(sources: &SourceArgs, request: CheckRequest) -> Result<Value, String> {
+    let sources = sources.sources().map_err(|e| e.to_string())?;
+    let engine = state::load(&sources).map_err(|e| e.to_string())?;
+    let outcome = engine
+        .decide(request)
+        .map_err(|e| format!("invalid request: {e}"))?;
+    serde_json::to_value(CheckResponse::new(&engine, outcome)).map_err(|e| e.to_string())
+}
+
+fn check_remote(url: &str, request: &CheckRequest, timeout: Duration) -> Result<Value, String> {
+    let endpoint = format!("{}/v1/check", url.trim_end_matches('/'));
+    let uri: http::Uri = endpoint
+        .parse()
+        .map_err(|e| format!("invalid --url `{url}`: {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!(
+            "--url `{url}`: only http:// is supported by this build"
+        ));
+    }
+    let body = serde_json::to_vec(request).map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async move {
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let http_request = http::Request::post(uri)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let exchange = async {
+            let response = client
+                .request(http_request)
+                .await
+                .map_err(|e| format!("cannot reach {endpoint}: {e}"))?;
+            let status = response.status();
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("reading the response: {e}"))?
+                .to_bytes();
+            Ok::<_, String>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| {
+                format!(
+                    "no answer from {endpoint} within {}",
+                    humantime::format_duration(timeout)
+                )
+            })??;
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            format!("{endpoint} answered {status} with a body that is not JSON: {e}")
+        })?;
+        if !status.is_success() {
+            let message = value
+                .pointer("/error/message")
+                .and_then(Value::as_str)
+                .unwrap_or("no error message");
+            return Err(format!("{endpoint} answered {status}: {message}"));
+        }
+        Ok(value)
+    })
+}
+
+/// Print the answer and turn it into the exit code. Anything that is not a well-formed allow
+/// counts as "cannot decide" or deny, never as allow.
+fn report(body: &Value, json: bool) -> ExitCode {
+    let decision = body.get("decision").and_then(Value::as_str);
+    let allowed = body.get("allowed").and_then(Value::as_bool);
+    let id = body
+        .get("decision_id")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let code = match (decision, allowed) {
+        (Some("allow"), Some(true)) => EXIT_OK,
+        (Some("deny"), Some(false)) => EXIT_DENY,
+        _ => {
+            eprintln!(
+                "cannot decide (treat as deny): the answer has no consistent decision: {body}"
+            );
+            return ExitCode::from(EXIT_CANNOT_DECIDE);
+        }
+    };
+    if json {
+        println!("{body}");
+    } else {
+        let reasons: Vec<&str> = body
+            .get("reasons")
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if code == EXIT_OK {
+            println!("allow {id}");
+        } else {
+            println!("deny {id} reasons={}", reasons.join(","));
+        }
+    }
+    ExitCode::from(code)
+}

@@ -1,0 +1,237 @@
+//! The one declaration of every command, flag and `FLEX_AUTH_*` environment variable, and the
+//! checks that need more than one flag. No other module reads the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// flex-auth: a Cedar policy decision point and fail-closed authorization proxy.
+#[derive(Debug, Parser)]
+#[command(name = "flex-auth", version, about, long_about = None)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(long, global = true, env = "FLEX_AUTH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+
+    /// Log filter, e.g. `info` or `flex_auth=debug` (falls back to `RUST_LOG`).
+    #[arg(long, global = true, env = "FLEX_AUTH_LOG", default_value = "info")]
+    pub log: String,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the decision API (`POST /v1/check`, `/v1/check/batch`, `/healthz`, `/readyz`).
+    Serve(ServeArgs),
+    /// Load a policy package and registry, report errors with file:line:col, exit 0 when valid.
+    Validate(SourceArgs),
+    /// Ask for one decision, from files or from a running server; exit 0 allow, 1 deny, 2 cannot
+    /// decide.
+    Check(CheckArgs),
+    /// Run policy test cases (YAML or JSON) against a package and registry.
+    Test(TestArgs),
+}
+
+/// Where the policy package and the registry come from.
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
+    /// Policy package: a directory, a `.cedar` file or a Markdown file with ```cedar blocks.
+    #[arg(long, env = "FLEX_AUTH_POLICY", value_name = "PATH")]
+    pub policy: Option<PathBuf>,
+
+    /// Registry snapshot (JSON, see registry/schema/registry-snapshot.schema.json).
+    #[arg(
+        long,
+        env = "FLEX_AUTH_REGISTRY",
+        value_name = "FILE",
+        conflicts_with = "entities"
+    )]
+    pub registry: Option<PathBuf>,
+
+    /// Raw Cedar entities JSON, instead of a registry snapshot.
+    #[arg(long, env = "FLEX_AUTH_ENTITIES", value_name = "FILE")]
+    pub entities: Option<PathBuf>,
+}
+
+impl SourceArgs {
+    /// The sources, or which flag is missing.
+    pub fn sources(&self) -> Result<crate::state::Sources, ConfigError> {
+        let policy = self.policy.clone().ok_or(ConfigError::Missing {
+            flag: "--policy",
+            env: "FLEX_AUTH_POLICY",
+        })?;
+        let registry = match (&self.registry, &self.entities) {
+            (Some(path), None) => crate::state::RegistrySource::Snapshot(path.clone()),
+            (None, Some(path)) => crate::state::RegistrySource::Entities(path.clone()),
+            _ => {
+                return Err(ConfigError::Missing {
+                    flag: "--registry (or --entities)",
+                    env: "FLEX_AUTH_REGISTRY",
+                })
+            }
+        };
+        Ok(crate::state::Sources { policy, registry })
+    }
+}
+
+/// `flex-auth serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Policy and registry.
+    #[command(flatten)]
+    pub sources: SourceArgs,
+
+    /// Address the decision API listens on.
+    #[arg(long, env = "FLEX_AUTH_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Largest request body accepted, in bytes; larger bodies get 413.
+    #[arg(long, env = "FLEX_AUTH_MAX_BODY_BYTES", default_value_t = 64 * 1024,
+          value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
+    pub max_body_bytes: u64,
+
+    /// Most checks one `POST /v1/check/batch` may carry.
+    #[arg(long, env = "FLEX_AUTH_MAX_BATCH", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_batch: u64,
+
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT (e.g. `20s`).
+    #[arg(long, env = "FLEX_AUTH_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// `flex-auth check`.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// Policy and registry, for a local decision (ignored with `--url`).
+    #[command(flatten)]
+    pub sources: SourceArgs,
+
+    /// Ask a running server instead of deciding locally, e.g. `http://127.0.0.1:8080`.
+    #[arg(long, env = "FLEX_AUTH_URL")]
+    pub url: Option<String>,
+
+    /// How long to wait for the server before giving up (exit 2).
+    #[arg(long, env = "FLEX_AUTH_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// The whole request as JSON (design §3), from a file or `-` for stdin. Overrides the
+    /// per-field flags.
+    #[arg(long, env = "FLEX_AUTH_REQUEST", value_name = "FILE")]
+    pub request: Option<PathBuf>,
+
+    /// Subject id, e.g. `agt-state-hub-bridge` or `iam:agt-state-hub-bridge`.
+    #[arg(long, env = "FLEX_AUTH_SUBJECT")]
+    pub subject: Option<String>,
+
+    /// Subject entity type.
+    #[arg(long, env = "FLEX_AUTH_SUBJECT_TYPE")]
+    pub subject_type: Option<String>,
+
+    /// Action name, e.g. `sign`.
+    #[arg(long, env = "FLEX_AUTH_ACTION")]
+    pub action: Option<String>,
+
+    /// Resource entity type.
+    #[arg(long, env = "FLEX_AUTH_RESOURCE_TYPE", default_value = "Actor")]
+    pub resource_type: String,
+
+    /// Resource id; defaults to the subject id without an `iam:` prefix.
+    #[arg(long, env = "FLEX_AUTH_RESOURCE_ID")]
+    pub resource_id: Option<String>,
+
+    /// Context as a JSON object, e.g. `{"ttl_hours":4,"principals":["state-hub"]}`.
+    #[arg(long, env = "FLEX_AUTH_CONTEXT")]
+    pub context: Option<String>,
+
+    /// Print the full JSON response instead of one line.
+    #[arg(long, env = "FLEX_AUTH_JSON")]
+    pub json: bool,
+}
+
+/// `flex-auth test`.
+#[derive(Debug, Clone, Args)]
+pub struct TestArgs {
+    /// Policy and registry.
+    #[command(flatten)]
+    pub sources: SourceArgs,
+
+    /// Test case files (YAML or JSON): `cases: [{name, request, expect: {decision, reasons}}]`.
+    #[arg(required = true, env = "FLEX_AUTH_TEST_CASES", value_delimiter = ',')]
+    pub cases: Vec<PathBuf>,
+}
+
+/// A configuration that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A required setting is absent.
+    #[error("missing {flag} (or {env})")]
+    Missing {
+        /// The flag.
+        flag: &'static str,
+        /// Its environment variable.
+        env: &'static str,
+    },
+    /// A setting has a value that cannot work.
+    #[error("{flag}: {message}")]
+    Invalid {
+        /// The flag.
+        flag: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Durations are written like `5s`, `500ms`, `2m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration like `5s` or `500ms`: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_declaration_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_has_an_environment_variable() {
+        let cli = Cli::command();
+        let mut missing = Vec::new();
+        for arg in cli.get_arguments() {
+            if arg.get_env().is_none() && !matches!(arg.get_id().as_str(), "help" | "version") {
+                missing.push(arg.get_id().to_string());
+            }
+        }
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                if arg.get_env().is_none() && !matches!(arg.get_id().as_str(), "help" | "version") {
+                    missing.push(format!("{} {}", sub.get_name(), arg.get_id()));
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "flags without FLEX_AUTH_* env: {missing:?}"
+        );
+    }
+}

@@ -1,0 +1,364 @@
+//! The decision engine: a typed check request in, a decision with an id, reasons and policy ids
+//! out. It does no I/O and knows nothing of HTTP.
+//!
+//! Fail-closed rules live here: a Cedar evaluation error in any policy turns the decision into a
+//! deny with reason `policy_error` (Cedar alone would skip the erroring policy and might allow);
+//! a deny with no determining `forbid` reports `no_matching_permit`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use cedar_policy::{
+    Authorizer, Context, EntityId, EntityTypeName, EntityUid, PolicyId, Request,
+    RequestValidationError,
+};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::policy::PolicyPackage;
+use crate::registry::{Registry, SUBJECT_TYPE};
+
+/// Reason reported by a deny that no `forbid` determined: no `permit` matched.
+pub const REASON_NO_MATCHING_PERMIT: &str = "no_matching_permit";
+/// Reason reported when any policy failed to evaluate.
+pub const REASON_POLICY_ERROR: &str = "policy_error";
+/// Reason reported by a determining `forbid` that carries no `@reason`.
+pub const REASON_FORBIDDEN: &str = "forbidden_by_policy";
+/// Cedar entity type of actions.
+pub const ACTION_TYPE: &str = "Action";
+
+/// A check request as callers send it (`POST /v1/check`, a batch item, a test case).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CheckRequest {
+    /// Who asks. `type` defaults to `Subject`.
+    pub subject: SubjectRef,
+    /// The action name, e.g. `sign`: Cedar `Action::"sign"`.
+    pub action: String,
+    /// What is acted on.
+    pub resource: ResourceRef,
+    /// The Cedar context record; absent means empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Map<String, Value>>,
+}
+
+/// The subject of a request.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectRef {
+    /// Cedar entity type; `Subject` when absent.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub entity_type: Option<String>,
+    /// Entity id, e.g. `agt-state-hub-bridge` or `iam:agt-state-hub-bridge`.
+    pub id: String,
+}
+
+/// The resource of a request.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceRef {
+    /// Cedar entity type, e.g. `Actor`.
+    #[serde(rename = "type")]
+    pub entity_type: String,
+    /// Entity id.
+    pub id: String,
+}
+
+/// Allow or deny. There is no third answer: anything that is not an allow is a deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    /// The request may proceed.
+    Allow,
+    /// The request must not proceed.
+    Deny,
+}
+
+impl Decision {
+    /// `"allow"` or `"deny"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+        }
+    }
+}
+
+/// `decision:` followed by 16 lowercase hex digits from a CSPRNG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DecisionId(u64);
+
+impl DecisionId {
+    /// A fresh, unpredictable id (ChaCha-based thread-local CSPRNG seeded from the OS).
+    pub fn generate() -> Self {
+        Self(rand::rng().random())
+    }
+}
+
+impl fmt::Display for DecisionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "decision:{:016x}", self.0)
+    }
+}
+
+impl Serialize for DecisionId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// A policy that failed to evaluate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyError {
+    /// The policy id (`@id`).
+    pub policy: String,
+    /// Cedar's message.
+    pub message: String,
+}
+
+/// The answer to one check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// Allow or deny.
+    pub decision: Decision,
+    /// Unique id of this decision.
+    pub id: DecisionId,
+    /// Reason codes; empty on allow.
+    pub reasons: Vec<String>,
+    /// Policy ids that determined the decision (or failed to evaluate).
+    pub policies: Vec<String>,
+    /// Policies that failed to evaluate.
+    pub errors: Vec<PolicyError>,
+}
+
+/// A request the engine cannot evaluate: the caller's input is wrong (an HTTP 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct RequestError {
+    /// The request field at fault, e.g. `resource.type`.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl RequestError {
+    fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// A loaded policy package and registry, ready to decide. Immutable.
+#[derive(Debug)]
+pub struct Engine {
+    policy: PolicyPackage,
+    registry: Registry,
+    authorizer: Authorizer,
+    /// Entity type names known at load time, so the hot path does not run the Cedar parser.
+    types: HashMap<String, EntityTypeName>,
+    /// Action uids declared in the schema, likewise.
+    actions: HashMap<String, EntityUid>,
+    default_subject_type: EntityTypeName,
+    action_type: EntityTypeName,
+}
+
+impl Engine {
+    /// Build an engine; the registry must have been loaded with the package's schema.
+    pub fn new(policy: PolicyPackage, registry: Registry) -> Result<Self, RequestError> {
+        let parse = |name: &str| {
+            EntityTypeName::from_str(name)
+                .map_err(|e| RequestError::new("type", format!("`{name}`: {e}")))
+        };
+        let default_subject_type = parse(SUBJECT_TYPE)?;
+        let action_type = parse(ACTION_TYPE)?;
+        let mut types: HashMap<String, EntityTypeName> = HashMap::new();
+        for name in [&default_subject_type, &action_type] {
+            types.insert(name.to_string(), name.clone());
+        }
+        let mut actions = HashMap::new();
+        if let Some(schema) = policy.schema() {
+            for t in schema.entity_types() {
+                types.insert(t.to_string(), t.clone());
+            }
+            for a in schema.actions() {
+                actions.insert(a.id().unescaped().to_owned(), a.clone());
+            }
+        }
+        for entity in registry.entities().iter() {
+            let uid = entity.uid();
+            let t = uid.type_name();
+            types.entry(t.to_string()).or_insert_with(|| t.clone());
+        }
+        Ok(Self {
+            policy,
+            registry,
+            authorizer: Authorizer::new(),
+            types,
+            actions,
+            default_subject_type,
+            action_type,
+        })
+    }
+
+    /// The policy package.
+    pub fn policy(&self) -> &PolicyPackage {
+        &self.policy
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    fn entity_type(&self, field: &'static str, name: &str) -> Result<EntityTypeName, RequestError> {
+        if let Some(t) = self.types.get(name) {
+            return Ok(t.clone());
+        }
+        EntityTypeName::from_str(name).map_err(|_| {
+            RequestError::new(
+                field,
+                format!("`{name}` is not a valid Cedar entity type name"),
+            )
+        })
+    }
+
+    fn action_uid(&self, name: &str) -> EntityUid {
+        match self.actions.get(name) {
+            Some(uid) => uid.clone(),
+            None => EntityUid::from_type_name_and_id(self.action_type.clone(), EntityId::new(name)),
+        }
+    }
+
+    /// Decide one request. `Err` only for requests that are malformed for this package (bad type
+    /// names, a context or entity types the schema rejects); every evaluation outcome is `Ok`.
+    pub fn decide(&self, request: CheckRequest) -> Result<Outcome, RequestError> {
+        let principal_type = match &request.subject.entity_type {
+            Some(t) => self.entity_type("subject.type", t)?,
+            None => self.default_subject_type.clone(),
+        };
+        let principal =
+            EntityUid::from_type_name_and_id(principal_type, EntityId::new(&request.subject.id));
+        let resource_type = self.entity_type("resource.type", &request.resource.entity_type)?;
+        let resource =
+            EntityUid::from_type_name_and_id(resource_type, EntityId::new(&request.resource.id));
+        if request.action.is_empty() {
+            return Err(RequestError::new("action", "must not be empty"));
+        }
+        let action = self.action_uid(&request.action);
+        let schema = self.policy.schema();
+        let context = Context::from_json_value(
+            Value::Object(request.context.unwrap_or_default()),
+            schema.map(|s| (s, &action)),
+        )
+        .map_err(|e| RequestError::new("context", e.to_string()))?;
+        let cedar_request = Request::new(principal, action, resource, context, schema)
+            .map_err(request_validation_error)?;
+        let response = self.authorizer.is_authorized(
+            &cedar_request,
+            self.policy.policies(),
+            self.registry.entities(),
+        );
+        Ok(self.outcome(response))
+    }
+
+    fn outcome(&self, response: cedar_policy::Response) -> Outcome {
+        let diagnostics = response.diagnostics();
+        let mut determining: Vec<&PolicyId> = diagnostics.reason().collect();
+        determining.sort_unstable_by(|a, b| AsRef::<str>::as_ref(*a).cmp(AsRef::<str>::as_ref(*b)));
+        let mut errors: Vec<PolicyError> = diagnostics
+            .errors()
+            .map(|e| match e {
+                cedar_policy::AuthorizationError::PolicyEvaluationError(err) => PolicyError {
+                    policy: err.policy_id().to_string(),
+                    message: err.inner().to_string(),
+                },
+            })
+            .collect();
+        errors.sort_unstable_by(|a, b| a.policy.cmp(&b.policy));
+
+        let id = DecisionId::generate();
+        if errors.is_empty() && response.decision() == cedar_policy::Decision::Allow {
+            return Outcome {
+                decision: Decision::Allow,
+                id,
+                reasons: Vec::new(),
+                policies: determining.iter().map(|p| p.to_string()).collect(),
+                errors,
+            };
+        }
+
+        let mut reasons: Vec<String> = Vec::new();
+        let mut policies: Vec<String> = errors.iter().map(|e| e.policy.clone()).collect();
+        if !errors.is_empty() {
+            reasons.push(REASON_POLICY_ERROR.to_owned());
+        }
+        // On an allow overridden by an error the determining policies are permits: not reasons.
+        if response.decision() == cedar_policy::Decision::Deny {
+            for policy in determining {
+                let reason = self.policy.reason_of(policy).unwrap_or(REASON_FORBIDDEN);
+                if !reasons.iter().any(|r| r == reason) {
+                    reasons.push(reason.to_owned());
+                }
+                policies.push(policy.to_string());
+            }
+        }
+        if reasons.is_empty() {
+            reasons.push(REASON_NO_MATCHING_PERMIT.to_owned());
+        }
+        Outcome {
+            decision: Decision::Deny,
+            id,
+            reasons,
+            policies,
+            errors,
+        }
+    }
+}
+
+fn request_validation_error(e: RequestValidationError) -> RequestError {
+    let field =
+        match &e {
+            RequestValidationError::UndeclaredAction(_)
+            | RequestValidationError::ExternalAction(_) => "action",
+            RequestValidationError::UndeclaredPrincipalType(_)
+            | RequestValidationError::InvalidPrincipalType(_) => "subject.type",
+            RequestValidationError::UndeclaredResourceType(_)
+            | RequestValidationError::InvalidResourceType(_) => "resource.type",
+            RequestValidationError::InvalidContext(_)
+            | RequestValidationError::TypeOfContext(_) => "context",
+            _ => "request",
+        };
+    RequestError::new(field, e.to_string())
+}
+
+/// Shared, cheaply clonable engine handle.
+pub type SharedEngine = Arc<Engine>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decision_ids_have_the_documented_shape_and_differ() {
+        let a = DecisionId::generate().to_string();
+        let b = DecisionId::generate().to_string();
+        assert_ne!(a, b);
+        let hex = a.strip_prefix("decision:").unwrap();
+        assert_eq!(hex.len(), 16);
+        assert!(hex.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')));
+    }
+
+    #[test]
+    fn request_rejects_unknown_fields() {
+        let err = serde_json::from_str::<CheckRequest>(
+            r#"{"subject":{"id":"a"},"action":"sign","resource":{"type":"Actor","id":"b"},"ressource":1}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("ressource"));
+    }
+}

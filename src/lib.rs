@@ -1,0 +1,34 @@
+//! flex-auth: a Cedar policy decision point and fail-closed authorization proxy.
+//!
+//! The binary (`src/main.rs`) only parses the command line and calls [`run`]. Everything else is
+//! a library so that tests and benchmarks drive the real code. See `docs/ARCHITECTURE.md`.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod decision;
+pub mod hash;
+pub mod policy;
+pub mod registry;
+pub mod server;
+pub mod state;
+pub mod suite;
+
+use std::process::ExitCode;
+
+pub use config::Cli;
+pub use decision::{CheckRequest, Decision, DecisionId, Engine, Outcome};
+pub use state::{load, RegistrySource, Sources, State};
+
+/// Run one parsed command line and return the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        config::Command::Serve(args) => cli::serve(args),
+        config::Command::Validate(args) => cli::validate(&args),
+        config::Command::Check(args) => cli::check(&args),
+        config::Command::Test(args) => cli::test(&args),
+    }
+}
