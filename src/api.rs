@@ -482,10 +482,35 @@ impl ApiError {
 /// Parse a JSON body into `T`, naming the field at fault.
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize(&mut de)
-        .map_err(|e| classify_json_error(e.path().to_string(), e.into_inner()))?;
-    de.end().map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-    Ok(value)
+    let parsed: Result<T, (String, serde_json::Error)> = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| (e.path().to_string(), e.into_inner()))
+        .and_then(|value| de.end().map(|()| value).map_err(|e| (String::new(), e)));
+    match parsed {
+        Ok(value) => {
+            // serde accepts a JSON array for a struct (fields by position); the API does not.
+            if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+                return Err(ApiError::InvalidField {
+                    field: "request".to_owned(),
+                    message: "expected a JSON object".to_owned(),
+                });
+            }
+            Ok(value)
+        }
+        Err((path, error)) => {
+            // A type error can surface before a syntax error later in the body; malformed JSON
+            // is reported as such whatever else is wrong with it.
+            if let Err(syntax) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                return Err(ApiError::InvalidJson(syntax.to_string()));
+            }
+            if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+                return Err(ApiError::InvalidField {
+                    field: "request".to_owned(),
+                    message: "expected a JSON object".to_owned(),
+                });
+            }
+            Err(classify_json_error(path, error))
+        }
+    }
 }
 
 fn classify_json_error(path: String, error: serde_json::Error) -> ApiError {
@@ -509,12 +534,19 @@ fn classify_json_error(path: String, error: serde_json::Error) -> ApiError {
             if message.starts_with("missing field") {
                 ApiError::MissingField(join(&quoted))
             } else if message.starts_with("unknown field") {
-                ApiError::UnknownField(join(&quoted))
+                // The path already ends at the unknown field.
+                let field = if path.rsplit('.').next() == Some(quoted.as_str()) {
+                    path
+                } else {
+                    join(&quoted)
+                };
+                ApiError::UnknownField(field)
             } else {
                 let message = match message.rfind(" at line ") {
                     Some(i) => message.get(..i).unwrap_or(&message).to_owned(),
                     None => message,
                 };
+                let message = plain_type_names(&message);
                 let field = if path == "." {
                     "request".to_owned()
                 } else {
@@ -524,6 +556,23 @@ fn classify_json_error(path: String, error: serde_json::Error) -> ApiError {
             }
         }
     }
+}
+
+/// serde names Rust types (`expected struct SubjectRef`); callers know JSON, not Rust.
+fn plain_type_names(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find("struct ") {
+        out.push_str(rest.get(..i).unwrap_or(""));
+        out.push_str("an object");
+        let after = rest.get(i + "struct ".len()..).unwrap_or("");
+        let end = after
+            .find(|c: char| !c.is_alphanumeric() && c != '_')
+            .unwrap_or(after.len());
+        rest = after.get(end..).unwrap_or("");
+    }
+    out.push_str(rest);
+    out
 }
 
 fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {

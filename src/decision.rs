@@ -249,8 +249,20 @@ impl Engine {
         if request.action.is_empty() {
             return Err(RequestError::new("action", "must not be empty"));
         }
-        let action = self.action_uid(&request.action);
         let schema = self.policy.schema();
+        if schema.is_some() && !self.actions.contains_key(&request.action) {
+            let mut declared: Vec<&str> = self.actions.keys().map(String::as_str).collect();
+            declared.sort_unstable();
+            return Err(RequestError::new(
+                "action",
+                format!(
+                    "`{}` is not an action the policy schema declares (declared: {})",
+                    request.action,
+                    declared.join(", ")
+                ),
+            ));
+        }
+        let action = self.action_uid(&request.action);
         let context = Context::from_json_value(
             Value::Object(request.context.unwrap_or_default()),
             schema.map(|s| (s, &action)),

@@ -1,0 +1,384 @@
+//! The `flex-auth` binary: exit codes and output of `validate`, `check` (local and `--url`),
+//! `test`, and `serve` answering over HTTP.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "integration tests fail by panicking"
+)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{ops_warden, temp_package, TestServer};
+
+const BIN: &str = env!("CARGO_BIN_EXE_flex-auth");
+const POLICY: &str = "policies/ops-warden";
+const REGISTRY: &str = "registry/ops-warden/production_registry_snapshot.json";
+
+fn flex_auth(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run flex-auth")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn validate_accepts_the_shipped_packages() {
+    for registry in [
+        REGISTRY,
+        "registry/ops-warden/template_registry_snapshot.json",
+    ] {
+        let out = flex_auth(&["validate", "--policy", POLICY, "--registry", registry]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(
+            stdout(&out).starts_with("ok: package `ops-warden` 1.0.0 (5 policies"),
+            "{}",
+            stdout(&out)
+        );
+    }
+}
+
+#[test]
+fn validate_rejects_with_file_line_col_and_exit_1() {
+    let dir = temp_package(&[(
+        "p.cedar",
+        "permit(principal, action, resource)\nwhen { ) };",
+    )]);
+    let policy = dir.path().join("p.cedar");
+    let out = flex_auth(&[
+        "validate",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--registry",
+        REGISTRY,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("{}:2:8:", policy.display())),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn validate_without_registry_is_a_configuration_error() {
+    let out = flex_auth(&["validate", "--policy", POLICY]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        stderr(&out).contains("missing --registry"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+fn local_check(subject: &str, resource: &str, context: &str) -> Output {
+    flex_auth(&[
+        "check",
+        "--policy",
+        POLICY,
+        "--registry",
+        REGISTRY,
+        "--subject",
+        subject,
+        "--action",
+        "sign",
+        "--resource-id",
+        resource,
+        "--context",
+        context,
+    ])
+}
+
+#[test]
+fn local_check_exit_codes_follow_the_decision() {
+    let allow = local_check(
+        "iam:agt-state-hub-bridge",
+        "agt-state-hub-bridge",
+        r#"{"ttl_hours":4,"principals":["state-hub"]}"#,
+    );
+    assert_eq!(allow.status.code(), Some(0), "{}", stderr(&allow));
+    let line = stdout(&allow);
+    assert!(line.starts_with("allow decision:"), "{line}");
+
+    let deny = local_check(
+        "agt-state-hub-bridge",
+        "agt-state-hub-bridge",
+        r#"{"ttl_hours":40,"principals":["state-hub"]}"#,
+    );
+    assert_eq!(deny.status.code(), Some(1));
+    assert!(
+        stdout(&deny).contains("reasons=ttl_out_of_bounds"),
+        "{}",
+        stdout(&deny)
+    );
+
+    let bad_context = local_check("a", "b", "not json");
+    assert_eq!(bad_context.status.code(), Some(2));
+
+    let missing_policy = flex_auth(&[
+        "check",
+        "--policy",
+        "nope",
+        "--registry",
+        REGISTRY,
+        "--subject",
+        "a",
+        "--action",
+        "sign",
+    ]);
+    assert_eq!(missing_policy.status.code(), Some(2));
+    assert!(
+        stderr(&missing_policy).contains("cannot decide"),
+        "{}",
+        stderr(&missing_policy)
+    );
+}
+
+#[test]
+fn local_check_json_prints_the_full_response() {
+    let out = flex_auth(&[
+        "check",
+        "--json",
+        "--policy",
+        POLICY,
+        "--registry",
+        REGISTRY,
+        "--subject",
+        "agt-state-hub-bridge",
+        "--action",
+        "sign",
+        "--context",
+        r#"{"ttl_hours":4,"principals":["state-hub"]}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let body: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(body["decision"], "allow");
+    assert_eq!(body["fail_closed"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_check_exit_codes_and_unreachable_server() {
+    let server = TestServer::start(ops_warden()).await;
+    let url = server.url();
+    let outputs = tokio::task::spawn_blocking(move || {
+        let ask = |url: &str, subject: &str, ttl: i64| {
+            let context = format!(r#"{{"ttl_hours":{ttl},"principals":["state-hub"]}}"#);
+            flex_auth(&[
+                "check",
+                "--url",
+                url,
+                "--subject",
+                subject,
+                "--action",
+                "sign",
+                "--resource-id",
+                "agt-state-hub-bridge",
+                "--context",
+                &context,
+                "--timeout",
+                "5s",
+            ])
+        };
+        // A port nothing listens on: bind, read the port, close.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        (
+            ask(&url, "agt-state-hub-bridge", 4),
+            ask(&url, "agt-state-hub-bridge", 40),
+            ask(&url, "adm-example", 4),
+            ask(&format!("http://{closed}"), "agt-state-hub-bridge", 4),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(outputs.0.status.code(), Some(0), "{}", stderr(&outputs.0));
+    assert!(stdout(&outputs.0).starts_with("allow decision:"));
+    assert_eq!(outputs.1.status.code(), Some(1));
+    assert!(stdout(&outputs.1).contains("ttl_out_of_bounds"));
+    assert_eq!(outputs.2.status.code(), Some(1));
+    assert!(stdout(&outputs.2).contains("subject_not_allowed"));
+    assert_eq!(outputs.3.status.code(), Some(2), "{}", stderr(&outputs.3));
+    assert!(stderr(&outputs.3).contains("cannot decide"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_check_that_gets_an_error_status_cannot_decide() {
+    // A server with a broken policy answers 503: the CLI must not read that as allow or deny.
+    let dir = temp_package(&[("p.cedar", "permit(")]);
+    let mut sources = ops_warden();
+    sources.policy = dir.path().join("p.cedar");
+    let server = TestServer::start(sources).await;
+    let url = server.url();
+    let out = tokio::task::spawn_blocking(move || {
+        flex_auth(&[
+            "check",
+            "--url",
+            &url,
+            "--subject",
+            "a",
+            "--action",
+            "sign",
+            "--context",
+            r#"{"ttl_hours":1,"principals":[]}"#,
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("503"), "{}", stderr(&out));
+}
+
+#[test]
+fn test_command_passes_the_shipped_cases() {
+    let out = flex_auth(&[
+        "test",
+        "--policy",
+        POLICY,
+        "--registry",
+        REGISTRY,
+        "policies/ops-warden/tests.yaml",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("12 passed, 0 failed"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn test_command_fails_with_a_readable_diff() {
+    let cases = r#"
+cases:
+  - name: wrongly expects an allow
+    request:
+      subject: {id: agt-state-hub-bridge}
+      action: sign
+      resource: {type: Actor, id: agt-state-hub-bridge}
+      context: {ttl_hours: 40, principals: [state-hub]}
+    expect: {decision: allow}
+  - name: right
+    request:
+      subject: {id: agt-state-hub-bridge}
+      action: sign
+      resource: {type: Actor, id: agt-state-hub-bridge}
+      context: {ttl_hours: 4, principals: [state-hub]}
+    expect: {decision: allow, reasons: []}
+"#;
+    let dir = temp_package(&[("cases.yaml", cases)]);
+    let path = dir.path().join("cases.yaml");
+    let out = flex_auth(&[
+        "test",
+        "--policy",
+        POLICY,
+        "--registry",
+        REGISTRY,
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(text.contains("FAIL  wrongly expects an allow"), "{text}");
+    assert!(text.contains("expected: allow"), "{text}");
+    assert!(
+        text.contains("got:      deny [ttl_out_of_bounds]"),
+        "{text}"
+    );
+    assert!(text.contains("1 passed, 1 failed"), "{text}");
+}
+
+#[test]
+fn serve_answers_checks_and_stops_on_sigterm() {
+    let mut child = Command::new(BIN)
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--policy",
+            POLICY,
+            "--registry",
+            REGISTRY,
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The bound address is in the `listening` log line.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("\"listening\"") {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                let _ = tx.send(v["fields"]["addr"].as_str().unwrap().to_owned());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server logs its address");
+    let url = format!("http://{addr}");
+    let out = flex_auth(&[
+        "check",
+        "--url",
+        &url,
+        "--subject",
+        "agt-state-hub-bridge",
+        "--action",
+        "sign",
+        "--context",
+        r#"{"ttl_hours":4,"principals":["state-hub"]}"#,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

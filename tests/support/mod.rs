@@ -1,0 +1,223 @@
+//! Shared helpers for integration tests: start the real server on `127.0.0.1:0` and talk HTTP
+//! to it over real sockets. Every wait has a deadline.
+
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use flex_auth::api::{Api, ApiConfig};
+use flex_auth::server::Server;
+use flex_auth::{RegistrySource, Sources, State};
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+/// How long any single HTTP exchange in a test may take.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Path of a file in the repository.
+pub fn repo_path(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// The shipped ops-warden package with the production registry.
+pub fn ops_warden() -> Sources {
+    Sources {
+        policy: repo_path("policies/ops-warden/policy_package.md"),
+        registry: RegistrySource::Snapshot(repo_path(
+            "registry/ops-warden/production_registry_snapshot.json",
+        )),
+    }
+}
+
+/// A running server.
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its state.
+    pub state: Arc<State>,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Start with the given sources (loading them; a failed load leaves the server unready).
+    pub async fn start(sources: Sources) -> Self {
+        Self::start_with(sources, ApiConfig::default()).await
+    }
+
+    /// Start with the given sources and API limits.
+    pub async fn start_with(sources: Sources, config: ApiConfig) -> Self {
+        let state = Arc::new(State::new(sources));
+        let _ = state.reload();
+        let server = Server::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            Api::new(state.clone(), config),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("bind 127.0.0.1:0");
+        let addr = server.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(server.serve(async {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            state,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// Base URL, e.g. `http://127.0.0.1:41234`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Send one request.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Reply {
+        send(self.addr, method, path, headers, body).await
+    }
+
+    /// POST a JSON value.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Reply {
+        self.send(
+            Method::POST,
+            path,
+            &[("content-type", "application/json")],
+            serde_json::to_vec(body).unwrap(),
+        )
+        .await
+    }
+
+    /// GET a path.
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(Method::GET, path, &[], Bytes::new()).await
+    }
+
+    /// Stop the server and wait (bounded) for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            tokio::time::timeout(DEADLINE, handle)
+                .await
+                .expect("server stops within the deadline")
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// An HTTP response, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body bytes.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as JSON (panics with the body text when it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// `error.code` of an error body.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    }
+}
+
+/// Send one HTTP/1.1 request on a fresh connection.
+pub async fn send(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Reply {
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", addr.to_string());
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder.body(Full::new(body.into())).unwrap();
+        let response = sender.send_request(request).await.expect("send request");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("read body")
+            .to_bytes();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    };
+    tokio::time::timeout(DEADLINE, exchange)
+        .await
+        .expect("HTTP exchange within the deadline")
+}
+
+/// A sign request for the ops-warden package.
+pub fn sign_request(subject: &str, actor: &str, ttl_hours: i64, principals: &[&str]) -> Value {
+    serde_json::json!({
+        "subject": {"id": subject},
+        "action": "sign",
+        "resource": {"type": "Actor", "id": actor},
+        "context": {"ttl_hours": ttl_hours, "principals": principals},
+    })
+}
+
+/// A temporary directory with the given files written into it.
+pub fn temp_package(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, content) in files {
+        std::fs::write(dir.path().join(name), content).unwrap();
+    }
+    dir
+}
