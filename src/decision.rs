@@ -18,6 +18,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::cedar_json;
 use crate::policy::PolicyPackage;
 use crate::registry::{Registry, SUBJECT_TYPE};
 
@@ -263,19 +264,35 @@ impl Engine {
             ));
         }
         let action = self.action_uid(&request.action);
-        let context = Context::from_json_value(
-            Value::Object(request.context.unwrap_or_default()),
-            schema.map(|s| (s, &action)),
-        )
-        .map_err(|e| RequestError::new("context", e.to_string()))?;
+        let context = request.context.unwrap_or_default();
+        // Fast path: plain JSON converted directly, used only when the schema accepts it as is.
+        if let Some(fast) = cedar_json::context(&context) {
+            if let Ok(cedar_request) = Request::new(
+                principal.clone(),
+                action.clone(),
+                resource.clone(),
+                fast,
+                schema,
+            ) {
+                return Ok(self.evaluate(&cedar_request));
+            }
+        }
+        // Cedar's reader: escapes, schema-directed conversions, and the precise error messages.
+        let context =
+            Context::from_json_value(Value::Object(context), schema.map(|s| (s, &action)))
+                .map_err(|e| RequestError::new("context", e.to_string()))?;
         let cedar_request = Request::new(principal, action, resource, context, schema)
             .map_err(request_validation_error)?;
+        Ok(self.evaluate(&cedar_request))
+    }
+
+    fn evaluate(&self, request: &Request) -> Outcome {
         let response = self.authorizer.is_authorized(
-            &cedar_request,
+            request,
             self.policy.policies(),
             self.registry.entities(),
         );
-        Ok(self.outcome(response))
+        self.outcome(response)
     }
 
     fn outcome(&self, response: cedar_policy::Response) -> Outcome {

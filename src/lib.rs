@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod cedar_json;
 pub mod cli;
 pub mod config;
 pub mod decision;

@@ -7,14 +7,18 @@
 //! hash map, so a decision costs the same with ten actors or a hundred thousand. Users without
 //! the actor model load a raw Cedar entities JSON file instead.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::str::FromStr;
 use std::sync::OnceLock;
 
-use cedar_policy::{Entities, Schema};
+use cedar_policy::{
+    Entities, Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpression, Schema,
+};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use crate::cedar_json;
 use crate::hash::ContentHash;
 
 /// The JSON Schema every snapshot must satisfy (shipped as
@@ -186,11 +190,10 @@ pub fn parse_snapshot(
         });
     }
     let actors = snapshot.actors.len();
-    let entities = compile_entities(snapshot.actors);
     let entities =
-        Entities::from_json_value(entities, schema).map_err(|e| RegistryError::Entities {
+        compile_entities(&snapshot.actors, schema).map_err(|message| RegistryError::Entities {
             path: origin.to_owned(),
-            message: cedar_message(&e),
+            message,
         })?;
     Ok(Registry {
         entities,
@@ -313,18 +316,87 @@ fn semantic_errors(snapshot: &Snapshot) -> Vec<String> {
     errors
 }
 
-/// The Cedar entities JSON for a list of actors.
-fn compile_entities(actors: Vec<Actor>) -> Value {
+/// Compile actors into Cedar entities, validated against the schema when there is one.
+///
+/// Entities are built directly (see [`crate::cedar_json`]); only when that is impossible or the
+/// schema rejects the direct form does Cedar's JSON reader run, for its schema-directed
+/// conversions and its precise error messages.
+fn compile_entities(actors: &[Actor], schema: Option<&Schema>) -> Result<Entities, String> {
+    if let Some(direct) = build_entities(actors) {
+        if let Ok(entities) = Entities::from_entities(direct, schema) {
+            return Ok(entities);
+        }
+    }
+    Entities::from_json_value(entities_json(actors), schema).map_err(|e| cedar_message(&e))
+}
+
+fn build_entities(actors: &[Actor]) -> Option<Vec<Entity>> {
+    let actor_type = EntityTypeName::from_str(ACTOR_TYPE).ok()?;
+    let subject_type = EntityTypeName::from_str(SUBJECT_TYPE).ok()?;
+    let mut parent_types: HashMap<&str, EntityTypeName> = HashMap::new();
+    let strings = |v: &[String]| {
+        RestrictedExpression::new_set(v.iter().cloned().map(RestrictedExpression::new_string))
+    };
+    let mut out = Vec::with_capacity(actors.len());
+    for actor in actors {
+        let mut attrs: HashMap<String, RestrictedExpression> =
+            HashMap::with_capacity(actor.attributes.len() + 5);
+        for (key, value) in &actor.attributes {
+            attrs.insert(key.clone(), cedar_json::restricted(value)?);
+        }
+        let subjects = actor.allowed_subjects.iter().map(|s| {
+            RestrictedExpression::new_entity_uid(EntityUid::from_type_name_and_id(
+                subject_type.clone(),
+                EntityId::new(s),
+            ))
+        });
+        attrs.insert(
+            "type".to_owned(),
+            RestrictedExpression::new_string(actor.actor_type.clone()),
+        );
+        attrs.insert("principals".to_owned(), strings(&actor.principals));
+        attrs.insert(
+            "allowed_subjects".to_owned(),
+            RestrictedExpression::new_set(subjects),
+        );
+        attrs.insert(
+            "max_ttl_hours".to_owned(),
+            RestrictedExpression::new_long(actor.max_ttl_hours),
+        );
+        attrs.insert(
+            "default_ttl_hours".to_owned(),
+            RestrictedExpression::new_long(actor.default_ttl_hours),
+        );
+        let mut parents = HashSet::with_capacity(actor.relationships.len());
+        for r in &actor.relationships {
+            let t = match parent_types.get(r.entity_type.as_str()) {
+                Some(t) => t.clone(),
+                None => {
+                    let t = EntityTypeName::from_str(&r.entity_type).ok()?;
+                    parent_types.insert(&r.entity_type, t.clone());
+                    t
+                }
+            };
+            parents.insert(EntityUid::from_type_name_and_id(t, EntityId::new(&r.id)));
+        }
+        let uid = EntityUid::from_type_name_and_id(actor_type.clone(), EntityId::new(&actor.id));
+        out.push(Entity::new(uid, attrs, parents).ok()?);
+    }
+    Some(out)
+}
+
+/// The Cedar entities JSON for a list of actors (the form Cedar's reader takes).
+fn entities_json(actors: &[Actor]) -> Value {
     let entities: Vec<Value> = actors
-        .into_iter()
+        .iter()
         .map(|actor| {
-            let mut attrs = actor.attributes;
+            let mut attrs = actor.attributes.clone();
             let subjects: Vec<Value> = actor
                 .allowed_subjects
-                .into_iter()
+                .iter()
                 .map(|s| json!({"__entity": {"type": SUBJECT_TYPE, "id": s}}))
                 .collect();
-            attrs.insert("type".to_owned(), Value::String(actor.actor_type));
+            attrs.insert("type".to_owned(), Value::String(actor.actor_type.clone()));
             attrs.insert("principals".to_owned(), json!(actor.principals));
             attrs.insert("allowed_subjects".to_owned(), Value::Array(subjects));
             attrs.insert("max_ttl_hours".to_owned(), json!(actor.max_ttl_hours));
@@ -334,7 +406,7 @@ fn compile_entities(actors: Vec<Actor>) -> Value {
             );
             let parents: Vec<Value> = actor
                 .relationships
-                .into_iter()
+                .iter()
                 .map(|r| json!({"type": r.entity_type, "id": r.id}))
                 .collect();
             json!({

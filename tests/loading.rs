@@ -311,3 +311,84 @@ fn engine_decides_directly_from_loaded_sources() {
         .unwrap();
     assert_eq!(outcome.decision, Decision::Allow);
 }
+
+#[test]
+fn schema_directed_conversions_still_apply_to_context_and_attributes() {
+    // Entity references written as plain {type, id} and an ipaddr written as a string only mean
+    // what they say through the schema; the direct conversion must not change that.
+    let dir = temp_package(&[
+        (
+            "schema.cedarschema",
+            "entity User; entity Host { owner: User, addr: ipaddr };
+             action login appliesTo { principal: User, resource: Host, context: { via: User, from: ipaddr } };",
+        ),
+        (
+            "p.cedar",
+            r#"@id("owner-from-lan")
+permit(principal, action == Action::"login", resource)
+when { resource.owner == principal && context.via == principal && context.from.isInRange(ip("10.0.0.0/8")) };"#,
+        ),
+        (
+            "entities.json",
+            r#"[{"uid": {"type": "Host", "id": "h1"},
+                 "attrs": {"owner": {"type": "User", "id": "alice"}, "addr": "10.1.2.3"}, "parents": []}]"#,
+        ),
+    ]);
+    let engine = load(&Sources {
+        policy: dir.path().to_path_buf(),
+        registry: RegistrySource::Entities(dir.path().join("entities.json")),
+    })
+    .unwrap();
+    let login = |who: &str, from: &str| {
+        engine
+            .decide(request(serde_json::json!({
+                "subject": {"type": "User", "id": who}, "action": "login",
+                "resource": {"type": "Host", "id": "h1"},
+                "context": {"via": {"type": "User", "id": who}, "from": from}})))
+            .unwrap()
+    };
+    assert_eq!(login("alice", "10.9.9.9").decision, Decision::Allow);
+    assert_eq!(login("alice", "192.168.1.1").decision, Decision::Deny);
+    assert_eq!(login("bob", "10.9.9.9").decision, Decision::Deny);
+    // The explicit escape form reads the same.
+    let escaped = engine
+        .decide(request(serde_json::json!({
+            "subject": {"type": "User", "id": "alice"}, "action": "login",
+            "resource": {"type": "Host", "id": "h1"},
+            "context": {"via": {"__entity": {"type": "User", "id": "alice"}},
+                        "from": {"__extn": {"fn": "ip", "arg": "10.0.0.1"}}}})))
+        .unwrap();
+    assert_eq!(escaped.decision, Decision::Allow);
+}
+
+#[test]
+fn snapshot_attributes_needing_the_schema_are_converted() {
+    let dir = temp_package(&[
+        (
+            "schema.cedarschema",
+            "entity Subject; entity Team; entity Actor in [Team] { \"type\": String, principals: Set<String>,
+               allowed_subjects: Set<Subject>, max_ttl_hours: Long, default_ttl_hours: Long, bastion: ipaddr };
+             action sign appliesTo { principal: Subject, resource: Actor, context: {} };",
+        ),
+        (
+            "p.cedar",
+            r#"permit(principal, action, resource is Actor) when { resource.bastion.isLoopback() && principal in resource.allowed_subjects };"#,
+        ),
+        (
+            "r.json",
+            r#"{"schema_version": "1.0", "generated_at": "2026-11-01T00:00:00Z", "source": "t",
+                "actors": [{"id": "a", "type": "agent", "principals": [], "allowed_subjects": ["a"],
+                            "max_ttl_hours": 1, "default_ttl_hours": 1, "attributes": {"bastion": "127.0.0.1"}}]}"#,
+        ),
+    ]);
+    let engine = load(&Sources {
+        policy: dir.path().to_path_buf(),
+        registry: RegistrySource::Snapshot(dir.path().join("r.json")),
+    })
+    .unwrap();
+    let outcome = engine
+        .decide(request(serde_json::json!({
+            "subject": {"id": "a"}, "action": "sign", "resource": {"type": "Actor", "id": "a"}, "context": {}})))
+        .unwrap();
+    assert_eq!(outcome.decision, Decision::Allow, "{outcome:?}");
+}

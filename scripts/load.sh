@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Load run for docs/benchmarks.md: POST /v1/check on a release build of flex-auth against the
+# ceiling of a minimal hyper server (examples/hello_server.rs), in the same run on the same
+# machine, plus resident memory idle and under load with the shipped registry and with a
+# generated 100,000-actor registry. Traffic goes to 127.0.0.1 only; every run is bounded by
+# DURATION. Installs wrk (Debian package) when it is missing.
+#
+#   scripts/load.sh                 # defaults: 15s per run, 32 connections, 1 wrk thread
+#   DURATION=30s CONNECTIONS=64 scripts/load.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-15s}
+CONNECTIONS=${CONNECTIONS:-32}
+THREADS=${THREADS:-1}
+FLEX_PORT=${FLEX_PORT:-18080}
+HELLO_PORT=${HELLO_PORT:-18081}
+BIG_ACTORS=${BIG_ACTORS:-100000}
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need wrk || ! need curl; then
+  echo "installing wrk and curl" >&2
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk curl >/dev/null
+fi
+
+cargo build --release --locked --bin flex-auth --example hello_server --example gen_registry >&2
+BIN=target/release/flex-auth
+EX=target/release/examples
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Wait (bounded) until URL answers 200.
+wait_ready() {
+  local url=$1 i
+  for i in $(seq 1 300); do
+    if curl -fsS -o /dev/null "$url" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "timed out waiting for $url" >&2
+  return 1
+}
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# Sample the peak RSS of a pid until the file $2 exists.
+sample_peak_rss() {
+  local pid=$1 stop=$2 peak=0 cur i
+  for i in $(seq 1 1200); do
+    [ -e "$stop" ] && break
+    cur=$(rss_kib "$pid" 2>/dev/null || echo 0)
+    [ "$cur" -gt "$peak" ] && peak=$cur
+    sleep 0.05
+  done
+  echo "$peak"
+}
+
+post_script() {
+  local body=$1 out=$2
+  cat >"$out" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = [[$body]]
+LUA
+}
+
+# run_wrk NAME URL SCRIPT → prints "rps p50 p99" and keeps the full output
+run_wrk() {
+  local name=$1 url=$2 script=$3
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$script" "$url" >"$work/$name.wrk"
+  local rps p50 p99 non2xx
+  rps=$(awk '/^Requests\/sec:/ {print $2}' "$work/$name.wrk")
+  p50=$(awk '$1 == "50%" {print $2}' "$work/$name.wrk")
+  p99=$(awk '$1 == "99%" {print $2}' "$work/$name.wrk")
+  non2xx=$(awk '/Non-2xx/ {print $5}' "$work/$name.wrk")
+  echo "$rps $p50 $p99 ${non2xx:-0}"
+}
+
+ALLOW_BODY='{"subject":{"id":"agt-state-hub-bridge"},"action":"sign","resource":{"type":"Actor","id":"agt-state-hub-bridge"},"context":{"ttl_hours":4,"principals":["state-hub"]}}'
+BIG_BODY="{\"subject\":{\"id\":\"iam:agt-bench-$((BIG_ACTORS / 2))\"},\"action\":\"sign\",\"resource\":{\"type\":\"Actor\",\"id\":\"agt-bench-$((BIG_ACTORS / 2))\"},\"context\":{\"ttl_hours\":4,\"principals\":[\"shared\"]}}"
+post_script "$ALLOW_BODY" "$work/allow.lua"
+post_script "$BIG_BODY" "$work/big.lua"
+
+# 1. Ceiling: the hello server, same request.
+"$EX/hello_server" "127.0.0.1:$HELLO_PORT" 2>/dev/null &
+hello=$!; pids+=("$hello")
+wait_ready "http://127.0.0.1:$HELLO_PORT/"
+read -r hello_rps hello_p50 hello_p99 _ < <(run_wrk hello "http://127.0.0.1:$HELLO_PORT/v1/check" "$work/allow.lua")
+kill "$hello"; wait "$hello" 2>/dev/null || true
+
+# 2. flex-auth with the shipped production registry.
+FLEX_AUTH_LOG=warn "$BIN" serve --policy policies/ops-warden \
+  --registry registry/ops-warden/production_registry_snapshot.json --listen "127.0.0.1:$FLEX_PORT" 2>/dev/null &
+flex=$!; pids+=("$flex")
+wait_ready "http://127.0.0.1:$FLEX_PORT/readyz"
+sleep 1
+idle_small=$(rss_kib "$flex")
+rm -f "$work/stop"; sample_peak_rss "$flex" "$work/stop" >"$work/peak_small" &
+sampler=$!
+read -r flex_rps flex_p50 flex_p99 flex_non2xx < <(run_wrk flex "http://127.0.0.1:$FLEX_PORT/v1/check" "$work/allow.lua")
+touch "$work/stop"; wait "$sampler"; load_small=$(cat "$work/peak_small")
+kill "$flex"; wait "$flex" 2>/dev/null || true
+
+# 3. flex-auth with a generated large registry.
+"$EX/gen_registry" "$BIG_ACTORS" >"$work/big.json"
+start_ns=$(date +%s%N)
+FLEX_AUTH_LOG=warn "$BIN" serve --policy policies/ops-warden --registry "$work/big.json" \
+  --listen "127.0.0.1:$FLEX_PORT" 2>/dev/null &
+flex=$!; pids+=("$flex")
+wait_ready "http://127.0.0.1:$FLEX_PORT/readyz"
+ready_ms=$(( ($(date +%s%N) - start_ns) / 1000000 ))
+sleep 1
+idle_big=$(rss_kib "$flex")
+rm -f "$work/stop"; sample_peak_rss "$flex" "$work/stop" >"$work/peak_big" &
+sampler=$!
+read -r big_rps big_p50 big_p99 big_non2xx < <(run_wrk big "http://127.0.0.1:$FLEX_PORT/v1/check" "$work/big.lua")
+touch "$work/stop"; wait "$sampler"; load_big=$(cat "$work/peak_big")
+kill "$flex"; wait "$flex" 2>/dev/null || true
+
+ratio=$(awk -v a="$flex_rps" -v b="$hello_rps" 'BEGIN { printf "%.1f", 100 * a / b }')
+ratio_big=$(awk -v a="$big_rps" -v b="$hello_rps" 'BEGIN { printf "%.1f", 100 * a / b }')
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+
+cat <<EOF2
+## Load run $(date -u +%Y-%m-%d) — commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+
+Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); wrk $THREADS thread(s), $CONNECTIONS connections, $DURATION per run, same machine as the servers.
+
+| run | requests/s | p50 | p99 | non-2xx | % of ceiling |
+| --- | ---: | ---: | ---: | ---: | ---: |
+| hello server (ceiling) | $hello_rps | $hello_p50 | $hello_p99 | - | 100 |
+| flex-auth /v1/check, shipped registry (3 actors) | $flex_rps | $flex_p50 | $flex_p99 | $flex_non2xx | $ratio |
+| flex-auth /v1/check, $BIG_ACTORS actors | $big_rps | $big_p50 | $big_p99 | $big_non2xx | $ratio_big |
+
+| resident memory | MiB |
+| --- | ---: |
+| idle, shipped registry | $(mib "$idle_small") |
+| peak under load, shipped registry | $(mib "$load_small") |
+| idle, $BIG_ACTORS actors (ready after ${ready_ms} ms) | $(mib "$idle_big") |
+| peak under load, $BIG_ACTORS actors | $(mib "$load_big") |
+EOF2
