@@ -5,6 +5,10 @@
 # generated 100,000-actor registry. Traffic goes to 127.0.0.1 only; every run is bounded by
 # DURATION. Installs wrk (Debian package) when it is missing.
 #
+# On a machine with 2+ cores the servers are pinned to core 0 and wrk to core 1 (taskset), so the
+# ceiling and flex-auth get the same CPU and the load generator never competes with them; without
+# pinning, runs on 2 cores varied by ±30 %.
+#
 #   scripts/load.sh                 # defaults: 15s per run, 32 connections, 1 wrk thread
 #   DURATION=30s CONNECTIONS=64 scripts/load.sh
 set -euo pipefail
@@ -16,6 +20,16 @@ THREADS=${THREADS:-1}
 FLEX_PORT=${FLEX_PORT:-18080}
 HELLO_PORT=${HELLO_PORT:-18081}
 BIG_ACTORS=${BIG_ACTORS:-100000}
+
+if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null 2>&1; then
+  SERVER_CPU=(taskset -c 0)
+  LOAD_CPU=(taskset -c 1)
+  PINNING="servers pinned to core 0, wrk to core 1"
+else
+  SERVER_CPU=()
+  LOAD_CPU=()
+  PINNING="no CPU pinning"
+fi
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need wrk || ! need curl; then
@@ -75,7 +89,7 @@ LUA
 # run_wrk NAME URL SCRIPT → prints "rps p50 p99" and keeps the full output
 run_wrk() {
   local name=$1 url=$2 script=$3
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$script" "$url" >"$work/$name.wrk"
+  "${LOAD_CPU[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$script" "$url" >"$work/$name.wrk"
   local rps p50 p99 non2xx
   rps=$(awk '/^Requests\/sec:/ {print $2}' "$work/$name.wrk")
   p50=$(awk '$1 == "50%" {print $2}' "$work/$name.wrk")
@@ -90,14 +104,14 @@ post_script "$ALLOW_BODY" "$work/allow.lua"
 post_script "$BIG_BODY" "$work/big.lua"
 
 # 1. Ceiling: the hello server, same request.
-"$EX/hello_server" "127.0.0.1:$HELLO_PORT" 2>/dev/null &
+"${SERVER_CPU[@]}" "$EX/hello_server" "127.0.0.1:$HELLO_PORT" 2>/dev/null &
 hello=$!; pids+=("$hello")
 wait_ready "http://127.0.0.1:$HELLO_PORT/"
 read -r hello_rps hello_p50 hello_p99 _ < <(run_wrk hello "http://127.0.0.1:$HELLO_PORT/v1/check" "$work/allow.lua")
 kill "$hello"; wait "$hello" 2>/dev/null || true
 
 # 2. flex-auth with the shipped production registry.
-FLEX_AUTH_LOG=warn "$BIN" serve --policy policies/ops-warden \
+FLEX_AUTH_LOG=warn "${SERVER_CPU[@]}" "$BIN" serve --policy policies/ops-warden \
   --registry registry/ops-warden/production_registry_snapshot.json --listen "127.0.0.1:$FLEX_PORT" 2>/dev/null &
 flex=$!; pids+=("$flex")
 wait_ready "http://127.0.0.1:$FLEX_PORT/readyz"
@@ -112,7 +126,7 @@ kill "$flex"; wait "$flex" 2>/dev/null || true
 # 3. flex-auth with a generated large registry.
 "$EX/gen_registry" "$BIG_ACTORS" >"$work/big.json"
 start_ns=$(date +%s%N)
-FLEX_AUTH_LOG=warn "$BIN" serve --policy policies/ops-warden --registry "$work/big.json" \
+FLEX_AUTH_LOG=warn "${SERVER_CPU[@]}" "$BIN" serve --policy policies/ops-warden --registry "$work/big.json" \
   --listen "127.0.0.1:$FLEX_PORT" 2>/dev/null &
 flex=$!; pids+=("$flex")
 wait_ready "http://127.0.0.1:$FLEX_PORT/readyz"
@@ -132,7 +146,7 @@ mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 cat <<EOF2
 ## Load run $(date -u +%Y-%m-%d) — commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 
-Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); wrk $THREADS thread(s), $CONNECTIONS connections, $DURATION per run, same machine as the servers.
+Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); wrk $THREADS thread(s), $CONNECTIONS connections, $DURATION per run, same machine as the servers, $PINNING.
 
 | run | requests/s | p50 | p99 | non-2xx | % of ceiling |
 | --- | ---: | ---: | ---: | ---: | ---: |

@@ -177,8 +177,10 @@ pub fn parse_snapshot(
             errors,
         });
     }
+    // By value: the strings move into the typed snapshot and the JSON tree is freed now, not
+    // after the entities are built (it is the largest transient allocation of a load).
     let snapshot: Snapshot =
-        serde_path_to_error::deserialize(&value).map_err(|e| RegistryError::Schema {
+        serde_path_to_error::deserialize(value).map_err(|e| RegistryError::Schema {
             path: origin.to_owned(),
             errors: vec![format!("{}: {}", e.path(), e.inner())],
         })?;
