@@ -15,6 +15,7 @@ use serde_json::Value;
 use crate::decision::{
     CheckRequest, Decision, DecisionId, Engine, Outcome, PolicyError, RequestError,
 };
+use crate::registry::RegistryKind;
 use crate::state::State;
 
 /// Reason a batch item reports when it could not be evaluated.
@@ -70,10 +71,13 @@ impl Api {
                 &serde_json::json!({"status": "ok"}),
             )),
             ("/readyz", &Method::GET | &Method::HEAD) => Ok(self.readyz()),
+            ("/v1/status", &Method::GET | &Method::HEAD) => Ok(self.status()),
             ("/v1/check" | "/v1/check/batch", _) => {
                 Err(ApiError::MethodNotAllowed { allow: "POST" })
             }
-            ("/healthz" | "/readyz", _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
+            ("/healthz" | "/readyz" | "/v1/status", _) => {
+                Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" })
+            }
             (path, _) => Err(ApiError::NotFound(path.to_owned())),
         };
         result.unwrap_or_else(ApiError::into_response)
@@ -124,38 +128,59 @@ impl Api {
     fn not_ready(&self) -> ApiError {
         ApiError::NotReady(self.state.last_error().map_or_else(
             || "no policy package and registry loaded".to_owned(),
-            |e| e.to_string(),
+            |e| e.message.clone(),
         ))
     }
 
-    fn readyz(&self) -> Response<Full<Bytes>> {
+    /// Readiness: `ready`, `degraded` (the last reload failed, the previous version serves) or
+    /// `unready` (nothing loaded), with one check per concern.
+    fn readiness(&self) -> (&'static str, Vec<Check>) {
         let loaded = self.state.current();
-        let (status, checks) = match (loaded.as_ref(), self.state.last_error()) {
+        match (loaded.as_ref(), self.state.last_error()) {
             (Some(_), None) => (
                 "ready",
                 vec![Check::pass("policy"), Check::pass("registry")],
             ),
-            (Some(_), Some(error)) => (
+            (Some(_), Some(failure)) => (
                 "degraded",
-                vec![Check {
-                    name: "reload",
-                    status: "warn",
-                    reason: Some(format!(
-                        "last load failed, previous version still serves: {error}"
-                    )),
-                }],
+                vec![
+                    Check::pass("policy"),
+                    Check::pass("registry"),
+                    Check {
+                        name: "reload",
+                        status: "warn",
+                        reason: Some(format!(
+                            "last reload ({}) failed, the previous version still serves: {}",
+                            failure.trigger.as_str(),
+                            failure.message
+                        )),
+                        docs: Some(format!("docs/runbook.md#{}", failure.problem)),
+                    },
+                ],
             ),
-            (None, error) => (
-                "unready",
-                vec![Check {
-                    name: "policy_and_registry",
-                    status: "fail",
-                    reason: Some(
-                        error.map_or_else(|| "not loaded yet".to_owned(), |e| e.to_string()),
-                    ),
-                }],
-            ),
-        };
+            (None, failure) => {
+                let (name, reason, problem) = match &failure {
+                    Some(f) if f.setting == "FLEX_AUTH_POLICY" => {
+                        ("policy", f.message.clone(), f.problem)
+                    }
+                    Some(f) => ("registry", f.message.clone(), f.problem),
+                    None => ("policy", "not loaded yet".to_owned(), "not-loaded"),
+                };
+                (
+                    "unready",
+                    vec![Check {
+                        name,
+                        status: "fail",
+                        reason: Some(reason),
+                        docs: Some(format!("docs/runbook.md#{problem}")),
+                    }],
+                )
+            }
+        }
+    }
+
+    fn readyz(&self) -> Response<Full<Bytes>> {
+        let (status, checks) = self.readiness();
         let code = if status == "unready" {
             StatusCode::SERVICE_UNAVAILABLE
         } else {
@@ -164,6 +189,94 @@ impl Api {
         json_response(
             code,
             &serde_json::json!({"status": status, "checks": checks}),
+        )
+    }
+
+    /// `GET /v1/status`: what is loaded, from where, reload history and limits. Never a secret.
+    fn status(&self) -> Response<Full<Bytes>> {
+        let (readiness, checks) = self.readiness();
+        let loaded = self.state.current();
+        let sources = self.state.sources();
+        let (policy, registry) = match loaded.as_ref() {
+            Some(loaded) => {
+                let engine = &loaded.engine;
+                let package = engine.policy();
+                let reg = engine.registry();
+                let details = match reg.kind() {
+                    RegistryKind::Snapshot {
+                        schema_version,
+                        generated_at,
+                        source,
+                        ..
+                    } => serde_json::json!({
+                        "format": "snapshot", "schema_version": schema_version,
+                        "generated_at": generated_at, "source": source,
+                    }),
+                    RegistryKind::CedarEntities => serde_json::json!({"format": "cedar_entities"}),
+                };
+                let loaded_at = humantime::format_rfc3339_seconds(loaded.loaded_at).to_string();
+                let files: Vec<String> = package
+                    .sources()
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                (
+                    serde_json::json!({
+                        "name": package.name(),
+                        "declared_version": package.declared_version(),
+                        "hash": package.hash().as_str(),
+                        "policies": package.policy_count(),
+                        "schema": package.schema().is_some(),
+                        "files": files,
+                        "loaded_at": loaded_at,
+                    }),
+                    serde_json::json!({
+                        "hash": reg.hash().as_str(),
+                        "entities": reg.entity_count(),
+                        "details": details,
+                        "loaded_at": loaded_at,
+                        "load_ms": u64::try_from(loaded.load_duration.as_millis()).unwrap_or(u64::MAX),
+                        "loaded_by": loaded.trigger.as_str(),
+                    }),
+                )
+            }
+            None => (Value::Null, Value::Null),
+        };
+        let last_error = self.state.last_error().map(|f| {
+            serde_json::json!({
+                "message": f.message,
+                "setting": f.setting,
+                "trigger": f.trigger.as_str(),
+                "at": humantime::format_rfc3339_seconds(f.at).to_string(),
+                "docs": format!("docs/runbook.md#{}", f.problem),
+            })
+        });
+        let reloads: serde_json::Map<String, Value> = self
+            .state
+            .counters()
+            .snapshot()
+            .into_iter()
+            .map(|(trigger, counts)| (trigger.to_owned(), serde_json::json!(counts)))
+            .collect();
+        json_response(
+            StatusCode::OK,
+            &serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "status": readiness,
+                "checks": checks,
+                "sources": {
+                    "policy": sources.policy.display().to_string(),
+                    "registry": sources.registry.path().display().to_string(),
+                },
+                "policy": policy,
+                "registry": registry,
+                "last_reload_error": last_error,
+                "reloads": reloads,
+                "limits": {
+                    "max_body_bytes": self.config.max_body_bytes,
+                    "max_batch": self.config.max_batch,
+                },
+            }),
         )
     }
 
@@ -302,6 +415,8 @@ struct Check {
     status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    docs: Option<String>,
 }
 
 impl Check {
@@ -310,6 +425,7 @@ impl Check {
             name,
             status: "pass",
             reason: None,
+            docs: None,
         }
     }
 }

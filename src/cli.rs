@@ -16,8 +16,9 @@ use serde_json::Value;
 use crate::api::{Api, ApiConfig, CheckResponse};
 use crate::config::{CheckArgs, ConfigError, ServeArgs, SourceArgs, TestArgs};
 use crate::decision::{CheckRequest, ResourceRef, SubjectRef};
+use crate::reload::{self, ReloadConfig};
 use crate::server::{shutdown_signal, Server};
-use crate::state::{self, State};
+use crate::state::{self, State, Trigger};
 use crate::suite;
 
 /// Exit code: allowed / valid / all tests passed.
@@ -38,11 +39,19 @@ fn config_error(e: &ConfigError) -> ExitCode {
 pub fn serve(args: ServeArgs) -> ExitCode {
     let sources = match args.sources.sources() {
         Ok(s) => s,
+        Err(ConfigError::Missing { flag, env }) => {
+            let problem = if env == "FLEX_AUTH_POLICY" {
+                "policy-missing"
+            } else {
+                "registry-missing"
+            };
+            return boot_fail(env, &format!("{flag} is not set"), problem);
+        }
         Err(e) => return config_error(&e),
     };
     let state = Arc::new(State::new(sources));
-    match state.reload() {
-        Ok(()) => {
+    match state.reload(Trigger::Startup) {
+        Ok(_) => {
             if let Some(loaded) = state.current().as_ref() {
                 let engine = &loaded.engine;
                 tracing::info!(
@@ -51,6 +60,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
                     policies = engine.policy().policy_count(),
                     registry_version = %engine.registry().hash(),
                     entities = engine.registry().entity_count(),
+                    load_ms = loaded.load_duration.as_millis() as u64,
                     "loaded policy package and registry"
                 );
                 for warning in engine.policy().warnings() {
@@ -58,13 +68,23 @@ pub fn serve(args: ServeArgs) -> ExitCode {
                 }
             }
         }
-        Err(e) => {
-            tracing::error!(error = %e, "load failed; serving unready (every check answers 503)")
+        Err(failure) if args.fail_fast() => {
+            return boot_fail(failure.setting, &failure.message, failure.problem);
         }
+        Err(failure) => tracing::error!(
+            setting = failure.setting,
+            error = %failure.message,
+            "load failed; serving unready (every check answers 503) until valid files appear"
+        ),
     }
     let config = ApiConfig {
         max_body_bytes: usize::try_from(args.max_body_bytes).unwrap_or(usize::MAX),
         max_batch: usize::try_from(args.max_batch).unwrap_or(usize::MAX),
+    };
+    let reload_config = ReloadConfig {
+        watch: !args.no_watch,
+        poll_interval: Some(args.poll_interval).filter(|d| !d.is_zero()),
+        ..ReloadConfig::default()
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -77,6 +97,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        let _triggers = reload::spawn(state.clone(), &reload_config);
         let server =
             match Server::bind(args.listen, Api::new(state, config), args.shutdown_grace).await {
                 Ok(server) => server,
@@ -95,6 +116,22 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         server.serve(shutdown_signal()).await;
         ExitCode::SUCCESS
     })
+}
+
+/// Print the one `BOOT_FAIL` line operators and probes look for, and exit 78.
+fn boot_fail(setting: &str, reason: &str, problem: &str) -> ExitCode {
+    let reason = reason
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"");
+    eprintln!(
+        "BOOT_FAIL setting={setting} reason=\"{reason}\" docs=docs/runbook.md#boot-{problem}"
+    );
+    ExitCode::from(EXIT_CONFIG)
 }
 
 /// `flex-auth validate`.

@@ -113,6 +113,41 @@ pub struct ServeArgs {
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT (e.g. `20s`).
     #[arg(long, env = "FLEX_AUTH_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// `production`: a missing or invalid policy or registry at start-up stops the process with
+    /// one `BOOT_FAIL` line and exit code 78. `development`: it starts unready and becomes ready
+    /// when valid files appear.
+    #[arg(long, env = "FLEX_AUTH_MODE", value_enum, default_value_t = Mode::Development)]
+    pub mode: Mode,
+
+    /// Behave like production mode at start-up, whatever `--mode` says.
+    #[arg(long, env = "FLEX_AUTH_STRICT")]
+    pub strict: bool,
+
+    /// Re-read the policy and registry this often and reload when their content changed, for file
+    /// systems without change events (`0` disables polling).
+    #[arg(long, env = "FLEX_AUTH_POLL_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+
+    /// Do not watch the policy and registry directories for changes (polling and SIGHUP remain).
+    #[arg(long, env = "FLEX_AUTH_NO_WATCH")]
+    pub no_watch: bool,
+}
+
+impl ServeArgs {
+    /// Whether start-up failures are fatal.
+    pub fn fail_fast(&self) -> bool {
+        self.strict || self.mode == Mode::Production
+    }
+}
+
+/// How strictly `serve` treats start-up problems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Start unready and recover when files are fixed.
+    Development,
+    /// Refuse to start with a missing or invalid policy or registry.
+    Production,
 }
 
 /// `flex-auth check`.

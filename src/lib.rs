@@ -14,6 +14,7 @@ pub mod decision;
 pub mod hash;
 pub mod policy;
 pub mod registry;
+pub mod reload;
 pub mod server;
 pub mod state;
 pub mod suite;

@@ -137,17 +137,18 @@ pub enum RegistryError {
 /// Read and compile a registry snapshot file, validating it against the JSON Schema and, when
 /// given, the policy package's Cedar schema.
 pub fn load_snapshot(path: &Path, schema: Option<&Schema>) -> Result<Registry, RegistryError> {
-    let bytes = read(path)?;
+    let bytes = read_registry(path)?;
     parse_snapshot(&bytes, &path.display().to_string(), schema)
 }
 
 /// Read a raw Cedar entities JSON file.
 pub fn load_entities(path: &Path, schema: Option<&Schema>) -> Result<Registry, RegistryError> {
-    let bytes = read(path)?;
+    let bytes = read_registry(path)?;
     parse_entities(&bytes, &path.display().to_string(), schema)
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, RegistryError> {
+/// Read a registry file's bytes (hashed before anything is parsed, to skip no-op reloads).
+pub fn read_registry(path: &Path) -> Result<Vec<u8>, RegistryError> {
     std::fs::read(path).map_err(|source| RegistryError::Io {
         path: path.display().to_string(),
         source,

@@ -1,16 +1,21 @@
 //! The loaded state: one immutable [`Engine`] (policy package + registry) behind an `ArcSwap`.
-//! A request takes one snapshot at its start and finishes on it; a load builds the new engine
+//! A request takes one snapshot at its start and finishes on it; a reload builds the new engine
 //! completely before it is swapped in, so a bad file never replaces a good one.
+//!
+//! Reloads are serialized (one at a time, whatever triggered them) and compare content hashes
+//! first, so a file event that changed nothing costs a read and a hash, not a recompile.
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
 
 use arc_swap::{ArcSwapOption, Guard};
 
 use crate::decision::{Engine, RequestError};
+use crate::hash::ContentHash;
 use crate::policy::{load_package, PolicyLoadError};
-use crate::registry::{load_entities, load_snapshot, RegistryError};
+use crate::registry::{parse_entities, parse_snapshot, read_registry, RegistryError};
 
 /// Where the policy package and registry are read from.
 #[derive(Debug, Clone)]
@@ -30,6 +35,23 @@ pub enum RegistrySource {
     Entities(PathBuf),
 }
 
+impl RegistrySource {
+    /// The file path.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Snapshot(p) | Self::Entities(p) => p,
+        }
+    }
+
+    /// The environment variable that names this source.
+    pub fn setting(&self) -> &'static str {
+        match self {
+            Self::Snapshot(_) => "FLEX_AUTH_REGISTRY",
+            Self::Entities(_) => "FLEX_AUTH_ENTITIES",
+        }
+    }
+}
+
 /// Why loading failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -44,32 +66,184 @@ pub enum LoadError {
     Engine(#[from] RequestError),
 }
 
-/// An engine and when it was loaded.
+/// What started a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The first load at start-up.
+    Startup,
+    /// A file-system event on a watched path.
+    Watch,
+    /// The polling fallback.
+    Poll,
+    /// `SIGHUP`.
+    Signal,
+}
+
+impl Trigger {
+    const ALL: [Self; 4] = [Self::Startup, Self::Watch, Self::Poll, Self::Signal];
+
+    /// Stable lower-case name, as shown in `/v1/status` and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Startup => "startup",
+            Self::Watch => "watch",
+            Self::Poll => "poll",
+            Self::Signal => "sighup",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::Startup => 0,
+            Self::Watch => 1,
+            Self::Poll => 2,
+            Self::Signal => 3,
+        }
+    }
+}
+
+/// What a successful reload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// A new engine is in force.
+    Loaded,
+    /// The files hash the same as what is loaded; nothing was rebuilt.
+    Unchanged,
+}
+
+/// A failed reload, kept for `/readyz` and `/v1/status`.
+#[derive(Debug, Clone)]
+pub struct ReloadFailure {
+    /// The error, as a user would read it (file, line, field).
+    pub message: String,
+    /// The setting at fault, e.g. `FLEX_AUTH_REGISTRY`.
+    pub setting: &'static str,
+    /// What kind of problem, e.g. `registry-invalid`: the `docs/runbook.md` anchor.
+    pub problem: &'static str,
+    /// When it failed.
+    pub at: SystemTime,
+    /// What triggered the attempt.
+    pub trigger: Trigger,
+}
+
+/// An engine, when it was loaded and why.
 #[derive(Debug)]
 pub struct Loaded {
     /// The engine.
     pub engine: Engine,
     /// When it was swapped in.
     pub loaded_at: SystemTime,
+    /// What triggered the load.
+    pub trigger: Trigger,
+    /// How long reading, validating and compiling took.
+    pub load_duration: std::time::Duration,
+}
+
+/// Reload counts by trigger and result.
+#[derive(Debug, Default)]
+pub struct ReloadCounters {
+    counts: [[AtomicU64; 3]; 4],
+}
+
+/// One trigger's counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct TriggerCounts {
+    /// Reloads that installed a new engine.
+    pub loaded: u64,
+    /// Reloads that found nothing changed.
+    pub unchanged: u64,
+    /// Reloads that failed (the previous engine stayed).
+    pub failed: u64,
+}
+
+impl ReloadCounters {
+    fn record(&self, trigger: Trigger, result: usize) {
+        if let Some(slot) = self
+            .counts
+            .get(trigger.index())
+            .and_then(|row| row.get(result))
+        {
+            slot.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts for every trigger, in a fixed order.
+    pub fn snapshot(&self) -> Vec<(&'static str, TriggerCounts)> {
+        Trigger::ALL
+            .iter()
+            .map(|t| {
+                let get = |i: usize| {
+                    self.counts
+                        .get(t.index())
+                        .and_then(|row| row.get(i))
+                        .map_or(0, |c| c.load(Ordering::Relaxed))
+                };
+                (
+                    t.as_str(),
+                    TriggerCounts {
+                        loaded: get(0),
+                        unchanged: get(1),
+                        failed: get(2),
+                    },
+                )
+            })
+            .collect()
+    }
 }
 
 /// Load and compile the policy package and the registry (validated against the package's
 /// schema) into an engine. Does not touch any running state.
 pub fn load(sources: &Sources) -> Result<Engine, LoadError> {
     let package = load_package(&sources.policy)?;
+    let bytes = read_registry(sources.registry.path())?;
+    build(sources, package, &bytes)
+}
+
+fn build(
+    sources: &Sources,
+    package: crate::policy::PolicyPackage,
+    bytes: &[u8],
+) -> Result<Engine, LoadError> {
+    let origin = sources.registry.path().display().to_string();
     let registry = match &sources.registry {
-        RegistrySource::Snapshot(path) => load_snapshot(path, package.schema())?,
-        RegistrySource::Entities(path) => load_entities(path, package.schema())?,
+        RegistrySource::Snapshot(_) => parse_snapshot(bytes, &origin, package.schema())?,
+        RegistrySource::Entities(_) => parse_entities(bytes, &origin, package.schema())?,
     };
     Ok(Engine::new(package, registry)?)
 }
 
-/// The server's state: the engine in force (if any) and the last load error.
+/// Every `problem` a [`ReloadFailure`] can carry, plus `not-loaded`; each is an anchor in
+/// `docs/runbook.md`, and `BOOT_FAIL` lines print them prefixed with `boot-`.
+pub const PROBLEMS: [&str; 5] = [
+    "policy-missing",
+    "policy-invalid",
+    "registry-missing",
+    "registry-invalid",
+    "not-loaded",
+];
+
+fn problem_of(e: &LoadError) -> &'static str {
+    let missing = |source: &std::io::Error| source.kind() == std::io::ErrorKind::NotFound;
+    match e {
+        LoadError::Policy(PolicyLoadError::Io { source, .. }) if missing(source) => {
+            "policy-missing"
+        }
+        LoadError::Policy(_) => "policy-invalid",
+        LoadError::Registry(RegistryError::Io { source, .. }) if missing(source) => {
+            "registry-missing"
+        }
+        LoadError::Registry(_) | LoadError::Engine(_) => "registry-invalid",
+    }
+}
+
+/// The server's state: the engine in force (if any), the last reload failure, counters.
 #[derive(Debug)]
 pub struct State {
     sources: Sources,
     current: ArcSwapOption<Loaded>,
-    last_error: ArcSwapOption<String>,
+    last_error: ArcSwapOption<ReloadFailure>,
+    reload_lock: Mutex<()>,
+    counters: ReloadCounters,
 }
 
 impl State {
@@ -79,6 +253,8 @@ impl State {
             sources,
             current: ArcSwapOption::empty(),
             last_error: ArcSwapOption::empty(),
+            reload_lock: Mutex::new(()),
+            counters: ReloadCounters::default(),
         }
     }
 
@@ -87,29 +263,70 @@ impl State {
         &self.sources
     }
 
-    /// Load from the sources; on success swap the new engine in, on failure keep the one in
-    /// force and remember the error.
-    pub fn reload(&self) -> Result<(), Arc<String>> {
-        match load(&self.sources) {
-            Ok(engine) => {
-                self.install(engine);
-                Ok(())
+    /// Read the sources; when their content differs from what is loaded, build a new engine
+    /// and swap it in. On failure the engine in force stays and the failure is remembered.
+    /// Blocking (file I/O and compilation): call it off the async runtime's worker threads.
+    pub fn reload(&self, trigger: Trigger) -> Result<ReloadOutcome, Arc<ReloadFailure>> {
+        // A poisoned lock only means another reload panicked; the state itself is an ArcSwap
+        // and is never left half-written, so carry on.
+        let _serialized = self
+            .reload_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let started = Instant::now();
+        let result = self.try_reload(trigger, started);
+        match result {
+            Ok(outcome) => {
+                self.counters.record(
+                    trigger,
+                    if outcome == ReloadOutcome::Loaded {
+                        0
+                    } else {
+                        1
+                    },
+                );
+                self.last_error.store(None);
+                Ok(outcome)
             }
             Err(e) => {
-                let message = Arc::new(e.to_string());
-                self.last_error.store(Some(message.clone()));
-                Err(message)
+                self.counters.record(trigger, 2);
+                let failure = Arc::new(ReloadFailure {
+                    setting: match &e {
+                        LoadError::Policy(_) => "FLEX_AUTH_POLICY",
+                        LoadError::Registry(_) | LoadError::Engine(_) => {
+                            self.sources.registry.setting()
+                        }
+                    },
+                    problem: problem_of(&e),
+                    message: e.to_string(),
+                    at: SystemTime::now(),
+                    trigger,
+                });
+                self.last_error.store(Some(failure.clone()));
+                Err(failure)
             }
         }
     }
 
-    /// Swap in an engine built elsewhere.
-    pub fn install(&self, engine: Engine) {
+    fn try_reload(&self, trigger: Trigger, started: Instant) -> Result<ReloadOutcome, LoadError> {
+        let package = load_package(&self.sources.policy)?;
+        let bytes = read_registry(self.sources.registry.path())?;
+        if let Some(current) = self.current.load().as_ref() {
+            let engine = &current.engine;
+            if engine.policy().hash() == package.hash()
+                && engine.registry().hash() == &ContentHash::of_bytes(&bytes)
+            {
+                return Ok(ReloadOutcome::Unchanged);
+            }
+        }
+        let engine = build(&self.sources, package, &bytes)?;
         self.current.store(Some(Arc::new(Loaded {
             engine,
             loaded_at: SystemTime::now(),
+            trigger,
+            load_duration: started.elapsed(),
         })));
-        self.last_error.store(None);
+        Ok(ReloadOutcome::Loaded)
     }
 
     /// The engine in force, for one request. One atomic load; no lock.
@@ -117,8 +334,13 @@ impl State {
         self.current.load()
     }
 
-    /// The error of the last failed load, if the last load failed.
-    pub fn last_error(&self) -> Option<Arc<String>> {
+    /// The last reload failure, while the most recent reload attempt failed.
+    pub fn last_error(&self) -> Option<Arc<ReloadFailure>> {
         self.last_error.load_full()
+    }
+
+    /// Reload counts by trigger and result.
+    pub fn counters(&self) -> &ReloadCounters {
+        &self.counters
     }
 }

@@ -382,3 +382,180 @@ fn serve_answers_checks_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn production_mode_with_a_bad_registry_fails_boot_with_one_line() {
+    let dir = temp_package(&[(
+        "registry.json",
+        r#"{"schema_version": "1.0", "generated_at": "2026-11-23T00:00:00Z", "source": "t",
+            "actors": [{"id": "a", "type": "agent", "principals": [], "allowed_subjects": [],
+                        "max_ttl_hours": 0, "default_ttl_hours": 0}]}"#,
+    )]);
+    let registry = dir.path().join("registry.json");
+    for args in [
+        vec![
+            "serve",
+            "--mode",
+            "production",
+            "--policy",
+            POLICY,
+            "--registry",
+            registry.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        vec![
+            "serve",
+            "--strict",
+            "--policy",
+            POLICY,
+            "--registry",
+            registry.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    ] {
+        let out = flex_auth(&args);
+        assert_eq!(out.status.code(), Some(78), "{args:?}");
+        let err = stderr(&out);
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{err}");
+        assert!(
+            lines[0].starts_with("BOOT_FAIL setting=FLEX_AUTH_REGISTRY reason=\""),
+            "{err}"
+        );
+        assert!(
+            lines[0].contains("actors[0].max_ttl_hours (actor `a`): expected integer ≥ 1"),
+            "{err}"
+        );
+        assert!(
+            lines[0].ends_with("docs=docs/runbook.md#boot-registry-invalid"),
+            "{err}"
+        );
+    }
+    let out = flex_auth(&[
+        "serve",
+        "--mode",
+        "production",
+        "--policy",
+        "missing-dir",
+        "--registry",
+        REGISTRY,
+    ]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        stderr(&out)
+            .trim_end()
+            .ends_with("docs=docs/runbook.md#boot-policy-missing"),
+        "{}",
+        stderr(&out)
+    );
+    let out = flex_auth(&["serve", "--mode", "production", "--policy", POLICY]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        stderr(&out).starts_with("BOOT_FAIL setting=FLEX_AUTH_REGISTRY"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Start the binary, return it with the address from its `listening` log line.
+fn spawn_server(args: &[&str]) -> (std::process::Child, String) {
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("\"listening\"") {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                let _ = tx.send(v["fields"]["addr"].as_str().unwrap().to_owned());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server logs its address");
+    (child, addr)
+}
+
+fn stop(mut child: std::process::Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "server did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn get_json(addr: &str, path: &str) -> serde_json::Value {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    rt.block_on(async {
+        support::send(addr, http::Method::GET, path, &[], "")
+            .await
+            .json()
+    })
+}
+
+#[test]
+fn sighup_reloads_when_watching_and_polling_are_off() {
+    let dir = temp_package(&[]);
+    let registry = dir.path().join("registry.json");
+    let original =
+        std::fs::read_to_string(env!("CARGO_MANIFEST_DIR").to_owned() + "/" + REGISTRY).unwrap();
+    std::fs::write(&registry, &original).unwrap();
+    let (child, addr) = spawn_server(&[
+        "--policy",
+        POLICY,
+        "--registry",
+        registry.to_str().unwrap(),
+        "--no-watch",
+        "--poll-interval",
+        "0",
+    ]);
+    let before = get_json(&addr, "/v1/status")["registry"]["hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let changed = original.replace("\"max_ttl_hours\": 8", "\"max_ttl_hours\": 5");
+    assert_ne!(changed, original);
+    std::fs::write(&registry, &changed).unwrap();
+    let expected = flex_auth::hash::ContentHash::of_bytes(changed.as_bytes()).to_string();
+    assert_ne!(before, expected);
+    // Nothing watches or polls: the new file is not picked up until SIGHUP.
+    assert_eq!(
+        get_json(&addr, "/v1/status")["registry"]["hash"],
+        before.as_str()
+    );
+    let _ = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = get_json(&addr, "/v1/status");
+        if status["registry"]["hash"] == expected.as_str() {
+            assert_eq!(status["registry"]["loaded_by"], "sighup");
+            assert_eq!(status["reloads"]["sighup"]["loaded"], 1);
+            break;
+        }
+        assert!(Instant::now() < deadline, "SIGHUP did not reload: {status}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop(child);
+}

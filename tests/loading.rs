@@ -392,3 +392,23 @@ fn snapshot_attributes_needing_the_schema_are_converted() {
         .unwrap();
     assert_eq!(outcome.decision, Decision::Allow, "{outcome:?}");
 }
+
+#[test]
+fn every_problem_anchor_the_code_prints_is_in_the_runbook() {
+    let runbook = std::fs::read_to_string(repo_path("docs/runbook.md")).unwrap();
+    let headings: Vec<&str> = runbook
+        .lines()
+        .filter_map(|l| l.strip_prefix("### "))
+        .map(str::trim)
+        .collect();
+    for problem in flex_auth::state::PROBLEMS {
+        assert!(headings.contains(&problem), "runbook lacks `### {problem}`");
+        if problem != "not-loaded" {
+            let boot = format!("boot-{problem}");
+            assert!(
+                headings.contains(&boot.as_str()),
+                "runbook lacks `### {boot}`"
+            );
+        }
+    }
+}

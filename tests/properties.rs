@@ -26,7 +26,7 @@ fn api() -> &'static Api {
     static API: OnceLock<Api> = OnceLock::new();
     API.get_or_init(|| {
         let state = Arc::new(State::new(support::ops_warden()));
-        state.reload().unwrap();
+        state.reload(flex_auth::state::Trigger::Startup).unwrap();
         Api::new(state, ApiConfig::default())
     })
 }

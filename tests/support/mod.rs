@@ -44,6 +44,7 @@ pub struct TestServer {
     pub state: Arc<State>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<()>>,
+    _reload: Option<flex_auth::reload::ReloadTasks>,
 }
 
 impl TestServer {
@@ -55,7 +56,7 @@ impl TestServer {
     /// Start with the given sources and API limits.
     pub async fn start_with(sources: Sources, config: ApiConfig) -> Self {
         let state = Arc::new(State::new(sources));
-        let _ = state.reload();
+        let _ = state.reload(flex_auth::state::Trigger::Startup);
         let server = Server::bind(
             "127.0.0.1:0".parse().unwrap(),
             Api::new(state.clone(), config),
@@ -73,6 +74,40 @@ impl TestServer {
             state,
             shutdown: Some(tx),
             handle: Some(handle),
+            _reload: None,
+        }
+    }
+
+    /// Start with reload triggers running (file watch, polling, SIGHUP as configured).
+    pub async fn start_reloading(
+        sources: Sources,
+        reload: flex_auth::reload::ReloadConfig,
+    ) -> Self {
+        let mut server = Self::start(sources).await;
+        server._reload = Some(flex_auth::reload::spawn(server.state.clone(), &reload));
+        server
+    }
+
+    /// `/v1/status` as JSON.
+    pub async fn status(&self) -> Value {
+        let reply = self.get("/v1/status").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        reply.json()
+    }
+
+    /// Poll `/v1/status` until `condition` holds, failing the test after `DEADLINE`.
+    pub async fn wait_for_status(&self, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let status = self.status().await;
+            if condition(&status) {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}; last status: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
