@@ -88,7 +88,7 @@ impl Api {
         B: Body<Data = Bytes>,
         B::Error: Into<BoxError>,
     {
-        let body = self.read_json_body(request).await?;
+        let body = read_json_body(request, self.config.max_body_bytes).await?;
         let check: CheckRequest = parse_json(&body)?;
         let loaded = self.state.current();
         let loaded = loaded.as_ref().ok_or_else(|| self.not_ready())?;
@@ -105,7 +105,7 @@ impl Api {
         B: Body<Data = Bytes>,
         B::Error: Into<BoxError>,
     {
-        let body = self.read_json_body(request).await?;
+        let body = read_json_body(request, self.config.max_body_bytes).await?;
         let batch: BatchRequest = parse_json(&body)?;
         if batch.checks.len() > self.config.max_batch {
             return Err(ApiError::BatchTooLarge {
@@ -193,7 +193,7 @@ impl Api {
     }
 
     /// `GET /v1/status`: what is loaded, from where, reload history and limits. Never a secret.
-    fn status(&self) -> Response<Full<Bytes>> {
+    pub(crate) fn status(&self) -> Response<Full<Bytes>> {
         let (readiness, checks) = self.readiness();
         let loaded = self.state.current();
         let sources = self.state.sources();
@@ -279,35 +279,36 @@ impl Api {
             }),
         )
     }
+}
 
-    async fn read_json_body<B>(&self, request: Request<B>) -> Result<Bytes, ApiError>
-    where
-        B: Body<Data = Bytes>,
-        B::Error: Into<BoxError>,
-    {
-        if let Some(content_type) = request.headers().get(CONTENT_TYPE) {
-            if !is_json(content_type) {
-                return Err(ApiError::UnsupportedMediaType(
-                    String::from_utf8_lossy(content_type.as_bytes()).into_owned(),
-                ));
-            }
+/// Read a JSON request body: content type checked (absent means JSON), size capped at `limit`
+/// whether or not a `Content-Length` is declared.
+pub(crate) async fn read_json_body<B>(request: Request<B>, limit: usize) -> Result<Bytes, ApiError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    if let Some(content_type) = request.headers().get(CONTENT_TYPE) {
+        if !is_json(content_type) {
+            return Err(ApiError::UnsupportedMediaType(
+                String::from_utf8_lossy(content_type.as_bytes()).into_owned(),
+            ));
         }
-        let limit = self.config.max_body_bytes;
-        let declared = request
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > limit as u64) {
-            return Err(ApiError::BodyTooLarge { limit });
+    }
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    match Limited::new(request.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::BodyTooLarge { limit })
         }
-        match Limited::new(request.into_body(), limit).collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                Err(ApiError::BodyTooLarge { limit })
-            }
-            Err(e) => Err(ApiError::BodyRead(e.to_string())),
-        }
+        Err(e) => Err(ApiError::BodyRead(e.to_string())),
     }
 }
 
@@ -473,6 +474,12 @@ pub enum ApiError {
     },
     /// No policy package and registry are loaded.
     NotReady(String),
+    /// Missing or wrong admin bearer token.
+    Unauthorized,
+    /// The admin token file cannot be read: nothing is authorized.
+    AdminUnavailable(String),
+    /// A pushed registry or a reload was rejected; nothing changed.
+    Rejected(String),
 }
 
 /// The JSON `error` object.
@@ -497,7 +504,9 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotReady(_) | Self::AdminUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
@@ -554,6 +563,17 @@ impl ApiError {
                 format!("method not allowed; use {allow}"),
                 None,
             ),
+            Self::Unauthorized => (
+                "unauthorized",
+                "missing or wrong bearer token".to_owned(),
+                None,
+            ),
+            Self::AdminUnavailable(m) => (
+                "admin_unavailable",
+                format!("the admin token cannot be read, so nothing is authorized: {m}"),
+                None,
+            ),
+            Self::Rejected(m) => ("rejected", format!("rejected, nothing changed: {m}"), None),
             Self::NotReady(m) => (
                 "not_ready",
                 format!("cannot decide, treat as deny: {m}"),
@@ -590,6 +610,12 @@ impl ApiError {
             response
                 .headers_mut()
                 .insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        if matches!(self, Self::Unauthorized) {
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"flex-auth admin\""),
+            );
         }
         response
     }
@@ -691,7 +717,7 @@ fn plain_type_names(message: &str) -> String {
     out
 }
 
-fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+pub(crate) fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
     // Serializing our own response types cannot fail (string keys, no custom serializers that
     // error); should it ever, answer 503 rather than an empty 200.
     let (status, bytes) = match serde_json::to_vec(body) {

@@ -13,8 +13,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
+use crate::admin::Admin;
 use crate::api::{Api, ApiConfig, CheckResponse};
-use crate::config::{CheckArgs, ConfigError, ServeArgs, SourceArgs, TestArgs};
+use crate::config::{CheckArgs, ConfigError, LoadRegistryArgs, ServeArgs, SourceArgs, TestArgs};
 use crate::decision::{CheckRequest, ResourceRef, SubjectRef};
 use crate::reload::{self, ReloadConfig};
 use crate::server::{shutdown_signal, Server};
@@ -29,6 +30,10 @@ pub const EXIT_DENY: u8 = 1;
 pub const EXIT_CANNOT_DECIDE: u8 = 2;
 /// Exit code: the configuration cannot run (EX_CONFIG).
 pub const EXIT_CONFIG: u8 = 78;
+
+/// `BOOT_FAIL` problems that only start-up reports (besides `boot-` + each of
+/// [`crate::state::PROBLEMS`]); each is an anchor in `docs/runbook.md`.
+pub const BOOT_ONLY_PROBLEMS: [&str; 1] = ["admin-token-invalid"];
 
 fn config_error(e: &ConfigError) -> ExitCode {
     eprintln!("error: {e}");
@@ -49,6 +54,14 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         }
         Err(e) => return config_error(&e),
     };
+    // Every configuration check comes before the first log line, so that a BOOT_FAIL is the
+    // only thing on stderr.
+    if let Some(path) = &args.admin_token_file {
+        if let Err(e) = crate::admin::read_token(path) {
+            let [problem] = BOOT_ONLY_PROBLEMS;
+            return boot_fail("FLEX_AUTH_ADMIN_TOKEN_FILE", &e.to_string(), problem);
+        }
+    }
     let state = Arc::new(State::new(sources));
     match state.reload(Trigger::Startup) {
         Ok(_) => {
@@ -86,6 +99,20 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         poll_interval: Some(args.poll_interval).filter(|d| !d.is_zero()),
         ..ReloadConfig::default()
     };
+    let api = Api::new(state.clone(), config);
+    let admin = match &args.admin_token_file {
+        Some(path) => {
+            let max = usize::try_from(args.admin_max_body_bytes).unwrap_or(usize::MAX);
+            match Admin::new(state.clone(), api.clone(), path.clone(), max) {
+                Ok(admin) => Some(admin),
+                Err(e) => {
+                    let [problem] = BOOT_ONLY_PROBLEMS;
+                    return boot_fail("FLEX_AUTH_ADMIN_TOKEN_FILE", &e.to_string(), problem);
+                }
+            }
+        }
+        None => None,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -98,14 +125,39 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     };
     runtime.block_on(async move {
         let _triggers = reload::spawn(state.clone(), &reload_config);
-        let server =
-            match Server::bind(args.listen, Api::new(state, config), args.shutdown_grace).await {
-                Ok(server) => server,
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+        let server = match Server::bind(args.listen, api, args.shutdown_grace).await {
+            Ok(server) => server,
+            Err(e) => {
+                eprintln!("error: cannot listen on {}: {e}", args.listen);
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        let admin_task = match admin {
+            Some(admin) => match Server::bind(args.admin_listen, admin, args.shutdown_grace).await {
+                Ok(admin_server) => {
+                    let addr = admin_server
+                        .local_addr()
+                        .map_or_else(|_| args.admin_listen.to_string(), |a| a.to_string());
+                    tracing::info!(%addr, "admin API listening");
+                    if !args.admin_listen.ip().is_loopback() {
+                        tracing::warn!(%addr, "admin API on a non-loopback address; its token travels in cleartext");
+                    }
+                    Some(tokio::spawn(admin_server.serve(stopped())))
+                }
                 Err(e) => {
-                    eprintln!("error: cannot listen on {}: {e}", args.listen);
+                    eprintln!("error: cannot listen on {} (admin API): {e}", args.admin_listen);
                     return ExitCode::from(EXIT_CONFIG);
                 }
-            };
+            },
+            None => None,
+        };
         let addr = server
             .local_addr()
             .map_or_else(|_| args.listen.to_string(), |a| a.to_string());
@@ -113,7 +165,14 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         if !args.listen.ip().is_loopback() {
             tracing::warn!(%addr, "serving plain HTTP on a non-loopback address");
         }
-        server.serve(shutdown_signal()).await;
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        server.serve(stopped()).await;
+        if let Some(task) = admin_task {
+            let _ = task.await;
+        }
         ExitCode::SUCCESS
     })
 }
@@ -296,24 +355,55 @@ fn check_local(sources: &SourceArgs, request: CheckRequest) -> Result<Value, Str
 }
 
 fn check_remote(url: &str, request: &CheckRequest, timeout: Duration) -> Result<Value, String> {
+    let body = serde_json::to_vec(request).map_err(|e| e.to_string())?;
     let endpoint = format!("{}/v1/check", url.trim_end_matches('/'));
-    let uri: http::Uri = endpoint
-        .parse()
-        .map_err(|e| format!("invalid --url `{url}`: {e}"))?;
-    if uri.scheme_str() != Some("http") {
+    let (status, value) = http_json(http::Method::POST, &endpoint, body, None, timeout)?;
+    if !status.is_success() {
         return Err(format!(
-            "--url `{url}`: only http:// is supported by this build"
+            "{endpoint} answered {status}: {}",
+            error_message(&value)
         ));
     }
-    let body = serde_json::to_vec(request).map_err(|e| e.to_string())?;
+    Ok(value)
+}
+
+fn error_message(value: &Value) -> &str {
+    value
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .unwrap_or("no error message")
+}
+
+/// Send a JSON body and read a JSON answer, within `timeout`.
+fn http_json(
+    method: http::Method,
+    endpoint: &str,
+    body: Vec<u8>,
+    bearer: Option<&str>,
+    timeout: Duration,
+) -> Result<(http::StatusCode, Value), String> {
+    let uri: http::Uri = endpoint
+        .parse()
+        .map_err(|e| format!("invalid URL `{endpoint}`: {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!(
+            "`{endpoint}`: only http:// is supported by this build"
+        ));
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     runtime.block_on(async move {
         let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let http_request = http::Request::post(uri)
-            .header(http::header::CONTENT_TYPE, "application/json")
+        let mut builder = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(http::header::CONTENT_TYPE, "application/json");
+        if let Some(token) = bearer {
+            builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let http_request = builder
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| e.to_string())?;
         let exchange = async {
@@ -341,15 +431,105 @@ fn check_remote(url: &str, request: &CheckRequest, timeout: Duration) -> Result<
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
             format!("{endpoint} answered {status} with a body that is not JSON: {e}")
         })?;
-        if !status.is_success() {
-            let message = value
-                .pointer("/error/message")
-                .and_then(Value::as_str)
-                .unwrap_or("no error message");
-            return Err(format!("{endpoint} answered {status}: {message}"));
-        }
-        Ok(value)
+        Ok((status, value))
     })
+}
+
+/// `flex-auth load-registry`: validate, then install at `--target` or push to `--url`. A bad
+/// file changes nothing anywhere.
+pub fn load_registry(args: &LoadRegistryArgs) -> ExitCode {
+    let bytes = match std::fs::read(&args.file) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: cannot read `{}`: {e}", args.file.display());
+            return ExitCode::from(EXIT_DENY);
+        }
+    };
+    let package = match &args.policy {
+        Some(path) => match crate::policy::load_package(path) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("invalid: policy package: {e}");
+                return ExitCode::from(EXIT_DENY);
+            }
+        },
+        None => None,
+    };
+    let schema = package.as_ref().and_then(|p| p.schema());
+    let origin = args.file.display().to_string();
+    let parsed = if args.entities {
+        crate::registry::parse_entities(&bytes, &origin, schema)
+    } else {
+        crate::registry::parse_snapshot(&bytes, &origin, schema)
+    };
+    let registry = match parsed {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("invalid: {e}");
+            return ExitCode::from(EXIT_DENY);
+        }
+    };
+    match (&args.target, &args.url) {
+        (Some(target), None) => match crate::registry::write_atomically(target, &bytes) {
+            Ok(()) => {
+                println!(
+                    "installed `{}` at `{}` ({} entities, version {})",
+                    args.file.display(),
+                    target.display(),
+                    registry.entity_count(),
+                    registry.hash()
+                );
+                ExitCode::from(EXIT_OK)
+            }
+            Err(e) => {
+                eprintln!("error: cannot install at `{}`: {e}", target.display());
+                ExitCode::from(EXIT_DENY)
+            }
+        },
+        (None, Some(url)) => {
+            let Some(token_file) = &args.token_file else {
+                return config_error(&ConfigError::Missing {
+                    flag: "--token-file",
+                    env: "FLEX_AUTH_ADMIN_TOKEN_FILE",
+                });
+            };
+            let token = match crate::admin::read_token(token_file) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let endpoint = format!("{}/v1/admin/registry", url.trim_end_matches('/'));
+            match http_json(
+                http::Method::PUT,
+                &endpoint,
+                bytes,
+                Some(&token),
+                args.timeout,
+            ) {
+                Ok((status, value)) if status.is_success() => {
+                    println!("{value}");
+                    ExitCode::from(EXIT_OK)
+                }
+                Ok((status, value)) => {
+                    eprintln!(
+                        "error: {endpoint} answered {status}: {}",
+                        error_message(&value)
+                    );
+                    ExitCode::from(EXIT_DENY)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_CANNOT_DECIDE)
+                }
+            }
+        }
+        _ => config_error(&ConfigError::Missing {
+            flag: "--target or --url",
+            env: "FLEX_AUTH_REGISTRY_TARGET",
+        }),
+    }
 }
 
 /// Print the answer and turn it into the exit code. Anything that is not a well-formed allow

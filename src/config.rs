@@ -45,6 +45,9 @@ pub enum Command {
     Check(CheckArgs),
     /// Run policy test cases (YAML or JSON) against a package and registry.
     Test(TestArgs),
+    /// Validate a registry snapshot, then install it atomically where a server watches
+    /// (`--target`) or push it to a running server's admin API (`--url`).
+    LoadRegistry(LoadRegistryArgs),
 }
 
 /// Where the policy package and the registry come from.
@@ -132,6 +135,21 @@ pub struct ServeArgs {
     /// Do not watch the policy and registry directories for changes (polling and SIGHUP remain).
     #[arg(long, env = "FLEX_AUTH_NO_WATCH")]
     pub no_watch: bool,
+
+    /// Address of the admin API (`POST /v1/admin/reload`, `PUT /v1/admin/registry`). It listens
+    /// only when `--admin-token-file` is set.
+    #[arg(long, env = "FLEX_AUTH_ADMIN_LISTEN", default_value = "127.0.0.1:9901")]
+    pub admin_listen: SocketAddr,
+
+    /// File holding the admin bearer token (re-read on every admin request, so it may rotate).
+    /// Without it the admin API is off.
+    #[arg(long, env = "FLEX_AUTH_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Largest registry the admin API accepts in one `PUT`, in bytes.
+    #[arg(long, env = "FLEX_AUTH_ADMIN_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1024 * 1024 * 1024))]
+    pub admin_max_body_bytes: u64,
 }
 
 impl ServeArgs {
@@ -209,6 +227,44 @@ pub struct TestArgs {
     /// Test case files (YAML or JSON): `cases: [{name, request, expect: {decision, reasons}}]`.
     #[arg(required = true, env = "FLEX_AUTH_TEST_CASES", value_delimiter = ',')]
     pub cases: Vec<PathBuf>,
+}
+
+/// `flex-auth load-registry`.
+#[derive(Debug, Clone, Args)]
+pub struct LoadRegistryArgs {
+    /// The snapshot to validate and install.
+    #[arg(long, env = "FLEX_AUTH_REGISTRY_FILE", value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Policy package whose Cedar schema the snapshot must also satisfy (recommended).
+    #[arg(long, env = "FLEX_AUTH_POLICY", value_name = "PATH")]
+    pub policy: Option<PathBuf>,
+
+    /// The file is raw Cedar entities JSON rather than a registry snapshot.
+    #[arg(long, env = "FLEX_AUTH_REGISTRY_IS_ENTITIES")]
+    pub entities: bool,
+
+    /// Install at this path (temporary file in the same directory, fsync, rename, fsync the
+    /// directory), for a watching server to pick up.
+    #[arg(
+        long,
+        env = "FLEX_AUTH_REGISTRY_TARGET",
+        value_name = "PATH",
+        conflicts_with = "url"
+    )]
+    pub target: Option<PathBuf>,
+
+    /// Push to a running server's admin API, e.g. `http://127.0.0.1:9901`.
+    #[arg(long, env = "FLEX_AUTH_ADMIN_URL")]
+    pub url: Option<String>,
+
+    /// File holding the admin bearer token, with `--url`.
+    #[arg(long, env = "FLEX_AUTH_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// How long to wait for the server, with `--url`.
+    #[arg(long, env = "FLEX_AUTH_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 /// A configuration that cannot run.

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod api;
 pub mod cedar_json;
 pub mod cli;
@@ -32,5 +33,6 @@ pub fn run(cli: Cli) -> ExitCode {
         config::Command::Validate(args) => cli::validate(&args),
         config::Command::Check(args) => cli::check(&args),
         config::Command::Test(args) => cli::test(&args),
+        config::Command::LoadRegistry(args) => cli::load_registry(&args),
     }
 }

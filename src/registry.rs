@@ -155,6 +155,39 @@ pub fn read_registry(path: &Path) -> Result<Vec<u8>, RegistryError> {
     })
 }
 
+/// Replace `path` with `bytes` so that a reader sees the old file or the new one, never a part:
+/// write a temporary file in the same directory, fsync it, rename it over `path`, fsync the
+/// directory.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map_or_else(|| "registry".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(
+        ".{name}.tmp-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, path)?;
+        #[cfg(unix)]
+        std::fs::File::open(&dir)?.sync_all()?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 fn parse_json(bytes: &[u8], origin: &str) -> Result<Value, RegistryError> {
     serde_json::from_slice(bytes).map_err(|e| RegistryError::Json {
         path: origin.to_owned(),

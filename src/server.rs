@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -19,25 +20,43 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::api::Api;
 
+/// Something that answers HTTP requests: the decision API or the admin API.
+pub trait Handler: Clone + Send + Sync + 'static {
+    /// Answer one request. Never fails: every error is a response.
+    fn handle(
+        &self,
+        request: Request<Incoming>,
+    ) -> impl Future<Output = Response<Full<Bytes>>> + Send;
+}
+
+impl Handler for Api {
+    fn handle(
+        &self,
+        request: Request<Incoming>,
+    ) -> impl Future<Output = Response<Full<Bytes>>> + Send {
+        Api::handle(self, request)
+    }
+}
+
 /// A bound listener, not yet serving.
 #[derive(Debug)]
-pub struct Server {
+pub struct Server<H> {
     listener: TcpListener,
-    api: Api,
+    handler: H,
     shutdown_grace: Duration,
 }
 
-impl Server {
+impl<H: Handler> Server<H> {
     /// Bind `addr` (port 0 picks a free port).
     pub async fn bind(
         addr: SocketAddr,
-        api: Api,
+        handler: H,
         shutdown_grace: Duration,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         Ok(Self {
             listener,
-            api,
+            handler,
             shutdown_grace,
         })
     }
@@ -52,12 +71,12 @@ impl Server {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let graceful = GracefulShutdown::new();
         let builder = auto::Builder::new(TokioExecutor::new());
-        let api = self.api;
+        let handler = self.handler;
         let service = ServiceBuilder::new()
             .layer(CatchPanicLayer::custom(panic_response))
-            .service_fn(move |request| {
-                let api = api.clone();
-                async move { Ok::<_, Infallible>(api.handle(request).await) }
+            .service_fn(move |request: Request<Incoming>| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler.handle(request).await) }
             });
         tokio::pin!(shutdown);
         loop {

@@ -77,10 +77,18 @@ pub enum Trigger {
     Poll,
     /// `SIGHUP`.
     Signal,
+    /// The admin API (`POST /v1/admin/reload`, `PUT /v1/admin/registry`).
+    Admin,
 }
 
 impl Trigger {
-    const ALL: [Self; 4] = [Self::Startup, Self::Watch, Self::Poll, Self::Signal];
+    const ALL: [Self; 5] = [
+        Self::Startup,
+        Self::Watch,
+        Self::Poll,
+        Self::Signal,
+        Self::Admin,
+    ];
 
     /// Stable lower-case name, as shown in `/v1/status` and logs.
     pub fn as_str(self) -> &'static str {
@@ -89,6 +97,7 @@ impl Trigger {
             Self::Watch => "watch",
             Self::Poll => "poll",
             Self::Signal => "sighup",
+            Self::Admin => "admin",
         }
     }
 
@@ -98,6 +107,7 @@ impl Trigger {
             Self::Watch => 1,
             Self::Poll => 2,
             Self::Signal => 3,
+            Self::Admin => 4,
         }
     }
 }
@@ -142,7 +152,7 @@ pub struct Loaded {
 /// Reload counts by trigger and result.
 #[derive(Debug, Default)]
 pub struct ReloadCounters {
-    counts: [[AtomicU64; 3]; 4],
+    counts: [[AtomicU64; 3]; 5],
 }
 
 /// One trigger's counts.
@@ -242,7 +252,10 @@ pub struct State {
     sources: Sources,
     current: ArcSwapOption<Loaded>,
     last_error: ArcSwapOption<ReloadFailure>,
-    reload_lock: Mutex<()>,
+    /// Hashes of the policy package and registry as last read from disk. A reload compares
+    /// against these, not against the engine in force, so a registry pushed into memory through
+    /// the admin API stays until the file on disk actually changes.
+    reload_lock: Mutex<Option<(ContentHash, ContentHash)>>,
     counters: ReloadCounters,
 }
 
@@ -253,7 +266,7 @@ impl State {
             sources,
             current: ArcSwapOption::empty(),
             last_error: ArcSwapOption::empty(),
-            reload_lock: Mutex::new(()),
+            reload_lock: Mutex::new(None),
             counters: ReloadCounters::default(),
         }
     }
@@ -269,22 +282,84 @@ impl State {
     pub fn reload(&self, trigger: Trigger) -> Result<ReloadOutcome, Arc<ReloadFailure>> {
         // A poisoned lock only means another reload panicked; the state itself is an ArcSwap
         // and is never left half-written, so carry on.
+        let mut disk = self
+            .reload_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let started = Instant::now();
+        let result = (|| {
+            let package = load_package(&self.sources.policy)?;
+            let bytes = read_registry(self.sources.registry.path())?;
+            let hashes = (package.hash().clone(), ContentHash::of_bytes(&bytes));
+            if self.current.load().is_some() && disk.as_ref() == Some(&hashes) {
+                return Ok(ReloadOutcome::Unchanged);
+            }
+            let engine = build(&self.sources, package, &bytes)?;
+            self.store(engine, trigger, started);
+            *disk = Some(hashes);
+            Ok(ReloadOutcome::Loaded)
+        })();
+        self.record(trigger, result)
+    }
+
+    /// Validate a pushed registry (in the source's format) against the policy package in force
+    /// and swap it in, without touching the files. Blocking.
+    pub fn install_registry(&self, bytes: &[u8], origin: &str) -> Result<(), Arc<ReloadFailure>> {
         let _serialized = self
             .reload_lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let started = Instant::now();
-        let result = self.try_reload(trigger, started);
+        let result = (|| {
+            // The package in force, re-read so the new engine owns its own copy.
+            let package = load_package(&self.sources.policy)?;
+            let registry = match &self.sources.registry {
+                RegistrySource::Snapshot(_) => parse_snapshot(bytes, origin, package.schema())?,
+                RegistrySource::Entities(_) => parse_entities(bytes, origin, package.schema())?,
+            };
+            let engine = Engine::new(package, registry)?;
+            self.store(engine, Trigger::Admin, started);
+            Ok(ReloadOutcome::Loaded)
+        })();
+        match result {
+            Ok(_) => self.record(Trigger::Admin, result).map(|_| ()),
+            // A rejected push is the pusher's error, answered to them; the running state is as
+            // good as before, so readiness does not degrade.
+            Err(e) => {
+                self.counters.record(Trigger::Admin, 2);
+                Err(Arc::new(ReloadFailure {
+                    setting: self.sources.registry.setting(),
+                    problem: problem_of(&e),
+                    message: e.to_string(),
+                    at: SystemTime::now(),
+                    trigger: Trigger::Admin,
+                }))
+            }
+        }
+    }
+
+    fn store(&self, engine: Engine, trigger: Trigger, started: Instant) {
+        self.current.store(Some(Arc::new(Loaded {
+            engine,
+            loaded_at: SystemTime::now(),
+            trigger,
+            load_duration: started.elapsed(),
+        })));
+    }
+
+    fn record(
+        &self,
+        trigger: Trigger,
+        result: Result<ReloadOutcome, LoadError>,
+    ) -> Result<ReloadOutcome, Arc<ReloadFailure>> {
         match result {
             Ok(outcome) => {
-                self.counters.record(
-                    trigger,
-                    if outcome == ReloadOutcome::Loaded {
-                        0
-                    } else {
-                        1
-                    },
-                );
+                let slot = if outcome == ReloadOutcome::Loaded {
+                    0
+                } else {
+                    1
+                };
+                self.counters.record(trigger, slot);
                 self.last_error.store(None);
                 Ok(outcome)
             }
@@ -306,27 +381,6 @@ impl State {
                 Err(failure)
             }
         }
-    }
-
-    fn try_reload(&self, trigger: Trigger, started: Instant) -> Result<ReloadOutcome, LoadError> {
-        let package = load_package(&self.sources.policy)?;
-        let bytes = read_registry(self.sources.registry.path())?;
-        if let Some(current) = self.current.load().as_ref() {
-            let engine = &current.engine;
-            if engine.policy().hash() == package.hash()
-                && engine.registry().hash() == &ContentHash::of_bytes(&bytes)
-            {
-                return Ok(ReloadOutcome::Unchanged);
-            }
-        }
-        let engine = build(&self.sources, package, &bytes)?;
-        self.current.store(Some(Arc::new(Loaded {
-            engine,
-            loaded_at: SystemTime::now(),
-            trigger,
-            load_duration: started.elapsed(),
-        })));
-        Ok(ReloadOutcome::Loaded)
     }
 
     /// The engine in force, for one request. One atomic load; no lock.

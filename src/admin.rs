@@ -1,0 +1,234 @@
+//! The admin API, on its own listener (`--admin-listen`, loopback by default) and only when a
+//! token file is configured: `POST /v1/admin/reload` and `PUT /v1/admin/registry`, plus
+//! `GET /v1/status`. Every request needs `Authorization: Bearer <token>`, compared in constant
+//! time against the token file, which is re-read on each request so it can rotate.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use sha2::{Digest, Sha256};
+
+use crate::api::{json_response, read_json_body, Api, ApiError};
+use crate::registry::write_atomically;
+use crate::server::Handler;
+use crate::state::{ReloadOutcome, State, Trigger};
+
+/// Why the admin API cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The token file is unreadable or empty.
+    #[error("--admin-token-file `{}`: {reason}", path.display())]
+    Token {
+        /// The file.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
+}
+
+/// The admin API handler.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    state: Arc<State>,
+    api: Api,
+    token_file: Arc<PathBuf>,
+    max_body_bytes: usize,
+}
+
+/// Read the token: the file's content without surrounding white space, never empty.
+pub fn read_token(path: &Path) -> Result<String, AdminError> {
+    let text = std::fs::read_to_string(path).map_err(|e| AdminError::Token {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(AdminError::Token {
+            path: path.to_owned(),
+            reason: "the file is empty".to_owned(),
+        });
+    }
+    Ok(token.to_owned())
+}
+
+/// Equal in time independent of where the inputs differ: compares fixed-length digests.
+fn token_matches(presented: &str, expected: &str) -> bool {
+    let a = Sha256::digest(presented.as_bytes());
+    let b = Sha256::digest(expected.as_bytes());
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+impl Admin {
+    /// An admin API over `state`; fails when the token file cannot be used.
+    pub fn new(
+        state: Arc<State>,
+        api: Api,
+        token_file: PathBuf,
+        max_body_bytes: usize,
+    ) -> Result<Self, AdminError> {
+        read_token(&token_file)?;
+        Ok(Self {
+            state,
+            api,
+            token_file: Arc::new(token_file),
+            max_body_bytes,
+        })
+    }
+
+    fn authorize<B>(&self, request: &Request<B>) -> Result<(), ApiError> {
+        let expected = read_token(&self.token_file).map_err(|e| {
+            tracing::error!(error = %e, "admin token unreadable; refusing every admin request");
+            ApiError::AdminUnavailable(e.to_string())
+        })?;
+        let presented = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or(ApiError::Unauthorized)?;
+        if token_matches(presented, &expected) {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+
+    async fn route(&self, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
+        let path = request.uri().path().to_owned();
+        let known = matches!(
+            path.as_str(),
+            "/v1/admin/reload" | "/v1/admin/registry" | "/v1/status"
+        );
+        if !known {
+            return Err(ApiError::NotFound(path));
+        }
+        self.authorize(&request)?;
+        match (path.as_str(), request.method()) {
+            ("/v1/admin/reload", &Method::POST) => self.reload().await,
+            ("/v1/admin/registry", &Method::PUT) => self.put_registry(request).await,
+            ("/v1/status", &Method::GET | &Method::HEAD) => Ok(self.api.status()),
+            ("/v1/admin/reload", _) => Err(ApiError::MethodNotAllowed { allow: "POST" }),
+            ("/v1/admin/registry", _) => Err(ApiError::MethodNotAllowed { allow: "PUT" }),
+            _ => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
+        }
+    }
+
+    async fn reload(&self) -> Result<Response<Full<Bytes>>, ApiError> {
+        let state = self.state.clone();
+        let result = tokio::task::spawn_blocking(move || state.reload(Trigger::Admin))
+            .await
+            .map_err(|e| ApiError::Rejected(format!("reload task failed: {e}")))?;
+        match result {
+            Ok(outcome) => {
+                let outcome = if outcome == ReloadOutcome::Loaded {
+                    "loaded"
+                } else {
+                    "unchanged"
+                };
+                tracing::info!(outcome, "admin reload");
+                Ok(json_response(StatusCode::OK, &self.versions(outcome, None)))
+            }
+            Err(failure) => {
+                tracing::warn!(error = %failure.message, "admin reload failed; the previous version keeps serving");
+                Err(ApiError::Rejected(failure.message.clone()))
+            }
+        }
+    }
+
+    /// Validate a pushed registry against the package in force and install it: atomically into
+    /// the registry file when flex-auth may write it (the watcher then sees the same content),
+    /// else in memory only, and say which.
+    async fn put_registry(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, ApiError> {
+        let body = read_json_body(request, self.max_body_bytes).await?;
+        let state = self.state.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            state.install_registry(&body, "pushed registry")?;
+            let path = state.sources().registry.path().to_owned();
+            Ok::<_, Arc<crate::state::ReloadFailure>>(
+                write_atomically(&path, &body).map_err(|e| (path, e)),
+            )
+        })
+        .await
+        .map_err(|e| ApiError::Rejected(format!("install task failed: {e}")))?;
+        match result {
+            Err(failure) => {
+                tracing::warn!(error = %failure.message, "pushed registry rejected");
+                Err(ApiError::Rejected(failure.message.clone()))
+            }
+            Ok(Ok(())) => {
+                tracing::info!("pushed registry installed and written to the registry file");
+                Ok(json_response(
+                    StatusCode::OK,
+                    &self.versions("loaded", Some(("file", None))),
+                ))
+            }
+            Ok(Err((path, e))) => {
+                let note = format!(
+                    "installed in memory only: cannot write `{}` ({e}); it serves until the file on disk changes or the process restarts",
+                    path.display()
+                );
+                tracing::warn!(%note, "pushed registry installed in memory");
+                Ok(json_response(
+                    StatusCode::OK,
+                    &self.versions("loaded", Some(("memory", Some(note)))),
+                ))
+            }
+        }
+    }
+
+    fn versions(
+        &self,
+        outcome: &str,
+        installed: Option<(&str, Option<String>)>,
+    ) -> serde_json::Value {
+        let loaded = self.state.current();
+        let (policy, registry) = loaded.as_ref().map_or((None, None), |l| {
+            (
+                Some(l.engine.policy().hash().to_string()),
+                Some(l.engine.registry().hash().to_string()),
+            )
+        });
+        let mut body = serde_json::Map::new();
+        body.insert("outcome".into(), serde_json::json!(outcome));
+        body.insert("policy_version".into(), serde_json::json!(policy));
+        body.insert("registry_version".into(), serde_json::json!(registry));
+        if let Some((target, note)) = installed {
+            body.insert("installed".into(), serde_json::json!(target));
+            if let Some(note) = note {
+                body.insert("note".into(), serde_json::json!(note));
+            }
+        }
+        serde_json::Value::Object(body)
+    }
+}
+
+impl Handler for Admin {
+    async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        self.route(request)
+            .await
+            .unwrap_or_else(ApiError::into_response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(token_matches("s3cret", "s3cret"));
+        assert!(!token_matches("s3cret", "s3cret2"));
+        assert!(!token_matches("", "s3cret"));
+    }
+}

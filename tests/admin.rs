@@ -1,0 +1,469 @@
+//! The admin API over real HTTP (token checks, reload, registry push to file and to memory) and
+//! `flex-auth load-registry` (atomic install at a target, push to a server).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "integration tests fail by panicking"
+)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use flex_auth::admin::Admin;
+use flex_auth::api::{Api, ApiConfig};
+use flex_auth::server::Server;
+use flex_auth::{RegistrySource, Sources};
+use http::{Method, StatusCode};
+use serde_json::json;
+use support::{repo_path, send, sign_request, Reply, TestServer};
+
+const BIN: &str = env!("CARGO_BIN_EXE_flex-auth");
+
+fn snapshot(max_ttl: i64) -> String {
+    json!({
+        "schema_version": "1.0", "generated_at": "2026-11-23T00:00:00Z", "source": "admin test",
+        "actors": [{"id": "agt-state-hub-bridge", "type": "agent", "principals": ["state-hub"],
+                    "allowed_subjects": ["agt-state-hub-bridge"], "max_ttl_hours": max_ttl,
+                    "default_ttl_hours": 1}]
+    })
+    .to_string()
+}
+
+fn hash_of(text: &str) -> String {
+    flex_auth::hash::ContentHash::of_bytes(text.as_bytes()).to_string()
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    server: TestServer,
+    admin: SocketAddr,
+}
+
+impl Fixture {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("reg")).unwrap();
+        std::fs::write(dir.path().join("reg/registry.json"), snapshot(8)).unwrap();
+        std::fs::write(dir.path().join("token"), "s3cret-token\n").unwrap();
+        let sources = Sources {
+            policy: repo_path("policies/ops-warden"),
+            registry: RegistrySource::Snapshot(dir.path().join("reg/registry.json")),
+        };
+        let server = TestServer::start(sources).await;
+        let api = Api::new(server.state.clone(), ApiConfig::default());
+        let admin =
+            Admin::new(server.state.clone(), api, dir.path().join("token"), 1 << 20).unwrap();
+        let admin_server = Server::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            admin,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let addr = admin_server.local_addr().unwrap();
+        tokio::spawn(admin_server.serve(std::future::pending()));
+        Self {
+            dir,
+            server,
+            admin: addr,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    async fn admin(&self, method: Method, path: &str, token: Option<&str>, body: &str) -> Reply {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(auth) = &auth {
+            headers.push(("authorization", auth.as_str()));
+        }
+        send(self.admin, method, path, &headers, body.to_owned()).await
+    }
+
+    async fn ttl4(&self) -> String {
+        let reply = self
+            .server
+            .post_json(
+                "/v1/check",
+                &sign_request(
+                    "agt-state-hub-bridge",
+                    "agt-state-hub-bridge",
+                    4,
+                    &["state-hub"],
+                ),
+            )
+            .await;
+        reply.json()["decision"].as_str().unwrap().to_owned()
+    }
+
+    async fn registry_hash(&self) -> String {
+        self.server.status().await["registry"]["hash"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_requests_need_the_right_token_and_tokens_rotate() {
+    let f = Fixture::start().await;
+    for token in [None, Some("wrong"), Some("")] {
+        let reply = f.admin(Method::POST, "/v1/admin/reload", token, "").await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{token:?}");
+        assert_eq!(reply.error_code(), "unauthorized");
+        assert!(reply.headers.contains_key("www-authenticate"));
+    }
+    let reply = f
+        .admin(Method::POST, "/v1/admin/reload", Some("s3cret-token"), "")
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.json()["outcome"], "unchanged");
+
+    std::fs::write(f.path("token"), "rotated").unwrap();
+    let reply = f
+        .admin(Method::POST, "/v1/admin/reload", Some("s3cret-token"), "")
+        .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    let reply = f
+        .admin(Method::POST, "/v1/admin/reload", Some("rotated"), "")
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+
+    // An unreadable token file authorizes nobody.
+    std::fs::remove_file(f.path("token")).unwrap();
+    let reply = f
+        .admin(Method::POST, "/v1/admin/reload", Some("rotated"), "")
+        .await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.error_code(), "admin_unavailable");
+
+    let reply = f
+        .admin(Method::GET, "/v1/admin/reload", Some("rotated"), "")
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "auth comes before routing"
+    );
+    let reply = f.admin(Method::GET, "/nope", None, "").await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_reload_picks_up_files_and_reports_failures() {
+    let f = Fixture::start().await;
+    std::fs::write(f.path("reg/registry.json"), snapshot(2)).unwrap();
+    let reply = f
+        .admin(Method::POST, "/v1/admin/reload", Some("s3cret-token"), "")
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json()["outcome"], "loaded");
+    assert_eq!(reply.json()["registry_version"], hash_of(&snapshot(2)));
+    assert_eq!(f.ttl4().await, "deny");
+
+    std::fs::write(f.path("reg/registry.json"), "{\"truncated\": ").unwrap();
+    let reply = f
+        .admin(Method::POST, "/v1/admin/reload", Some("s3cret-token"), "")
+        .await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reply.error_code(), "rejected");
+    assert_eq!(f.registry_hash().await, hash_of(&snapshot(2)));
+    assert_eq!(f.server.status().await["reloads"]["admin"]["failed"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_registry_is_validated_then_written_to_the_file() {
+    let f = Fixture::start().await;
+    let reply = f
+        .admin(
+            Method::PUT,
+            "/v1/admin/registry",
+            Some("s3cret-token"),
+            &snapshot(3),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.json()["installed"], "file");
+    assert_eq!(
+        std::fs::read_to_string(f.path("reg/registry.json")).unwrap(),
+        snapshot(3)
+    );
+    assert_eq!(f.registry_hash().await, hash_of(&snapshot(3)));
+    assert_eq!(f.ttl4().await, "deny");
+
+    // A bad push changes nothing: not the file, not the version, not readiness.
+    let reply = f
+        .admin(
+            Method::PUT,
+            "/v1/admin/registry",
+            Some("s3cret-token"),
+            &snapshot(0),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("actors[0].max_ttl_hours"));
+    assert_eq!(
+        std::fs::read_to_string(f.path("reg/registry.json")).unwrap(),
+        snapshot(3)
+    );
+    assert_eq!(f.registry_hash().await, hash_of(&snapshot(3)));
+    assert_eq!(f.server.get("/readyz").await.json()["status"], "ready");
+
+    let reply = f
+        .admin(
+            Method::PUT,
+            "/v1/admin/registry",
+            Some("wrong"),
+            &snapshot(8),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        std::fs::read_to_string(f.path("reg/registry.json")).unwrap(),
+        snapshot(3)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_registry_goes_to_memory_when_the_file_cannot_be_written() {
+    let f = Fixture::start().await;
+    std::fs::remove_dir_all(f.path("reg")).unwrap();
+    let reply = f
+        .admin(
+            Method::PUT,
+            "/v1/admin/registry",
+            Some("s3cret-token"),
+            &snapshot(5),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let body = reply.json();
+    assert_eq!(body["installed"], "memory");
+    assert!(
+        body["note"].as_str().unwrap().contains("in memory only"),
+        "{body}"
+    );
+    assert_eq!(f.registry_hash().await, hash_of(&snapshot(5)));
+}
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn load_registry_installs_a_valid_file_and_leaves_a_bad_one_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("registry.json");
+    std::fs::write(&target, snapshot(8)).unwrap();
+    let good = dir.path().join("good.json");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&good, snapshot(4)).unwrap();
+    std::fs::write(&bad, snapshot(0)).unwrap();
+
+    let out = run(&[
+        "load-registry",
+        "--file",
+        bad.to_str().unwrap(),
+        "--policy",
+        "policies/ops-warden",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("actors[0].max_ttl_hours"));
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), snapshot(8));
+
+    let out = run(&[
+        "load-registry",
+        "--file",
+        good.to_str().unwrap(),
+        "--policy",
+        "policies/ops-warden",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), snapshot(4));
+    // No temporary file is left behind.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+
+    // An attribute the package's Cedar schema does not declare is caught with --policy.
+    let mut extra: serde_json::Value = serde_json::from_str(&snapshot(4)).unwrap();
+    extra["actors"][0]["attributes"] = json!({"shoe_size": 44});
+    std::fs::write(&bad, extra.to_string()).unwrap();
+    let out = run(&[
+        "load-registry",
+        "--file",
+        bad.to_str().unwrap(),
+        "--policy",
+        "policies/ops-warden",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shoe_size"));
+
+    let out = run(&["load-registry", "--file", good.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(78));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_registry_pushes_to_a_running_server() {
+    let f = Fixture::start().await;
+    let url = format!("http://{}", f.admin);
+    let file = f.path("new.json");
+    std::fs::write(&file, snapshot(6)).unwrap();
+    let wrong = f.path("wrong-token");
+    std::fs::write(&wrong, "nope").unwrap();
+    let (token, file_s, wrong_s) = (
+        f.path("token").display().to_string(),
+        file.display().to_string(),
+        wrong.display().to_string(),
+    );
+    let (ok, denied) = tokio::task::spawn_blocking(move || {
+        (
+            run(&[
+                "load-registry",
+                "--file",
+                &file_s,
+                "--url",
+                &url,
+                "--token-file",
+                &token,
+            ]),
+            run(&[
+                "load-registry",
+                "--file",
+                &file_s,
+                "--url",
+                &url,
+                "--token-file",
+                &wrong_s,
+            ]),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(f.registry_hash().await, hash_of(&snapshot(6)));
+    assert_eq!(denied.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("401"));
+}
+
+#[test]
+fn admin_api_is_off_without_a_token_file_and_boot_fails_with_a_bad_one() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let admin = format!("127.0.0.1:{port}");
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--policy",
+            "policies/ops-warden",
+            "--registry",
+            "registry/ops-warden/production_registry_snapshot.json",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            &admin,
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the main listener (its log line), then the admin port must refuse connections.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("\"listening\"") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("server starts");
+    assert!(
+        std::net::TcpStream::connect(&admin).is_err(),
+        "admin API must be off"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("token");
+    std::fs::write(&empty, "  \n").unwrap();
+    let out = run(&[
+        "serve",
+        "--policy",
+        "policies/ops-warden",
+        "--registry",
+        "registry/ops-warden/production_registry_snapshot.json",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-token-file",
+        empty.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("BOOT_FAIL setting=FLEX_AUTH_ADMIN_TOKEN_FILE"),
+        "{err}"
+    );
+    assert!(
+        err.trim_end()
+            .ends_with("docs=docs/runbook.md#boot-admin-token-invalid"),
+        "{err}"
+    );
+}
