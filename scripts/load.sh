@@ -137,6 +137,31 @@ rm -f "$work/stop"; sample_peak_rss "$flex" "$work/stop" >"$work/peak_big" &
 sampler=$!
 read -r big_rps big_p50 big_p99 big_non2xx < <(run_wrk big "http://127.0.0.1:$FLEX_PORT/v1/check" "$work/big.lua")
 touch "$work/stop"; wait "$sampler"; load_big=$(cat "$work/peak_big")
+
+# 4. The same load while the registry is replaced (rename-over, as load-registry does) between two
+#    versions every RELOAD_EVERY seconds, so the watcher reloads 100,000 actors again and again.
+RELOAD_EVERY=${RELOAD_EVERY:-3}
+"$EX/gen_registry" "$((BIG_ACTORS + 1))" >"$work/big2.json"
+cp "$work/big.json" "$work/big1.json"
+status_field() { curl -fsS "http://127.0.0.1:$FLEX_PORT/v1/status" | python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+reloads_before=$(status_field "d['reloads']['watch']['loaded']")
+(
+  end=$(( $(date +%s) + ${DURATION%s} ))
+  i=0
+  while [ "$(date +%s)" -lt "$end" ] && [ "$i" -lt 100 ]; do
+    i=$((i + 1))
+    src="$work/big$(( i % 2 + 1 )).json"
+    cp "$src" "$work/big.json.tmp" && mv "$work/big.json.tmp" "$work/big.json"
+    sleep "$RELOAD_EVERY"
+  done
+) &
+swapper=$!
+read -r reload_rps reload_p50 reload_p99 reload_non2xx < <(run_wrk reload "http://127.0.0.1:$FLEX_PORT/v1/check" "$work/big.lua")
+wait "$swapper" 2>/dev/null || true
+sleep "$RELOAD_EVERY"
+reloads_after=$(status_field "d['reloads']['watch']['loaded']")
+reload_ms=$(status_field "d['registry']['load_ms']")
+reload_failed=$(status_field "d['reloads']['watch']['failed']")
 kill "$flex"; wait "$flex" 2>/dev/null || true
 
 ratio=$(awk -v a="$flex_rps" -v b="$hello_rps" 'BEGIN { printf "%.1f", 100 * a / b }')
@@ -153,6 +178,9 @@ Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /pro
 | hello server (ceiling) | $hello_rps | $hello_p50 | $hello_p99 | - | 100 |
 | flex-auth /v1/check, shipped registry (3 actors) | $flex_rps | $flex_p50 | $flex_p99 | $flex_non2xx | $ratio |
 | flex-auth /v1/check, $BIG_ACTORS actors | $big_rps | $big_p50 | $big_p99 | $big_non2xx | $ratio_big |
+| same, registry replaced every ${RELOAD_EVERY}s ($((reloads_after - reloads_before)) reloads, $reload_failed failed) | $reload_rps | $reload_p50 | $reload_p99 | $reload_non2xx | - |
+
+Reload of $BIG_ACTORS actors (read, hash, JSON Schema, compile, swap), as the server measured it: ${reload_ms} ms.
 
 | resident memory | MiB |
 | --- | ---: |

@@ -246,6 +246,42 @@ fn problem_of(e: &LoadError) -> &'static str {
     }
 }
 
+/// Free a replaced engine on this (reload) thread. Freeing a large registry takes hundreds of
+/// milliseconds; if the last request still holding it freed it instead, that request's worker
+/// would stall every request queued behind it. Requests hold the engine only while deciding, so
+/// the wait is short; it is bounded all the same, and past it the engine is handed to a thread
+/// of its own.
+fn drop_off_the_request_path(old: Arc<Loaded>) {
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+    let deadline = Instant::now() + WAIT;
+    while Arc::strong_count(&old) > 1 {
+        if Instant::now() >= deadline {
+            let spawned = std::thread::Builder::new()
+                .name("flex-auth-drop".to_owned())
+                .spawn(move || {
+                    let mut old = old;
+                    // Still shared: wait (unbounded, off every request path) until it is ours.
+                    loop {
+                        match Arc::try_unwrap(old) {
+                            Ok(loaded) => {
+                                drop(loaded);
+                                return;
+                            }
+                            Err(shared) => old = shared,
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot spawn a thread to free the previous engine");
+            }
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    drop(old);
+}
+
 /// The server's state: the engine in force (if any), the last reload failure, counters.
 #[derive(Debug)]
 pub struct State {
@@ -339,12 +375,15 @@ impl State {
     }
 
     fn store(&self, engine: Engine, trigger: Trigger, started: Instant) {
-        self.current.store(Some(Arc::new(Loaded {
+        let old = self.current.swap(Some(Arc::new(Loaded {
             engine,
             loaded_at: SystemTime::now(),
             trigger,
             load_duration: started.elapsed(),
         })));
+        if let Some(old) = old {
+            drop_off_the_request_path(old);
+        }
     }
 
     fn record(
