@@ -126,6 +126,12 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     runtime.block_on(async move {
         let _triggers = reload::spawn(state.clone(), &reload_config);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        // Signal handlers first: once anything says "listening", SIGTERM means drain.
+        let signalled = shutdown_signal();
+        tokio::spawn(async move {
+            signalled.await;
+            let _ = stop_tx.send(true);
+        });
         let stopped = move || {
             let mut rx = stop_rx.clone();
             async move {
@@ -165,10 +171,6 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         if !args.listen.ip().is_loopback() {
             tracing::warn!(%addr, "serving plain HTTP on a non-loopback address");
         }
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            let _ = stop_tx.send(true);
-        });
         server.serve(stopped()).await;
         if let Some(task) = admin_task {
             let _ = task.await;

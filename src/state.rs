@@ -363,13 +363,7 @@ impl State {
             // good as before, so readiness does not degrade.
             Err(e) => {
                 self.counters.record(Trigger::Admin, 2);
-                Err(Arc::new(ReloadFailure {
-                    setting: self.sources.registry.setting(),
-                    problem: problem_of(&e),
-                    message: e.to_string(),
-                    at: SystemTime::now(),
-                    trigger: Trigger::Admin,
-                }))
+                Err(Arc::new(self.failure(&e, Trigger::Admin)))
             }
         }
     }
@@ -404,21 +398,23 @@ impl State {
             }
             Err(e) => {
                 self.counters.record(trigger, 2);
-                let failure = Arc::new(ReloadFailure {
-                    setting: match &e {
-                        LoadError::Policy(_) => "FLEX_AUTH_POLICY",
-                        LoadError::Registry(_) | LoadError::Engine(_) => {
-                            self.sources.registry.setting()
-                        }
-                    },
-                    problem: problem_of(&e),
-                    message: e.to_string(),
-                    at: SystemTime::now(),
-                    trigger,
-                });
+                let failure = Arc::new(self.failure(&e, trigger));
                 self.last_error.store(Some(failure.clone()));
                 Err(failure)
             }
+        }
+    }
+
+    fn failure(&self, e: &LoadError, trigger: Trigger) -> ReloadFailure {
+        ReloadFailure {
+            setting: match e {
+                LoadError::Policy(_) => "FLEX_AUTH_POLICY",
+                LoadError::Registry(_) | LoadError::Engine(_) => self.sources.registry.setting(),
+            },
+            problem: problem_of(e),
+            message: e.to_string(),
+            at: SystemTime::now(),
+            trigger,
         }
     }
 

@@ -22,23 +22,9 @@ use flex_auth::server::Server;
 use flex_auth::{RegistrySource, Sources};
 use http::{Method, StatusCode};
 use serde_json::json;
-use support::{repo_path, send, sign_request, Reply, TestServer};
+use support::{bridge_snapshot, hash_of, repo_path, send, Reply, TestServer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_flex-auth");
-
-fn snapshot(max_ttl: i64) -> String {
-    json!({
-        "schema_version": "1.0", "generated_at": "2026-11-23T00:00:00Z", "source": "admin test",
-        "actors": [{"id": "agt-state-hub-bridge", "type": "agent", "principals": ["state-hub"],
-                    "allowed_subjects": ["agt-state-hub-bridge"], "max_ttl_hours": max_ttl,
-                    "default_ttl_hours": 1}]
-    })
-    .to_string()
-}
-
-fn hash_of(text: &str) -> String {
-    flex_auth::hash::ContentHash::of_bytes(text.as_bytes()).to_string()
-}
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -50,7 +36,7 @@ impl Fixture {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("reg")).unwrap();
-        std::fs::write(dir.path().join("reg/registry.json"), snapshot(8)).unwrap();
+        std::fs::write(dir.path().join("reg/registry.json"), bridge_snapshot(8)).unwrap();
         std::fs::write(dir.path().join("token"), "s3cret-token\n").unwrap();
         let sources = Sources {
             policy: repo_path("policies/ops-warden"),
@@ -87,22 +73,6 @@ impl Fixture {
             headers.push(("authorization", auth.as_str()));
         }
         send(self.admin, method, path, &headers, body.to_owned()).await
-    }
-
-    async fn ttl4(&self) -> String {
-        let reply = self
-            .server
-            .post_json(
-                "/v1/check",
-                &sign_request(
-                    "agt-state-hub-bridge",
-                    "agt-state-hub-bridge",
-                    4,
-                    &["state-hub"],
-                ),
-            )
-            .await;
-        reply.json()["decision"].as_str().unwrap().to_owned()
     }
 
     async fn registry_hash(&self) -> String {
@@ -166,14 +136,17 @@ async fn admin_requests_need_the_right_token_and_tokens_rotate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_reload_picks_up_files_and_reports_failures() {
     let f = Fixture::start().await;
-    std::fs::write(f.path("reg/registry.json"), snapshot(2)).unwrap();
+    std::fs::write(f.path("reg/registry.json"), bridge_snapshot(2)).unwrap();
     let reply = f
         .admin(Method::POST, "/v1/admin/reload", Some("s3cret-token"), "")
         .await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.json()["outcome"], "loaded");
-    assert_eq!(reply.json()["registry_version"], hash_of(&snapshot(2)));
-    assert_eq!(f.ttl4().await, "deny");
+    assert_eq!(
+        reply.json()["registry_version"],
+        hash_of(&bridge_snapshot(2))
+    );
+    assert_eq!(f.server.bridge_decision(4).await, "deny");
 
     std::fs::write(f.path("reg/registry.json"), "{\"truncated\": ").unwrap();
     let reply = f
@@ -181,7 +154,7 @@ async fn admin_reload_picks_up_files_and_reports_failures() {
         .await;
     assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(reply.error_code(), "rejected");
-    assert_eq!(f.registry_hash().await, hash_of(&snapshot(2)));
+    assert_eq!(f.registry_hash().await, hash_of(&bridge_snapshot(2)));
     assert_eq!(f.server.status().await["reloads"]["admin"]["failed"], 1);
 }
 
@@ -193,7 +166,7 @@ async fn pushed_registry_is_validated_then_written_to_the_file() {
             Method::PUT,
             "/v1/admin/registry",
             Some("s3cret-token"),
-            &snapshot(3),
+            &bridge_snapshot(3),
         )
         .await;
     assert_eq!(
@@ -205,10 +178,10 @@ async fn pushed_registry_is_validated_then_written_to_the_file() {
     assert_eq!(reply.json()["installed"], "file");
     assert_eq!(
         std::fs::read_to_string(f.path("reg/registry.json")).unwrap(),
-        snapshot(3)
+        bridge_snapshot(3)
     );
-    assert_eq!(f.registry_hash().await, hash_of(&snapshot(3)));
-    assert_eq!(f.ttl4().await, "deny");
+    assert_eq!(f.registry_hash().await, hash_of(&bridge_snapshot(3)));
+    assert_eq!(f.server.bridge_decision(4).await, "deny");
 
     // A bad push changes nothing: not the file, not the version, not readiness.
     let reply = f
@@ -216,7 +189,7 @@ async fn pushed_registry_is_validated_then_written_to_the_file() {
             Method::PUT,
             "/v1/admin/registry",
             Some("s3cret-token"),
-            &snapshot(0),
+            &bridge_snapshot(0),
         )
         .await;
     assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -226,9 +199,9 @@ async fn pushed_registry_is_validated_then_written_to_the_file() {
         .contains("actors[0].max_ttl_hours"));
     assert_eq!(
         std::fs::read_to_string(f.path("reg/registry.json")).unwrap(),
-        snapshot(3)
+        bridge_snapshot(3)
     );
-    assert_eq!(f.registry_hash().await, hash_of(&snapshot(3)));
+    assert_eq!(f.registry_hash().await, hash_of(&bridge_snapshot(3)));
     assert_eq!(f.server.get("/readyz").await.json()["status"], "ready");
 
     let reply = f
@@ -236,13 +209,13 @@ async fn pushed_registry_is_validated_then_written_to_the_file() {
             Method::PUT,
             "/v1/admin/registry",
             Some("wrong"),
-            &snapshot(8),
+            &bridge_snapshot(8),
         )
         .await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
         std::fs::read_to_string(f.path("reg/registry.json")).unwrap(),
-        snapshot(3)
+        bridge_snapshot(3)
     );
 }
 
@@ -255,7 +228,7 @@ async fn pushed_registry_goes_to_memory_when_the_file_cannot_be_written() {
             Method::PUT,
             "/v1/admin/registry",
             Some("s3cret-token"),
-            &snapshot(5),
+            &bridge_snapshot(5),
         )
         .await;
     assert_eq!(
@@ -270,7 +243,7 @@ async fn pushed_registry_goes_to_memory_when_the_file_cannot_be_written() {
         body["note"].as_str().unwrap().contains("in memory only"),
         "{body}"
     );
-    assert_eq!(f.registry_hash().await, hash_of(&snapshot(5)));
+    assert_eq!(f.registry_hash().await, hash_of(&bridge_snapshot(5)));
 }
 
 fn run(args: &[&str]) -> std::process::Output {
@@ -286,11 +259,11 @@ fn run(args: &[&str]) -> std::process::Output {
 fn load_registry_installs_a_valid_file_and_leaves_a_bad_one_out() {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("registry.json");
-    std::fs::write(&target, snapshot(8)).unwrap();
+    std::fs::write(&target, bridge_snapshot(8)).unwrap();
     let good = dir.path().join("good.json");
     let bad = dir.path().join("bad.json");
-    std::fs::write(&good, snapshot(4)).unwrap();
-    std::fs::write(&bad, snapshot(0)).unwrap();
+    std::fs::write(&good, bridge_snapshot(4)).unwrap();
+    std::fs::write(&bad, bridge_snapshot(0)).unwrap();
 
     let out = run(&[
         "load-registry",
@@ -303,7 +276,10 @@ fn load_registry_installs_a_valid_file_and_leaves_a_bad_one_out() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("actors[0].max_ttl_hours"));
-    assert_eq!(std::fs::read_to_string(&target).unwrap(), snapshot(8));
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap(),
+        bridge_snapshot(8)
+    );
 
     let out = run(&[
         "load-registry",
@@ -320,12 +296,15 @@ fn load_registry_installs_a_valid_file_and_leaves_a_bad_one_out() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(std::fs::read_to_string(&target).unwrap(), snapshot(4));
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap(),
+        bridge_snapshot(4)
+    );
     // No temporary file is left behind.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
 
     // An attribute the package's Cedar schema does not declare is caught with --policy.
-    let mut extra: serde_json::Value = serde_json::from_str(&snapshot(4)).unwrap();
+    let mut extra: serde_json::Value = serde_json::from_str(&bridge_snapshot(4)).unwrap();
     extra["actors"][0]["attributes"] = json!({"shoe_size": 44});
     std::fs::write(&bad, extra.to_string()).unwrap();
     let out = run(&[
@@ -349,7 +328,7 @@ async fn load_registry_pushes_to_a_running_server() {
     let f = Fixture::start().await;
     let url = format!("http://{}", f.admin);
     let file = f.path("new.json");
-    std::fs::write(&file, snapshot(6)).unwrap();
+    std::fs::write(&file, bridge_snapshot(6)).unwrap();
     let wrong = f.path("wrong-token");
     std::fs::write(&wrong, "nope").unwrap();
     let (token, file_s, wrong_s) = (
@@ -387,7 +366,7 @@ async fn load_registry_pushes_to_a_running_server() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    assert_eq!(f.registry_hash().await, hash_of(&snapshot(6)));
+    assert_eq!(f.registry_hash().await, hash_of(&bridge_snapshot(6)));
     assert_eq!(denied.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&denied.stderr).contains("401"));
 }
@@ -400,46 +379,19 @@ fn admin_api_is_off_without_a_token_file_and_boot_fails_with_a_bad_one() {
         .unwrap()
         .port();
     let admin = format!("127.0.0.1:{port}");
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--policy",
-            "policies/ops-warden",
-            "--registry",
-            "registry/ops-warden/production_registry_snapshot.json",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            &admin,
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait for the main listener (its log line), then the admin port must refuse connections.
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line.contains("\"listening\"") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(30))
-        .expect("server starts");
+    let (child, _) = support::spawn_binary(&[
+        "--policy",
+        "policies/ops-warden",
+        "--registry",
+        "registry/ops-warden/production_registry_snapshot.json",
+        "--admin-listen",
+        &admin,
+    ]);
     assert!(
         std::net::TcpStream::connect(&admin).is_err(),
         "admin API must be off"
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    support::stop_binary(child);
 
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("token");

@@ -18,19 +18,7 @@ use support::{ops_warden, sign_request, temp_package, TestServer};
 const JSON: (&str, &str) = ("content-type", "application/json");
 
 async fn assert_still_serving(server: &TestServer) {
-    let reply = server
-        .post_json(
-            "/v1/check",
-            &sign_request(
-                "agt-state-hub-bridge",
-                "agt-state-hub-bridge",
-                4,
-                &["state-hub"],
-            ),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK);
-    assert_eq!(reply.json()["decision"], "allow");
+    assert_eq!(server.bridge_decision(4).await, "allow");
 }
 
 #[tokio::test]

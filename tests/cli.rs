@@ -11,7 +11,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -313,38 +312,7 @@ cases:
 
 #[test]
 fn serve_answers_checks_and_stops_on_sigterm() {
-    let mut child = Command::new(BIN)
-        .args([
-            "--log-format",
-            "json",
-            "serve",
-            "--policy",
-            POLICY,
-            "--registry",
-            REGISTRY,
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The bound address is in the `listening` log line.
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("\"listening\"") {
-                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-                let _ = tx.send(v["fields"]["addr"].as_str().unwrap().to_owned());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("server logs its address");
+    let (child, addr) = support::spawn_binary(&["--policy", POLICY, "--registry", REGISTRY]);
     let url = format!("http://{addr}");
     let out = flex_auth(&[
         "check",
@@ -363,24 +331,7 @@ fn serve_answers_checks_and_stops_on_sigterm() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "{status}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    support::stop_binary(child);
 }
 
 #[test]
@@ -459,47 +410,6 @@ fn production_mode_with_a_bad_registry_fails_boot_with_one_line() {
     );
 }
 
-/// Start the binary, return it with the address from its `listening` log line.
-fn spawn_server(args: &[&str]) -> (std::process::Child, String) {
-    let mut child = Command::new(BIN)
-        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("\"listening\"") {
-                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-                let _ = tx.send(v["fields"]["addr"].as_str().unwrap().to_owned());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("server logs its address");
-    (child, addr)
-}
-
-fn stop(mut child: std::process::Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "server did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn get_json(addr: &str, path: &str) -> serde_json::Value {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -520,7 +430,7 @@ fn sighup_reloads_when_watching_and_polling_are_off() {
     let original =
         std::fs::read_to_string(env!("CARGO_MANIFEST_DIR").to_owned() + "/" + REGISTRY).unwrap();
     std::fs::write(&registry, &original).unwrap();
-    let (child, addr) = spawn_server(&[
+    let (child, addr) = support::spawn_binary(&[
         "--policy",
         POLICY,
         "--registry",
@@ -557,5 +467,5 @@ fn sighup_reloads_when_watching_and_polling_are_off() {
         assert!(Instant::now() < deadline, "SIGHUP did not reload: {status}");
         std::thread::sleep(Duration::from_millis(20));
     }
-    stop(child);
+    support::stop_binary(child);
 }

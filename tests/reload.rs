@@ -20,27 +20,8 @@ use flex_auth::reload::ReloadConfig;
 use flex_auth::state::Trigger;
 use flex_auth::{RegistrySource, Sources};
 use http::StatusCode;
-use serde_json::{json, Value};
-use support::{repo_path, sign_request, TestServer};
-
-/// A registry snapshot in which `agt-state-hub-bridge` may sign for up to `max_ttl` hours.
-fn snapshot(max_ttl: i64) -> String {
-    json!({
-        "schema_version": "1.0",
-        "generated_at": "2026-11-23T00:00:00Z",
-        "source": "reload test",
-        "actors": [{
-            "id": "agt-state-hub-bridge", "type": "agent", "principals": ["state-hub"],
-            "allowed_subjects": ["agt-state-hub-bridge"], "max_ttl_hours": max_ttl,
-            "default_ttl_hours": 1
-        }]
-    })
-    .to_string()
-}
-
-fn hash_of(text: &str) -> String {
-    flex_auth::hash::ContentHash::of_bytes(text.as_bytes()).to_string()
-}
+use serde_json::Value;
+use support::{bridge_snapshot, hash_of, repo_path, sign_request, TestServer};
 
 /// A directory with the shipped policy package copied in and a registry file.
 struct Setup {
@@ -81,22 +62,6 @@ fn watch_only() -> ReloadConfig {
     }
 }
 
-async fn ttl4_decision(server: &TestServer) -> String {
-    let reply = server
-        .post_json(
-            "/v1/check",
-            &sign_request(
-                "agt-state-hub-bridge",
-                "agt-state-hub-bridge",
-                4,
-                &["state-hub"],
-            ),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK);
-    reply.json()["decision"].as_str().unwrap().to_owned()
-}
-
 async fn wait_for_registry(server: &TestServer, hash: &str) -> Value {
     server
         .wait_for_status(&format!("registry hash {hash}"), |s| {
@@ -115,32 +80,32 @@ fn write_and_rename(path: &Path, content: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_place_write_reloads_and_flips_the_decision() {
-    let setup = Setup::new(&snapshot(8));
+    let setup = Setup::new(&bridge_snapshot(8));
     let server = TestServer::start_reloading(setup.sources(), watch_only()).await;
-    assert_eq!(ttl4_decision(&server).await, "allow");
+    assert_eq!(server.bridge_decision(4).await, "allow");
 
-    let tighter = snapshot(2);
+    let tighter = bridge_snapshot(2);
     std::fs::write(setup.path("registry.json"), &tighter).unwrap();
     let status = wait_for_registry(&server, &hash_of(&tighter)).await;
     assert_eq!(status["registry"]["loaded_by"], "watch");
-    assert_eq!(ttl4_decision(&server).await, "deny");
+    assert_eq!(server.bridge_decision(4).await, "deny");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rename_over_reloads() {
-    let setup = Setup::new(&snapshot(8));
+    let setup = Setup::new(&bridge_snapshot(8));
     let server = TestServer::start_reloading(setup.sources(), watch_only()).await;
-    let tighter = snapshot(3);
+    let tighter = bridge_snapshot(3);
     write_and_rename(&setup.path("registry.json"), &tighter);
     wait_for_registry(&server, &hash_of(&tighter)).await;
-    assert_eq!(ttl4_decision(&server).await, "deny");
+    assert_eq!(server.bridge_decision(4).await, "deny");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_then_create_reloads_and_the_gap_keeps_the_old_version() {
-    let setup = Setup::new(&snapshot(8));
+    let setup = Setup::new(&bridge_snapshot(8));
     let server = TestServer::start_reloading(setup.sources(), watch_only()).await;
-    let old = hash_of(&snapshot(8));
+    let old = hash_of(&bridge_snapshot(8));
     std::fs::remove_file(setup.path("registry.json")).unwrap();
     // While the file is gone the reload fails and the loaded version keeps serving.
     let status = server
@@ -150,14 +115,14 @@ async fn delete_then_create_reloads_and_the_gap_keeps_the_old_version() {
         .await;
     assert_eq!(status["registry"]["hash"], old.as_str());
     assert_eq!(status["status"], "degraded");
-    assert_eq!(ttl4_decision(&server).await, "allow");
+    assert_eq!(server.bridge_decision(4).await, "allow");
 
-    let tighter = snapshot(1);
+    let tighter = bridge_snapshot(1);
     std::fs::write(setup.path("registry.json"), &tighter).unwrap();
     let status = wait_for_registry(&server, &hash_of(&tighter)).await;
     assert!(status["last_reload_error"].is_null(), "{status}");
     assert_eq!(status["status"], "ready");
-    assert_eq!(ttl4_decision(&server).await, "deny");
+    assert_eq!(server.bridge_decision(4).await, "deny");
 }
 
 #[cfg(unix)]
@@ -172,7 +137,7 @@ async fn configmap_style_symlink_swap_reloads_registry_and_policy() {
     let version = |name: &str, max_ttl: i64, policy: &str| {
         let dir = mount.join(name);
         std::fs::create_dir(&dir).unwrap();
-        std::fs::write(dir.join("registry.json"), snapshot(max_ttl)).unwrap();
+        std::fs::write(dir.join("registry.json"), bridge_snapshot(max_ttl)).unwrap();
         std::fs::write(dir.join("policy_package.md"), policy).unwrap();
     };
     let shipped =
@@ -187,7 +152,7 @@ async fn configmap_style_symlink_swap_reloads_registry_and_policy() {
         registry: RegistrySource::Snapshot(mount.join("registry.json")),
     };
     let server = TestServer::start_reloading(sources, watch_only()).await;
-    assert_eq!(ttl4_decision(&server).await, "allow");
+    assert_eq!(server.bridge_decision(4).await, "allow");
 
     // New version: tighter TTL, and a policy package with a new manifest version.
     let bumped = shipped.replace("version: 1.0.0", "version: 1.0.1");
@@ -196,23 +161,23 @@ async fn configmap_style_symlink_swap_reloads_registry_and_policy() {
     std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).unwrap();
     std::fs::remove_dir_all(mount.join("..2026_11_23_10_00_00.1")).unwrap();
 
-    let status = wait_for_registry(&server, &hash_of(&snapshot(2))).await;
+    let status = wait_for_registry(&server, &hash_of(&bridge_snapshot(2))).await;
     assert_eq!(status["policy"]["declared_version"], "1.0.1");
-    assert_eq!(ttl4_decision(&server).await, "deny");
+    assert_eq!(server.bridge_decision(4).await, "deny");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_files_never_replace_the_good_one_and_a_good_file_recovers() {
-    let setup = Setup::new(&snapshot(8));
+    let setup = Setup::new(&bridge_snapshot(8));
     let server = TestServer::start_reloading(setup.sources(), watch_only()).await;
-    let good = hash_of(&snapshot(8));
+    let good = hash_of(&bridge_snapshot(8));
     let policy_hash = server.status().await["policy"]["hash"].clone();
 
     let truncated = {
-        let s = snapshot(2);
+        let s = bridge_snapshot(2);
         s[..s.len() / 2].to_owned()
     };
-    let schema_violation = snapshot(0);
+    let schema_violation = bridge_snapshot(0);
     type Breakage<'a> = (&'a str, Box<dyn Fn() + 'a>, &'a str);
     let cases: [Breakage<'_>; 3] = [
         (
@@ -228,7 +193,7 @@ async fn bad_files_never_replace_the_good_one_and_a_good_file_recovers() {
         (
             "Cedar syntax error",
             Box::new(|| {
-                std::fs::write(setup.path("registry.json"), snapshot(8)).unwrap();
+                std::fs::write(setup.path("registry.json"), bridge_snapshot(8)).unwrap();
                 let md =
                     std::fs::read_to_string(repo_path("policies/ops-warden/policy_package.md"))
                         .unwrap();
@@ -260,7 +225,7 @@ async fn bad_files_never_replace_the_good_one_and_a_good_file_recovers() {
         let ready = server.get("/readyz").await;
         assert_eq!(ready.status, StatusCode::OK, "{what}");
         assert_eq!(ready.json()["status"], "degraded");
-        assert_eq!(ttl4_decision(&server).await, "allow", "{what}");
+        assert_eq!(server.bridge_decision(4).await, "allow", "{what}");
     }
 
     // Fix both files: the new good version loads and the error clears.
@@ -269,8 +234,8 @@ async fn bad_files_never_replace_the_good_one_and_a_good_file_recovers() {
         setup.path("policy/policy_package.md"),
     )
     .unwrap();
-    std::fs::write(setup.path("registry.json"), snapshot(3)).unwrap();
-    let status = wait_for_registry(&server, &hash_of(&snapshot(3))).await;
+    std::fs::write(setup.path("registry.json"), bridge_snapshot(3)).unwrap();
+    let status = wait_for_registry(&server, &hash_of(&bridge_snapshot(3))).await;
     assert!(status["last_reload_error"].is_null(), "{status}");
     assert_eq!(server.get("/readyz").await.json()["status"], "ready");
     assert!(
@@ -281,7 +246,7 @@ async fn bad_files_never_replace_the_good_one_and_a_good_file_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_reloads_without_file_events() {
-    let setup = Setup::new(&snapshot(8));
+    let setup = Setup::new(&bridge_snapshot(8));
     let config = ReloadConfig {
         watch: false,
         poll_interval: Some(Duration::from_millis(100)),
@@ -289,8 +254,8 @@ async fn polling_reloads_without_file_events() {
         ..ReloadConfig::default()
     };
     let server = TestServer::start_reloading(setup.sources(), config).await;
-    std::fs::write(setup.path("registry.json"), snapshot(2)).unwrap();
-    let status = wait_for_registry(&server, &hash_of(&snapshot(2))).await;
+    std::fs::write(setup.path("registry.json"), bridge_snapshot(2)).unwrap();
+    let status = wait_for_registry(&server, &hash_of(&bridge_snapshot(2))).await;
     assert_eq!(status["registry"]["loaded_by"], "poll");
     // Polls that find the same content rebuild nothing.
     let status = server
@@ -303,7 +268,7 @@ async fn polling_reloads_without_file_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unready_at_start_becomes_ready_when_the_file_appears() {
-    let setup = Setup::new(&snapshot(8));
+    let setup = Setup::new(&bridge_snapshot(8));
     std::fs::remove_file(setup.path("registry.json")).unwrap();
     let server = TestServer::start_reloading(setup.sources(), watch_only()).await;
     let ready = server.get("/readyz").await;
@@ -328,17 +293,17 @@ async fn unready_at_start_becomes_ready_when_the_file_appears() {
     assert_eq!(check.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(check.json()["fail_closed"], true);
 
-    write_and_rename(&setup.path("registry.json"), &snapshot(8));
-    wait_for_registry(&server, &hash_of(&snapshot(8))).await;
+    write_and_rename(&setup.path("registry.json"), &bridge_snapshot(8));
+    wait_for_registry(&server, &hash_of(&bridge_snapshot(8))).await;
     assert_eq!(server.get("/readyz").await.status, StatusCode::OK);
-    assert_eq!(ttl4_decision(&server).await, "allow");
+    assert_eq!(server.bridge_decision(4).await, "allow");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn swaps_under_load_never_drop_or_mix_a_request() {
-    let setup = Setup::new(&snapshot(8));
+    let setup = Setup::new(&bridge_snapshot(8));
     let server = Arc::new(TestServer::start(setup.sources()).await);
-    let good = [hash_of(&snapshot(8)), hash_of(&snapshot(2))];
+    let good = [hash_of(&bridge_snapshot(8)), hash_of(&bridge_snapshot(2))];
 
     const CLIENTS: usize = 8;
     const CHECKS_PER_CLIENT: usize = 1_500;
@@ -379,9 +344,9 @@ async fn swaps_under_load_never_drop_or_mix_a_request() {
     let swapper = {
         let server = server.clone();
         let registry = setup.path("registry.json");
-        let broken = snapshot(2)[..40].to_owned();
+        let broken = bridge_snapshot(2)[..40].to_owned();
         tokio::spawn(async move {
-            let versions = [snapshot(8), broken, snapshot(2)];
+            let versions = [bridge_snapshot(8), broken, bridge_snapshot(2)];
             for round in 0..600 {
                 let content = versions[round % versions.len()].clone();
                 let path = registry.clone();

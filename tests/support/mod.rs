@@ -256,3 +256,100 @@ pub fn temp_package(files: &[(&str, &str)]) -> tempfile::TempDir {
     }
     dir
 }
+
+/// A registry snapshot with one actor, `agt-state-hub-bridge`, that may sign for up to
+/// `max_ttl` hours with principal `state-hub`.
+pub fn bridge_snapshot(max_ttl: i64) -> String {
+    serde_json::json!({
+        "schema_version": "1.0",
+        "generated_at": "2026-11-23T00:00:00Z",
+        "source": "flex-auth tests",
+        "actors": [{
+            "id": "agt-state-hub-bridge", "type": "agent", "principals": ["state-hub"],
+            "allowed_subjects": ["agt-state-hub-bridge"], "max_ttl_hours": max_ttl,
+            "default_ttl_hours": 1
+        }]
+    })
+    .to_string()
+}
+
+/// The version flex-auth reports for these bytes.
+pub fn hash_of(text: &str) -> String {
+    flex_auth::hash::ContentHash::of_bytes(text.as_bytes()).to_string()
+}
+
+impl TestServer {
+    /// The decision (`allow`/`deny`) for `agt-state-hub-bridge` signing for itself for
+    /// `ttl_hours` with principal `state-hub`; fails the test unless the answer is a 200.
+    pub async fn bridge_decision(&self, ttl_hours: i64) -> String {
+        let reply = self
+            .post_json(
+                "/v1/check",
+                &sign_request(
+                    "agt-state-hub-bridge",
+                    "agt-state-hub-bridge",
+                    ttl_hours,
+                    &["state-hub"],
+                ),
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        reply.json()["decision"].as_str().unwrap().to_owned()
+    }
+}
+
+/// Start the `flex-auth` binary with `--log-format json serve --listen 127.0.0.1:0` and `args`;
+/// returns it with the address from its `listening` log line (waited for with a deadline).
+pub fn spawn_binary(args: &[&str]) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flex-auth"))
+        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("\"listening\"") {
+                let v: Value = serde_json::from_str(&line).unwrap();
+                let _ = tx.send(v["fields"]["addr"].as_str().unwrap().to_owned());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server logs its address");
+    (child, addr)
+}
+
+/// SIGTERM the binary and wait (bounded) for a clean exit.
+pub fn stop_binary(mut child: std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
