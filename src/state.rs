@@ -328,14 +328,13 @@ impl State {
             let bytes = read_registry(self.sources.registry.path())?;
             let hashes = (package.hash().clone(), ContentHash::of_bytes(&bytes));
             if self.current.load().is_some() && disk.as_ref() == Some(&hashes) {
-                return Ok(ReloadOutcome::Unchanged);
+                return Ok(None);
             }
             let engine = build(&self.sources, package, &bytes)?;
-            self.store(engine, trigger, started);
             *disk = Some(hashes);
-            Ok(ReloadOutcome::Loaded)
+            Ok(Some(engine))
         })();
-        self.record(trigger, result)
+        self.finish(trigger, started, result)
     }
 
     /// Validate a pushed registry (in the source's format) against the policy package in force
@@ -353,12 +352,10 @@ impl State {
                 RegistrySource::Snapshot(_) => parse_snapshot(bytes, origin, package.schema())?,
                 RegistrySource::Entities(_) => parse_entities(bytes, origin, package.schema())?,
             };
-            let engine = Engine::new(package, registry)?;
-            self.store(engine, Trigger::Admin, started);
-            Ok(ReloadOutcome::Loaded)
+            Ok(Some(Engine::new(package, registry)?))
         })();
         match result {
-            Ok(_) => self.record(Trigger::Admin, result).map(|_| ()),
+            Ok(_) => self.finish(Trigger::Admin, started, result).map(|_| ()),
             // A rejected push is the pusher's error, answered to them; the running state is as
             // good as before, so readiness does not degrade.
             Err(e) => {
@@ -380,13 +377,21 @@ impl State {
         }
     }
 
-    fn record(
+    /// Count the result and update the last error, then publish a new engine: anyone who sees
+    /// the new engine also sees the counters and error state that go with it.
+    fn finish(
         &self,
         trigger: Trigger,
-        result: Result<ReloadOutcome, LoadError>,
+        started: Instant,
+        result: Result<Option<Engine>, LoadError>,
     ) -> Result<ReloadOutcome, Arc<ReloadFailure>> {
         match result {
-            Ok(outcome) => {
+            Ok(engine) => {
+                let outcome = if engine.is_some() {
+                    ReloadOutcome::Loaded
+                } else {
+                    ReloadOutcome::Unchanged
+                };
                 let slot = if outcome == ReloadOutcome::Loaded {
                     0
                 } else {
@@ -394,6 +399,9 @@ impl State {
                 };
                 self.counters.record(trigger, slot);
                 self.last_error.store(None);
+                if let Some(engine) = engine {
+                    self.store(engine, trigger, started);
+                }
                 Ok(outcome)
             }
             Err(e) => {
