@@ -175,8 +175,9 @@ fn start_watcher(
     tx: mpsc::Sender<()>,
 ) -> Option<notify::RecommendedWatcher> {
     let handler = move |event: notify::Result<notify::Event>| {
-        // Every event is only a hint to re-read; a full channel already holds one.
-        if event.is_ok_and(|e| !e.kind.is_access()) {
+        // Every event is only a hint to re-read; a full channel already holds one. An error
+        // (such as an overflowed event queue) may hide changes, so it also means "re-read".
+        if event.map_or(true, |e| !e.kind.is_access()) {
             let _ = tx.try_send(());
         }
     };
