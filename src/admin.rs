@@ -1,6 +1,6 @@
 //! The admin API, on its own listener (`--admin-listen`, loopback by default) and only when a
 //! token file is configured: `POST /v1/admin/reload` and `PUT /v1/admin/registry`, plus
-//! `GET /v1/status`. Every request needs `Authorization: Bearer <token>`, compared in constant
+//! `GET /v1/status` and `GET /metrics`. Every request needs `Authorization: Bearer <token>`, compared in constant
 //! time against the token file, which is re-read on each request so it can rotate.
 
 use std::path::{Path, PathBuf};
@@ -37,6 +37,7 @@ pub struct Admin {
     api: Api,
     token_file: Arc<PathBuf>,
     max_body_bytes: usize,
+    metrics: bool,
 }
 
 /// Read the token: the file's content without surrounding white space, never empty.
@@ -72,6 +73,7 @@ impl Admin {
         api: Api,
         token_file: PathBuf,
         max_body_bytes: usize,
+        metrics: bool,
     ) -> Result<Self, AdminError> {
         read_token(&token_file)?;
         Ok(Self {
@@ -79,6 +81,7 @@ impl Admin {
             api,
             token_file: Arc::new(token_file),
             max_body_bytes,
+            metrics,
         })
     }
 
@@ -106,7 +109,7 @@ impl Admin {
         let known = matches!(
             path.as_str(),
             "/v1/admin/reload" | "/v1/admin/registry" | "/v1/status"
-        );
+        ) || (self.metrics && path == "/metrics");
         if !known {
             return Err(ApiError::NotFound(path));
         }
@@ -115,6 +118,7 @@ impl Admin {
             ("/v1/admin/reload", &Method::POST) => self.reload().await,
             ("/v1/admin/registry", &Method::PUT) => self.put_registry(request).await,
             ("/v1/status", &Method::GET | &Method::HEAD) => Ok(self.api.status()),
+            ("/metrics", &Method::GET | &Method::HEAD) => Ok(self.api.metrics_response()),
             ("/v1/admin/reload", _) => Err(ApiError::MethodNotAllowed { allow: "POST" }),
             ("/v1/admin/registry", _) => Err(ApiError::MethodNotAllowed { allow: "PUT" }),
             _ => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),

@@ -3,6 +3,7 @@
 //! every error becomes a response in one place, [`ApiError::into_response`].
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
@@ -17,17 +18,20 @@ use crate::decision::{
 };
 use crate::registry::RegistryKind;
 use crate::state::State;
+use crate::telemetry::{Endpoint, Metrics, MetricsError};
 
 /// Reason a batch item reports when it could not be evaluated.
 pub const REASON_INVALID_REQUEST: &str = "invalid_request";
 
-/// Limits of the decision API.
+/// Limits and options of the decision API.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
     /// Largest accepted body.
     pub max_body_bytes: usize,
     /// Most checks in one batch.
     pub max_batch: usize,
+    /// Serve `GET /metrics` on this listener.
+    pub metrics: bool,
 }
 
 impl Default for ApiConfig {
@@ -35,6 +39,7 @@ impl Default for ApiConfig {
         Self {
             max_body_bytes: 64 * 1024,
             max_batch: 100,
+            metrics: true,
         }
     }
 }
@@ -44,17 +49,29 @@ impl Default for ApiConfig {
 pub struct Api {
     state: Arc<State>,
     config: Arc<ApiConfig>,
+    metrics: Metrics,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Api {
-    /// An API over `state`.
-    pub fn new(state: Arc<State>, config: ApiConfig) -> Self {
-        Self {
+    /// An API over `state`, with its metrics registry.
+    pub fn new(state: Arc<State>, config: ApiConfig) -> Result<Self, MetricsError> {
+        Ok(Self {
             state,
             config: Arc::new(config),
-        }
+            metrics: Metrics::new()?,
+        })
+    }
+
+    /// `GET /metrics`: the Prometheus text exposition.
+    pub(crate) fn metrics_response(&self) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(Bytes::from(self.metrics.render(&self.state))));
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        response
     }
 
     /// Answer one HTTP request. Never fails: every error is a JSON response.
@@ -63,6 +80,12 @@ impl Api {
         B: Body<Data = Bytes>,
         B::Error: Into<BoxError>,
     {
+        let endpoint = match request.uri().path() {
+            "/v1/check" => Endpoint::Check,
+            "/v1/check/batch" => Endpoint::Batch,
+            "/healthz" | "/readyz" | "/v1/status" | "/metrics" => Endpoint::Operations,
+            _ => Endpoint::Other,
+        };
         let result = match (request.uri().path(), request.method()) {
             ("/v1/check", &Method::POST) => self.check(request).await,
             ("/v1/check/batch", &Method::POST) => self.check_batch(request).await,
@@ -72,15 +95,23 @@ impl Api {
             )),
             ("/readyz", &Method::GET | &Method::HEAD) => Ok(self.readyz()),
             ("/v1/status", &Method::GET | &Method::HEAD) => Ok(self.status()),
+            ("/metrics", &Method::GET | &Method::HEAD) if self.config.metrics => {
+                Ok(self.metrics_response())
+            }
             ("/v1/check" | "/v1/check/batch", _) => {
                 Err(ApiError::MethodNotAllowed { allow: "POST" })
+            }
+            ("/metrics", _) if self.config.metrics => {
+                Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" })
             }
             ("/healthz" | "/readyz" | "/v1/status", _) => {
                 Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" })
             }
             (path, _) => Err(ApiError::NotFound(path.to_owned())),
         };
-        result.unwrap_or_else(ApiError::into_response)
+        let response = result.unwrap_or_else(ApiError::into_response);
+        self.metrics.record_response(endpoint, response.status());
+        response
     }
 
     async fn check<B>(&self, request: Request<B>) -> Result<Response<Full<Bytes>>, ApiError>
@@ -93,7 +124,11 @@ impl Api {
         let loaded = self.state.current();
         let loaded = loaded.as_ref().ok_or_else(|| self.not_ready())?;
         let engine = &loaded.engine;
+        let started = Instant::now();
         let outcome = engine.decide(check).map_err(ApiError::Request)?;
+        self.metrics
+            .observe_check(Endpoint::Check, started.elapsed());
+        self.metrics.record_decision(&outcome);
         Ok(json_response(
             StatusCode::OK,
             &CheckResponse::new(engine, outcome),
@@ -116,12 +151,16 @@ impl Api {
         let loaded = self.state.current();
         let loaded = loaded.as_ref().ok_or_else(|| self.not_ready())?;
         let engine = &loaded.engine;
+        self.metrics.observe_batch(batch.checks.len());
+        let started = Instant::now();
         let results: Vec<BatchItem<'_>> = batch
             .checks
             .into_iter()
             .enumerate()
-            .map(|(index, item)| decide_item(engine, index, item))
+            .map(|(index, item)| decide_item(engine, &self.metrics, index, item))
             .collect();
+        self.metrics
+            .observe_check(Endpoint::Batch, started.elapsed());
         Ok(json_response(StatusCode::OK, &BatchResponse { results }))
     }
 
@@ -326,16 +365,25 @@ fn is_json(content_type: &HeaderValue) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-fn decide_item(engine: &Engine, index: usize, item: Value) -> BatchItem<'_> {
+fn decide_item<'a>(
+    engine: &'a Engine,
+    metrics: &Metrics,
+    index: usize,
+    item: Value,
+) -> BatchItem<'a> {
     let check: Result<CheckRequest, ApiError> = serde_path_to_error::deserialize(item)
         .map_err(|e| classify_json_error(e.path().to_string(), e.into_inner()));
     let error = match check {
         Ok(check) => match engine.decide(check) {
-            Ok(outcome) => return BatchItem::Decided(CheckResponse::new(engine, outcome)),
+            Ok(outcome) => {
+                metrics.record_decision(&outcome);
+                return BatchItem::Decided(CheckResponse::new(engine, outcome));
+            }
             Err(e) => ApiError::Request(e),
         },
         Err(e) => e,
     };
+    metrics.record_invalid_item();
     let body = error.body_with_field_prefix(&format!("checks[{index}]"));
     BatchItem::Failed {
         decision: Decision::Deny,

@@ -15,7 +15,9 @@ use serde_json::Value;
 
 use crate::admin::Admin;
 use crate::api::{Api, ApiConfig, CheckResponse};
-use crate::config::{CheckArgs, ConfigError, LoadRegistryArgs, ServeArgs, SourceArgs, TestArgs};
+use crate::config::{
+    CheckArgs, ConfigError, LoadRegistryArgs, MetricsListener, ServeArgs, SourceArgs, TestArgs,
+};
 use crate::decision::{CheckRequest, ResourceRef, SubjectRef};
 use crate::reload::{self, ReloadConfig};
 use crate::server::{shutdown_signal, Server};
@@ -93,17 +95,25 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     let config = ApiConfig {
         max_body_bytes: usize::try_from(args.max_body_bytes).unwrap_or(usize::MAX),
         max_batch: usize::try_from(args.max_batch).unwrap_or(usize::MAX),
+        metrics: args.metrics_listener != MetricsListener::Admin,
     };
     let reload_config = ReloadConfig {
         watch: !args.no_watch,
         poll_interval: Some(args.poll_interval).filter(|d| !d.is_zero()),
         ..ReloadConfig::default()
     };
-    let api = Api::new(state.clone(), config);
+    let api = match Api::new(state.clone(), config) {
+        Ok(api) => api,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let admin = match &args.admin_token_file {
         Some(path) => {
             let max = usize::try_from(args.admin_max_body_bytes).unwrap_or(usize::MAX);
-            match Admin::new(state.clone(), api.clone(), path.clone(), max) {
+            let metrics = args.metrics_listener != MetricsListener::Main;
+            match Admin::new(state.clone(), api.clone(), path.clone(), max, metrics) {
                 Ok(admin) => Some(admin),
                 Err(e) => {
                     let [problem] = BOOT_ONLY_PROBLEMS;

@@ -146,6 +146,11 @@ pub struct ServeArgs {
     #[arg(long, env = "FLEX_AUTH_ADMIN_TOKEN_FILE", value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
 
+    /// Where `GET /metrics` is served: `both` listeners, only the `main` one, or only the `admin`
+    /// one (behind its token; without an admin API, nowhere).
+    #[arg(long, env = "FLEX_AUTH_METRICS_LISTENER", value_enum, default_value_t = MetricsListener::Both)]
+    pub metrics_listener: MetricsListener,
+
     /// Largest registry the admin API accepts in one `PUT`, in bytes.
     #[arg(long, env = "FLEX_AUTH_ADMIN_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024,
           value_parser = clap::value_parser!(u64).range(1..=1024 * 1024 * 1024))]
@@ -157,6 +162,17 @@ impl ServeArgs {
     pub fn fail_fast(&self) -> bool {
         self.strict || self.mode == Mode::Production
     }
+}
+
+/// Which listeners serve `GET /metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MetricsListener {
+    /// The decision API listener and the admin listener.
+    Both,
+    /// Only the decision API listener.
+    Main,
+    /// Only the admin listener (token required).
+    Admin,
 }
 
 /// How strictly `serve` treats start-up problems.

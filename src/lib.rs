@@ -19,6 +19,7 @@ pub mod reload;
 pub mod server;
 pub mod state;
 pub mod suite;
+pub mod telemetry;
 
 use std::process::ExitCode;
 

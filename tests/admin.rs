@@ -43,9 +43,15 @@ impl Fixture {
             registry: RegistrySource::Snapshot(dir.path().join("reg/registry.json")),
         };
         let server = TestServer::start(sources).await;
-        let api = Api::new(server.state.clone(), ApiConfig::default());
-        let admin =
-            Admin::new(server.state.clone(), api, dir.path().join("token"), 1 << 20).unwrap();
+        let api = Api::new(server.state.clone(), ApiConfig::default()).unwrap();
+        let admin = Admin::new(
+            server.state.clone(),
+            api,
+            dir.path().join("token"),
+            1 << 20,
+            true,
+        )
+        .unwrap();
         let admin_server = Server::bind(
             "127.0.0.1:0".parse().unwrap(),
             admin,

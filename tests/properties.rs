@@ -27,7 +27,7 @@ fn api() -> &'static Api {
     API.get_or_init(|| {
         let state = Arc::new(State::new(support::ops_warden()));
         state.reload(flex_auth::state::Trigger::Startup).unwrap();
-        Api::new(state, ApiConfig::default())
+        Api::new(state, ApiConfig::default()).unwrap()
     })
 }
 

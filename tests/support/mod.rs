@@ -59,7 +59,7 @@ impl TestServer {
         let _ = state.reload(flex_auth::state::Trigger::Startup);
         let server = Server::bind(
             "127.0.0.1:0".parse().unwrap(),
-            Api::new(state.clone(), config),
+            Api::new(state.clone(), config).unwrap(),
             Duration::from_secs(5),
         )
         .await

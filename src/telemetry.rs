@@ -1,0 +1,244 @@
+//! Prometheus metrics (`GET /metrics`). Request-path metrics are recorded as they happen
+//! (a few atomic increments per decision); state-derived ones — reload counts, the loaded
+//! versions, entity count, readiness — are read from [`State`] when scraped, so the state module
+//! knows nothing of metrics.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::decision::{Decision, Outcome};
+use crate::state::State;
+
+/// The HTTP endpoints metrics are labelled with (a fixed set, so label cardinality is bounded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /v1/check`.
+    Check,
+    /// `POST /v1/check/batch`.
+    Batch,
+    /// `/healthz`, `/readyz`, `/v1/status`, `/metrics`.
+    Operations,
+    /// Anything else (404s, 405s).
+    Other,
+}
+
+impl Endpoint {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Check => "check",
+            Self::Batch => "batch",
+            Self::Operations => "operations",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// Every metric flex-auth exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Children resolved once: the request path does atomic increments, no label lookups.
+    allows: IntCounter,
+    denies: IntCounter,
+    check_seconds: Histogram,
+    batch_seconds: Histogram,
+    deny_reasons: IntCounterVec,
+    batch_size: Histogram,
+    responses: IntCounterVec,
+    reloads: IntCounterVec,
+    loaded_info: IntGaugeVec,
+    entities: IntGauge,
+    ready: IntGauge,
+}
+
+/// Metrics could not be set up (a programming error: duplicate or malformed metric names).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot register metrics: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+impl Metrics {
+    /// Register every metric in a fresh registry.
+    pub fn new() -> Result<Self, MetricsError> {
+        let registry = Registry::new_custom(Some("flex_auth".to_owned()), None)?;
+        let decisions = IntCounterVec::new(
+            Opts::new("decisions_total", "Decisions by result."),
+            &["decision"],
+        )?;
+        let deny_reasons = IntCounterVec::new(
+            Opts::new(
+                "deny_reasons_total",
+                "Reason codes reported by denies (a deny may report several).",
+            ),
+            &["reason"],
+        )?;
+        let check_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "check_duration_seconds",
+                "Time from a parsed request to its decision, per check endpoint (a batch counts once).",
+            )
+            .buckets(vec![
+                0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005,
+                0.025, 0.1,
+            ]),
+            &["endpoint"],
+        )?;
+        let batch_size = Histogram::with_opts(
+            HistogramOpts::new("batch_size", "Checks per /v1/check/batch request.")
+                .buckets(vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0]),
+        )?;
+        let responses = IntCounterVec::new(
+            Opts::new(
+                "http_responses_total",
+                "HTTP responses by endpoint and status code.",
+            ),
+            &["endpoint", "code"],
+        )?;
+        let reloads = IntCounterVec::new(
+            Opts::new("reloads_total", "Reload attempts by trigger and result."),
+            &["trigger", "result"],
+        )?;
+        let loaded_info = IntGaugeVec::new(
+            Opts::new(
+                "loaded_info",
+                "The policy package and registry in force (value 1).",
+            ),
+            &["package", "policy_version", "registry_version"],
+        )?;
+        let entities = IntGauge::new(
+            "registry_entities",
+            "Actors (or raw entities) in the registry in force.",
+        )?;
+        let ready = IntGauge::new(
+            "ready",
+            "1 when ready or degraded (something serves), 0 when unready.",
+        )?;
+        let build = IntGaugeVec::new(
+            Opts::new("build_info", "Build information (value 1)."),
+            &["version"],
+        )?;
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for collector in [
+            Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(deny_reasons.clone()),
+            Box::new(check_duration.clone()),
+            Box::new(batch_size.clone()),
+            Box::new(responses.clone()),
+            Box::new(reloads.clone()),
+            Box::new(loaded_info.clone()),
+            Box::new(entities.clone()),
+            Box::new(ready.clone()),
+            Box::new(build),
+        ] {
+            registry.register(collector)?;
+        }
+        Ok(Self {
+            registry,
+            allows: decisions.with_label_values(&["allow"]),
+            denies: decisions.with_label_values(&["deny"]),
+            check_seconds: check_duration.with_label_values(&[Endpoint::Check.as_str()]),
+            batch_seconds: check_duration.with_label_values(&[Endpoint::Batch.as_str()]),
+            deny_reasons,
+            batch_size,
+            responses,
+            reloads,
+            loaded_info,
+            entities,
+            ready,
+        })
+    }
+
+    /// Count one decision.
+    pub fn record_decision(&self, outcome: &Outcome) {
+        match outcome.decision {
+            Decision::Allow => self.allows.inc(),
+            Decision::Deny => {
+                self.denies.inc();
+                for reason in &outcome.reasons {
+                    self.deny_reasons
+                        .with_label_values(&[reason.as_str()])
+                        .inc();
+                }
+            }
+        }
+    }
+
+    /// Count a batch item that could not be evaluated (a deny with reason `invalid_request`).
+    pub fn record_invalid_item(&self) {
+        self.denies.inc();
+        self.deny_reasons
+            .with_label_values(&["invalid_request"])
+            .inc();
+    }
+
+    /// Time one check or batch.
+    pub fn observe_check(&self, endpoint: Endpoint, elapsed: Duration) {
+        let histogram = match endpoint {
+            Endpoint::Batch => &self.batch_seconds,
+            _ => &self.check_seconds,
+        };
+        histogram.observe(elapsed.as_secs_f64());
+    }
+
+    /// Size of one batch.
+    pub fn observe_batch(&self, checks: usize) {
+        self.batch_size.observe(checks as f64);
+    }
+
+    /// Count one HTTP response.
+    pub fn record_response(&self, endpoint: Endpoint, status: http::StatusCode) {
+        self.responses
+            .with_label_values(&[endpoint.as_str(), status.as_str()])
+            .inc();
+    }
+
+    /// The Prometheus text exposition, with state-derived metrics brought up to date.
+    pub fn render(&self, state: &State) -> Vec<u8> {
+        self.sync_from(state);
+        let mut out = Vec::with_capacity(8 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+
+    fn sync_from(&self, state: &State) {
+        for (trigger, counts) in state.counters().snapshot() {
+            for (result, total) in [
+                ("loaded", counts.loaded),
+                ("unchanged", counts.unchanged),
+                ("failed", counts.failed),
+            ] {
+                // The state's counts are monotonic; add what happened since the last scrape.
+                let counter = self.reloads.with_label_values(&[trigger, result]);
+                let seen = counter.get();
+                if total > seen {
+                    counter.inc_by(total - seen);
+                }
+            }
+        }
+        self.loaded_info.reset();
+        match state.current().as_ref() {
+            Some(loaded) => {
+                let engine = &loaded.engine;
+                self.loaded_info
+                    .with_label_values(&[
+                        engine.policy().name(),
+                        engine.policy().hash().as_str(),
+                        engine.registry().hash().as_str(),
+                    ])
+                    .set(1);
+                self.entities
+                    .set(i64::try_from(engine.registry().entity_count()).unwrap_or(i64::MAX));
+                self.ready.set(1);
+            }
+            None => {
+                self.entities.set(0);
+                self.ready.set(0);
+            }
+        }
+    }
+}
