@@ -13,6 +13,7 @@ use hyper::body::Body;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::audit::{AuditLog, Mode as AuditMode, Record};
 use crate::decision::{
     CheckRequest, Decision, DecisionId, Engine, Outcome, PolicyError, RequestError,
 };
@@ -50,6 +51,7 @@ pub struct Api {
     state: Arc<State>,
     config: Arc<ApiConfig>,
     metrics: Metrics,
+    audit: AuditLog,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -61,12 +63,21 @@ impl Api {
             state,
             config: Arc::new(config),
             metrics: Metrics::new()?,
+            audit: AuditLog::off(),
         })
+    }
+
+    /// Log every decision to `audit` (see [`crate::audit`]).
+    pub fn with_audit(mut self, audit: AuditLog) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// `GET /metrics`: the Prometheus text exposition.
     pub(crate) fn metrics_response(&self) -> Response<Full<Bytes>> {
-        let mut response = Response::new(Full::new(Bytes::from(self.metrics.render(&self.state))));
+        let mut response = Response::new(Full::new(Bytes::from(
+            self.metrics.render(&self.state, &self.audit),
+        )));
         response.headers_mut().insert(
             CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -121,18 +132,64 @@ impl Api {
     {
         let body = read_json_body(request, self.config.max_body_bytes).await?;
         let check: CheckRequest = parse_json(&body)?;
-        let loaded = self.state.current();
-        let loaded = loaded.as_ref().ok_or_else(|| self.not_ready())?;
-        let engine = &loaded.engine;
-        let started = Instant::now();
-        let outcome = engine.decide(check).map_err(ApiError::Request)?;
-        self.metrics
-            .observe_check(Endpoint::Check, started.elapsed());
-        self.metrics.record_decision(&outcome);
-        Ok(json_response(
-            StatusCode::OK,
-            &CheckResponse::new(engine, outcome),
-        ))
+        let (response, line) = {
+            let loaded = self.state.current();
+            let loaded = loaded.as_ref().ok_or_else(|| self.not_ready())?;
+            let engine = &loaded.engine;
+            let logged = self.audit.enabled().then(|| {
+                (
+                    check.subject.clone(),
+                    check.action.clone(),
+                    check.resource.clone(),
+                )
+            });
+            let started = Instant::now();
+            let outcome = engine.decide(check).map_err(ApiError::Request)?;
+            let elapsed = started.elapsed();
+            self.metrics.observe_check(Endpoint::Check, elapsed);
+            self.metrics.record_decision(&outcome);
+            let line = logged.map(|(subject, action, resource)| {
+                self.audit.line(&Record {
+                    decision_id: outcome.id.to_string(),
+                    time: now_rfc3339(),
+                    origin: "api:check",
+                    subject: Some(&subject),
+                    action: Some(&action),
+                    resource: Some(&resource),
+                    decision: outcome.decision.as_str(),
+                    reasons: &outcome.reasons,
+                    policies: &outcome.policies,
+                    policy_version: engine.policy().hash().as_str(),
+                    registry_version: engine.registry().hash().as_str(),
+                    latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+                })
+            });
+            let response = json_response(StatusCode::OK, &CheckResponse::new(engine, outcome));
+            (response, line)
+        };
+        // The engine is released before waiting on the log.
+        self.log_or_refuse(line.map(|l| vec![l])).await?;
+        Ok(response)
+    }
+
+    /// Hand lines to the decision log; in required mode, wait for durability and refuse the
+    /// answer (503 `audit_unavailable`) when it cannot be had. `Some(None)` — a record that could
+    /// not be serialized — counts as unavailable.
+    async fn log_or_refuse(&self, lines: Option<Vec<Option<Vec<u8>>>>) -> Result<(), ApiError> {
+        let Some(lines) = lines else {
+            return Ok(());
+        };
+        let required = self.audit.mode() == AuditMode::Required;
+        let lines: Option<Vec<Vec<u8>>> = lines.into_iter().collect();
+        match lines {
+            Some(lines) => self
+                .audit
+                .log(lines)
+                .await
+                .map_err(|_| ApiError::AuditUnavailable),
+            None if required => Err(ApiError::AuditUnavailable),
+            None => Ok(()),
+        }
     }
 
     async fn check_batch<B>(&self, request: Request<B>) -> Result<Response<Full<Bytes>>, ApiError>
@@ -148,20 +205,114 @@ impl Api {
                 got: batch.checks.len(),
             });
         }
-        let loaded = self.state.current();
-        let loaded = loaded.as_ref().ok_or_else(|| self.not_ready())?;
-        let engine = &loaded.engine;
-        self.metrics.observe_batch(batch.checks.len());
+        let (response, lines) = {
+            let loaded = self.state.current();
+            let loaded = loaded.as_ref().ok_or_else(|| self.not_ready())?;
+            let engine = &loaded.engine;
+            self.metrics.observe_batch(batch.checks.len());
+            let started = Instant::now();
+            let mut lines = self
+                .audit
+                .enabled()
+                .then(|| Vec::with_capacity(batch.checks.len()));
+            let results: Vec<BatchItem<'_>> = batch
+                .checks
+                .into_iter()
+                .enumerate()
+                .map(|(index, item)| {
+                    let (result, line) = self.decide_item(engine, index, item);
+                    if let (Some(lines), Some(line)) = (lines.as_mut(), line) {
+                        lines.push(line);
+                    }
+                    result
+                })
+                .collect();
+            self.metrics
+                .observe_check(Endpoint::Batch, started.elapsed());
+            (
+                json_response(StatusCode::OK, &BatchResponse { results }),
+                lines,
+            )
+        };
+        self.log_or_refuse(lines).await?;
+        Ok(response)
+    }
+
+    /// Decide one batch item; with the decision log on, also its record line.
+    fn decide_item<'a>(
+        &self,
+        engine: &'a Engine,
+        index: usize,
+        item: Value,
+    ) -> (BatchItem<'a>, Option<Option<Vec<u8>>>) {
         let started = Instant::now();
-        let results: Vec<BatchItem<'_>> = batch
-            .checks
-            .into_iter()
-            .enumerate()
-            .map(|(index, item)| decide_item(engine, &self.metrics, index, item))
-            .collect();
-        self.metrics
-            .observe_check(Endpoint::Batch, started.elapsed());
-        Ok(json_response(StatusCode::OK, &BatchResponse { results }))
+        let check: Result<CheckRequest, ApiError> = serde_path_to_error::deserialize(item)
+            .map_err(|e| classify_json_error(e.path().to_string(), e.into_inner()));
+        let logged = check
+            .as_ref()
+            .ok()
+            .filter(|_| self.audit.enabled())
+            .map(|c| (c.subject.clone(), c.action.clone(), c.resource.clone()));
+        let record =
+            |id: DecisionId, decision: Decision, reasons: &[String], policies: &[String]| {
+                self.audit.enabled().then(|| {
+                    self.audit.line(&Record {
+                        decision_id: id.to_string(),
+                        time: now_rfc3339(),
+                        origin: "api:batch",
+                        subject: logged.as_ref().map(|l| &l.0),
+                        action: logged.as_ref().map(|l| l.1.as_str()),
+                        resource: logged.as_ref().map(|l| &l.2),
+                        decision: decision.as_str(),
+                        reasons,
+                        policies,
+                        policy_version: engine.policy().hash().as_str(),
+                        registry_version: engine.registry().hash().as_str(),
+                        latency_us: u64::try_from(started.elapsed().as_micros())
+                            .unwrap_or(u64::MAX),
+                    })
+                })
+            };
+        let error = match check {
+            Ok(check) => match engine.decide(check) {
+                Ok(outcome) => {
+                    self.metrics.record_decision(&outcome);
+                    let line = record(
+                        outcome.id,
+                        outcome.decision,
+                        &outcome.reasons,
+                        &outcome.policies,
+                    );
+                    return (
+                        BatchItem::Decided(CheckResponse::new(engine, outcome)),
+                        line,
+                    );
+                }
+                Err(e) => ApiError::Request(e),
+            },
+            Err(e) => e,
+        };
+        self.metrics.record_invalid_item();
+        let id = DecisionId::generate();
+        let line = record(
+            id,
+            Decision::Deny,
+            &[REASON_INVALID_REQUEST.to_owned()],
+            &[],
+        );
+        let body = error.body_with_field_prefix(&format!("checks[{index}]"));
+        let item = BatchItem::Failed {
+            decision: Decision::Deny,
+            allowed: false,
+            decision_id: id,
+            reasons: [REASON_INVALID_REQUEST],
+            policies: [],
+            fail_closed: true,
+            policy_version: engine.policy().hash().as_str(),
+            registry_version: engine.registry().hash().as_str(),
+            error: body,
+        };
+        (item, line)
     }
 
     fn not_ready(&self) -> ApiError {
@@ -174,6 +325,27 @@ impl Api {
     /// Readiness: `ready`, `degraded` (the last reload failed, the previous version serves) or
     /// `unready` (nothing loaded), with one check per concern.
     fn readiness(&self) -> (&'static str, Vec<Check>) {
+        let (status, mut checks) = self.source_readiness();
+        if self.audit.mode() == AuditMode::Required {
+            if self.audit.healthy() {
+                checks.push(Check::pass("decision_log"));
+            } else {
+                checks.push(Check {
+                    name: "decision_log",
+                    status: "fail",
+                    reason: Some(
+                        "the decision log cannot write durably; in required mode every decision is refused (503 audit_unavailable) until it can"
+                            .to_owned(),
+                    ),
+                    docs: Some(format!("docs/runbook.md#{}", crate::audit::PROBLEM)),
+                });
+                return ("unready", checks);
+            }
+        }
+        (status, checks)
+    }
+
+    fn source_readiness(&self) -> (&'static str, Vec<Check>) {
         let loaded = self.state.current();
         match (loaded.as_ref(), self.state.last_error()) {
             (Some(_), None) => (
@@ -365,39 +537,6 @@ fn is_json(content_type: &HeaderValue) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-fn decide_item<'a>(
-    engine: &'a Engine,
-    metrics: &Metrics,
-    index: usize,
-    item: Value,
-) -> BatchItem<'a> {
-    let check: Result<CheckRequest, ApiError> = serde_path_to_error::deserialize(item)
-        .map_err(|e| classify_json_error(e.path().to_string(), e.into_inner()));
-    let error = match check {
-        Ok(check) => match engine.decide(check) {
-            Ok(outcome) => {
-                metrics.record_decision(&outcome);
-                return BatchItem::Decided(CheckResponse::new(engine, outcome));
-            }
-            Err(e) => ApiError::Request(e),
-        },
-        Err(e) => e,
-    };
-    metrics.record_invalid_item();
-    let body = error.body_with_field_prefix(&format!("checks[{index}]"));
-    BatchItem::Failed {
-        decision: Decision::Deny,
-        allowed: false,
-        decision_id: DecisionId::generate(),
-        reasons: [REASON_INVALID_REQUEST],
-        policies: [],
-        fail_closed: true,
-        policy_version: engine.policy().hash().as_str(),
-        registry_version: engine.registry().hash().as_str(),
-        error: body,
-    }
-}
-
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BatchRequest {
@@ -528,6 +667,8 @@ pub enum ApiError {
     AdminUnavailable(String),
     /// A pushed registry or a reload was rejected; nothing changed.
     Rejected(String),
+    /// Required decision log cannot make the record durable: no decision is given.
+    AuditUnavailable,
 }
 
 /// The JSON `error` object.
@@ -552,7 +693,9 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::NotReady(_) | Self::AdminUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotReady(_) | Self::AdminUnavailable(_) | Self::AuditUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
         }
@@ -622,6 +765,12 @@ impl ApiError {
                 None,
             ),
             Self::Rejected(m) => ("rejected", format!("rejected, nothing changed: {m}"), None),
+            Self::AuditUnavailable => (
+                "audit_unavailable",
+                "the decision log cannot record this decision durably, so none is given: treat as deny"
+                    .to_owned(),
+                None,
+            ),
             Self::NotReady(m) => (
                 "not_ready",
                 format!("cannot decide, treat as deny: {m}"),
@@ -763,6 +912,10 @@ fn plain_type_names(message: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
 pub(crate) fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {

@@ -15,8 +15,10 @@ use serde_json::Value;
 
 use crate::admin::Admin;
 use crate::api::{Api, ApiConfig, CheckResponse};
+use crate::audit::{AuditLog, Mode as AuditMode, Rotation, Sink};
 use crate::config::{
-    CheckArgs, ConfigError, LoadRegistryArgs, MetricsListener, ServeArgs, SourceArgs, TestArgs,
+    CheckArgs, ConfigError, DecisionsCommand, LoadRegistryArgs, MetricsListener, ServeArgs,
+    SourceArgs, TestArgs,
 };
 use crate::decision::{CheckRequest, ResourceRef, SubjectRef};
 use crate::reload::{self, ReloadConfig};
@@ -35,7 +37,8 @@ pub const EXIT_CONFIG: u8 = 78;
 
 /// `BOOT_FAIL` problems that only start-up reports (besides `boot-` + each of
 /// [`crate::state::PROBLEMS`]); each is an anchor in `docs/runbook.md`.
-pub const BOOT_ONLY_PROBLEMS: [&str; 1] = ["admin-token-invalid"];
+pub const BOOT_ONLY_PROBLEMS: [&str; 2] = [ADMIN_TOKEN_INVALID, crate::audit::PROBLEM];
+const ADMIN_TOKEN_INVALID: &str = "admin-token-invalid";
 
 fn config_error(e: &ConfigError) -> ExitCode {
     eprintln!("error: {e}");
@@ -60,10 +63,39 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     // only thing on stderr.
     if let Some(path) = &args.admin_token_file {
         if let Err(e) = crate::admin::read_token(path) {
-            let [problem] = BOOT_ONLY_PROBLEMS;
-            return boot_fail("FLEX_AUTH_ADMIN_TOKEN_FILE", &e.to_string(), problem);
+            return boot_fail(
+                "FLEX_AUTH_ADMIN_TOKEN_FILE",
+                &e.to_string(),
+                ADMIN_TOKEN_INVALID,
+            );
         }
     }
+    let audit = match (&args.decision_log, args.decision_log_mode) {
+        (_, AuditMode::Off) => AuditLog::off(),
+        (None, _) => {
+            return boot_fail(
+                "FLEX_AUTH_DECISION_LOG",
+                "--decision-log-mode is on but --decision-log names no sink",
+                crate::audit::PROBLEM,
+            )
+        }
+        (Some(sink), mode) => {
+            let rotation = Rotation {
+                max_bytes: args.decision_log_max_bytes,
+                keep: args.decision_log_keep,
+            };
+            match AuditLog::start(sink.clone(), mode, rotation) {
+                Ok(log) => log,
+                Err(e) => {
+                    return boot_fail(
+                        "FLEX_AUTH_DECISION_LOG",
+                        &format!("cannot open the decision log: {e}"),
+                        crate::audit::PROBLEM,
+                    )
+                }
+            }
+        }
+    };
     let state = Arc::new(State::new(sources));
     match state.reload(Trigger::Startup) {
         Ok(_) => {
@@ -103,7 +135,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         ..ReloadConfig::default()
     };
     let api = match Api::new(state.clone(), config) {
-        Ok(api) => api,
+        Ok(api) => api.with_audit(audit),
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
@@ -116,8 +148,11 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             match Admin::new(state.clone(), api.clone(), path.clone(), max, metrics) {
                 Ok(admin) => Some(admin),
                 Err(e) => {
-                    let [problem] = BOOT_ONLY_PROBLEMS;
-                    return boot_fail("FLEX_AUTH_ADMIN_TOKEN_FILE", &e.to_string(), problem);
+                    return boot_fail(
+                        "FLEX_AUTH_ADMIN_TOKEN_FILE",
+                        &e.to_string(),
+                        ADMIN_TOKEN_INVALID,
+                    );
                 }
             }
         }
@@ -578,4 +613,76 @@ fn report(body: &Value, json: bool) -> ExitCode {
         }
     }
     ExitCode::from(code)
+}
+
+/// `flex-auth decisions show|tail`: read records back from a file decision log (rotated files
+/// included, newest first for `show`).
+pub fn decisions(command: &DecisionsCommand) -> ExitCode {
+    use std::io::BufRead as _;
+    let sink = match command {
+        DecisionsCommand::Show { log, .. } | DecisionsCommand::Tail { log, .. } => log,
+    };
+    let Sink::File(path) = sink else {
+        eprintln!("error: only a `file:PATH` decision log can be read back");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let files = crate::audit::sink_files(path);
+    let lines_of = |file: &std::path::Path| -> Result<Vec<String>, String> {
+        let opened = std::fs::File::open(file)
+            .map_err(|e| format!("cannot read `{}`: {e}", file.display()))?;
+        std::io::BufReader::new(opened)
+            .lines()
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("cannot read `{}`: {e}", file.display()))
+    };
+    match command {
+        DecisionsCommand::Show { decision_id, .. } => {
+            let needle = format!("\"decision_id\":\"{decision_id}\"");
+            for file in &files {
+                let lines = match lines_of(file) {
+                    Ok(lines) => lines,
+                    Err(e) if file == path => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(EXIT_CANNOT_DECIDE);
+                    }
+                    Err(_) => continue,
+                };
+                if let Some(line) = lines.iter().rev().find(|l| l.contains(&needle)) {
+                    match serde_json::from_str::<Value>(line) {
+                        Ok(record) => println!(
+                            "{}",
+                            serde_json::to_string_pretty(&record).unwrap_or_else(|_| line.clone())
+                        ),
+                        Err(_) => println!("{line}"),
+                    }
+                    return ExitCode::from(EXIT_OK);
+                }
+            }
+            eprintln!(
+                "no record of `{decision_id}` in `{}` or its rotated files",
+                path.display()
+            );
+            ExitCode::from(EXIT_DENY)
+        }
+        DecisionsCommand::Tail { lines: wanted, .. } => {
+            let mut newest_first: Vec<String> = Vec::with_capacity(*wanted);
+            for file in &files {
+                if newest_first.len() >= *wanted {
+                    break;
+                }
+                match lines_of(file) {
+                    Ok(lines) => newest_first
+                        .extend(lines.into_iter().rev().take(*wanted - newest_first.len())),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(EXIT_CANNOT_DECIDE);
+                    }
+                }
+            }
+            for line in newest_first.iter().rev() {
+                println!("{line}");
+            }
+            ExitCode::from(EXIT_OK)
+        }
+    }
 }

@@ -15,9 +15,14 @@ pub struct Cli {
     #[arg(long, global = true, env = "FLEX_AUTH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
 
-    /// Log filter, e.g. `info` or `flex_auth=debug` (falls back to `RUST_LOG`).
-    #[arg(long, global = true, env = "FLEX_AUTH_LOG", default_value = "info")]
-    pub log: String,
+    /// Log filter, e.g. `info` or `flex_auth=debug` (`RUST_LOG` is honoured too).
+    #[arg(
+        long = "log-level",
+        global = true,
+        env = "FLEX_AUTH_LOG",
+        default_value = "info"
+    )]
+    pub log_level: String,
 
     /// What to do.
     #[command(subcommand)]
@@ -45,6 +50,9 @@ pub enum Command {
     Check(CheckArgs),
     /// Run policy test cases (YAML or JSON) against a package and registry.
     Test(TestArgs),
+    /// Read decision records back from a decision log.
+    #[command(subcommand)]
+    Decisions(DecisionsCommand),
     /// Validate a registry snapshot, then install it atomically where a server watches
     /// (`--target`) or push it to a running server's admin API (`--url`).
     LoadRegistry(LoadRegistryArgs),
@@ -151,6 +159,24 @@ pub struct ServeArgs {
     #[arg(long, env = "FLEX_AUTH_METRICS_LISTENER", value_enum, default_value_t = MetricsListener::Both)]
     pub metrics_listener: MetricsListener,
 
+    /// Decision log sink: `stdout` or `file:PATH` (JSON lines).
+    #[arg(long, env = "FLEX_AUTH_DECISION_LOG", value_name = "SINK", value_parser = parse_sink)]
+    pub decision_log: Option<crate::audit::Sink>,
+
+    /// `off`, `best-effort` (never delays an answer; drops and counts what cannot be written) or
+    /// `required` (a decision is answered only once its record is durable; else 503).
+    #[arg(long, env = "FLEX_AUTH_DECISION_LOG_MODE", value_enum, default_value_t = crate::audit::Mode::Off)]
+    pub decision_log_mode: crate::audit::Mode,
+
+    /// Rotate a `file:` decision log when it reaches this many bytes.
+    #[arg(long, env = "FLEX_AUTH_DECISION_LOG_MAX_BYTES", default_value_t = 100 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..))]
+    pub decision_log_max_bytes: u64,
+
+    /// Rotated `file:` decision logs to keep (`PATH.1` … `PATH.N`).
+    #[arg(long, env = "FLEX_AUTH_DECISION_LOG_KEEP", default_value_t = 5)]
+    pub decision_log_keep: usize,
+
     /// Largest registry the admin API accepts in one `PUT`, in bytes.
     #[arg(long, env = "FLEX_AUTH_ADMIN_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024,
           value_parser = clap::value_parser!(u64).range(1..=1024 * 1024 * 1024))]
@@ -243,6 +269,33 @@ pub struct TestArgs {
     /// Test case files (YAML or JSON): `cases: [{name, request, expect: {decision, reasons}}]`.
     #[arg(required = true, env = "FLEX_AUTH_TEST_CASES", value_delimiter = ',')]
     pub cases: Vec<PathBuf>,
+}
+
+/// `flex-auth decisions …`.
+#[derive(Debug, Subcommand)]
+pub enum DecisionsCommand {
+    /// Print the record of one decision (exit 1 when it is not found).
+    Show {
+        /// The decision id, e.g. `decision:032b096c433ad80c`.
+        #[arg(env = "FLEX_AUTH_DECISION_ID")]
+        decision_id: String,
+        /// The sink to read: `file:PATH` (rotated files included).
+        #[arg(long, env = "FLEX_AUTH_DECISION_LOG", value_parser = parse_sink)]
+        log: crate::audit::Sink,
+    },
+    /// Print the newest records.
+    Tail {
+        /// The sink to read: `file:PATH`.
+        #[arg(long, env = "FLEX_AUTH_DECISION_LOG", value_parser = parse_sink)]
+        log: crate::audit::Sink,
+        /// How many records.
+        #[arg(short = 'n', long, env = "FLEX_AUTH_TAIL_LINES", default_value_t = 20)]
+        lines: usize,
+    },
+}
+
+fn parse_sink(text: &str) -> Result<crate::audit::Sink, String> {
+    text.parse()
 }
 
 /// `flex-auth load-registry`.

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod audit;
 pub mod cedar_json;
 pub mod cli;
 pub mod config;
@@ -35,5 +36,6 @@ pub fn run(cli: Cli) -> ExitCode {
         config::Command::Check(args) => cli::check(&args),
         config::Command::Test(args) => cli::test(&args),
         config::Command::LoadRegistry(args) => cli::load_registry(&args),
+        config::Command::Decisions(command) => cli::decisions(&command),
     }
 }

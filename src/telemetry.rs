@@ -10,6 +10,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::audit::AuditLog;
 use crate::decision::{Decision, Outcome};
 use crate::state::State;
 
@@ -53,6 +54,8 @@ pub struct Metrics {
     loaded_info: IntGaugeVec,
     entities: IntGauge,
     ready: IntGauge,
+    log_writes: IntCounter,
+    log_failures: IntCounter,
 }
 
 /// Metrics could not be set up (a programming error: duplicate or malformed metric names).
@@ -116,6 +119,14 @@ impl Metrics {
             "ready",
             "1 when ready or degraded (something serves), 0 when unready.",
         )?;
+        let log_writes = IntCounter::new(
+            "decision_log_writes_total",
+            "Decision records written to the decision log.",
+        )?;
+        let log_failures = IntCounter::new(
+            "decision_log_failures_total",
+            "Decision records that could not be written (or were dropped in best-effort mode).",
+        )?;
         let build = IntGaugeVec::new(
             Opts::new("build_info", "Build information (value 1)."),
             &["version"],
@@ -131,6 +142,8 @@ impl Metrics {
             Box::new(loaded_info.clone()),
             Box::new(entities.clone()),
             Box::new(ready.clone()),
+            Box::new(log_writes.clone()),
+            Box::new(log_failures.clone()),
             Box::new(build),
         ] {
             registry.register(collector)?;
@@ -148,6 +161,8 @@ impl Metrics {
             loaded_info,
             entities,
             ready,
+            log_writes,
+            log_failures,
         })
     }
 
@@ -196,8 +211,10 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with state-derived metrics brought up to date.
-    pub fn render(&self, state: &State) -> Vec<u8> {
+    pub fn render(&self, state: &State, audit: &AuditLog) -> Vec<u8> {
         self.sync_from(state);
+        sync_counter(&self.log_writes, audit.written());
+        sync_counter(&self.log_failures, audit.failures());
         let mut out = Vec::with_capacity(8 * 1024);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::warn!(error = %e, "cannot encode metrics");
@@ -213,11 +230,7 @@ impl Metrics {
                 ("failed", counts.failed),
             ] {
                 // The state's counts are monotonic; add what happened since the last scrape.
-                let counter = self.reloads.with_label_values(&[trigger, result]);
-                let seen = counter.get();
-                if total > seen {
-                    counter.inc_by(total - seen);
-                }
+                sync_counter(&self.reloads.with_label_values(&[trigger, result]), total);
             }
         }
         self.loaded_info.reset();
@@ -240,5 +253,13 @@ impl Metrics {
                 self.ready.set(0);
             }
         }
+    }
+}
+
+/// Bring a Prometheus counter up to a monotonic total kept elsewhere.
+fn sync_counter(counter: &IntCounter, total: u64) {
+    let seen = counter.get();
+    if total > seen {
+        counter.inc_by(total - seen);
     }
 }

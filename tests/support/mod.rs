@@ -55,11 +55,20 @@ impl TestServer {
 
     /// Start with the given sources and API limits.
     pub async fn start_with(sources: Sources, config: ApiConfig) -> Self {
+        Self::start_with_audit(sources, config, flex_auth::audit::AuditLog::off()).await
+    }
+
+    /// Start with the given sources, API limits and decision log.
+    pub async fn start_with_audit(
+        sources: Sources,
+        config: ApiConfig,
+        audit: flex_auth::audit::AuditLog,
+    ) -> Self {
         let state = Arc::new(State::new(sources));
         let _ = state.reload(flex_auth::state::Trigger::Startup);
         let server = Server::bind(
             "127.0.0.1:0".parse().unwrap(),
-            Api::new(state.clone(), config).unwrap(),
+            Api::new(state.clone(), config).unwrap().with_audit(audit),
             Duration::from_secs(5),
         )
         .await

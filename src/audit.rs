@@ -1,0 +1,458 @@
+//! The decision log: one JSON record per decision, written by one writer thread to stdout or a
+//! JSON-lines file (size-based rotation). In `required` mode a decision is answered only after
+//! its record is durable (written and fsync'd); the writer batches whatever records are waiting
+//! into one write and one fsync (group commit), so concurrency does not serialize on fsync.
+//!
+//! Load-bearing invariant: in required mode nothing is allowed unless its record is durable. A
+//! failed write answers 503 `audit_unavailable`, and readiness stays unready until a probe
+//! write succeeds again.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::decision::{ResourceRef, SubjectRef};
+
+/// How many records may wait for the writer before best-effort records are dropped.
+const QUEUE: usize = 16 * 1024;
+/// Most records written (and fsync'd) together.
+const GROUP: usize = 1024;
+/// The `docs/runbook.md` anchor for a decision log that cannot write.
+pub const PROBLEM: &str = "decision-log-unavailable";
+
+/// How often an unhealthy sink is probed for recovery.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+
+/// Where records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sink {
+    /// JSON lines on standard output.
+    Stdout,
+    /// A JSON-lines file, rotated by size.
+    File(PathBuf),
+}
+
+impl std::str::FromStr for Sink {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "stdout" {
+            return Ok(Self::Stdout);
+        }
+        match text.strip_prefix("file:") {
+            Some(path) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
+            _ => Err(format!(
+                "`{text}` is not a decision-log sink: use `stdout` or `file:PATH`"
+            )),
+        }
+    }
+}
+
+/// Whether and how strictly decisions are logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// No decision log.
+    Off,
+    /// Log without waiting; a record that cannot be written is dropped and counted.
+    BestEffort,
+    /// Answer a decision only after its record is durable; otherwise 503 `audit_unavailable`.
+    Required,
+}
+
+/// One decision, as logged. Credentials never appear here.
+#[derive(Debug, Serialize)]
+pub struct Record<'a> {
+    /// The decision id returned to the caller.
+    pub decision_id: String,
+    /// RFC 3339 time of the decision, in milliseconds.
+    pub time: String,
+    /// Where the request came in: `api:check`, `api:batch`.
+    pub origin: &'a str,
+    /// Subject type and id (absent for a batch item that could not be read).
+    pub subject: Option<&'a SubjectRef>,
+    /// Action name.
+    pub action: Option<&'a str>,
+    /// Resource type and id.
+    pub resource: Option<&'a ResourceRef>,
+    /// `allow` or `deny`.
+    pub decision: &'a str,
+    /// Reason codes.
+    pub reasons: &'a [String],
+    /// Determining (or erroring) policy ids.
+    pub policies: &'a [String],
+    /// Loaded policy package version.
+    pub policy_version: &'a str,
+    /// Loaded registry version.
+    pub registry_version: &'a str,
+    /// Microseconds spent deciding.
+    pub latency_us: u64,
+}
+
+/// Rotation of a file sink.
+#[derive(Debug, Clone, Copy)]
+pub struct Rotation {
+    /// Rotate when the file reaches this size.
+    pub max_bytes: u64,
+    /// How many rotated files to keep (`PATH.1` … `PATH.N`).
+    pub keep: usize,
+}
+
+struct Job {
+    line: Vec<u8>,
+    done: Option<SyncSender<bool>>,
+}
+
+/// Handle to the decision log; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    mode: Mode,
+    tx: Option<SyncSender<Job>>,
+    healthy: Arc<AtomicBool>,
+    failures: Arc<AtomicU64>,
+    written: Arc<AtomicU64>,
+}
+
+/// Why a record could not be made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unavailable;
+
+impl AuditLog {
+    /// No decision log.
+    pub fn off() -> Self {
+        Self {
+            mode: Mode::Off,
+            tx: None,
+            healthy: Arc::new(AtomicBool::new(true)),
+            failures: Arc::new(AtomicU64::new(0)),
+            written: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Start the writer thread for `sink`.
+    pub fn start(sink: Sink, mode: Mode, rotation: Rotation) -> std::io::Result<Self> {
+        if mode == Mode::Off {
+            return Ok(Self::off());
+        }
+        let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE);
+        let log = Self {
+            mode,
+            tx: Some(tx),
+            healthy: Arc::new(AtomicBool::new(true)),
+            failures: Arc::new(AtomicU64::new(0)),
+            written: Arc::new(AtomicU64::new(0)),
+        };
+        let mut writer = Writer::open(sink, rotation)?;
+        let (healthy, failures, written) = (
+            log.healthy.clone(),
+            log.failures.clone(),
+            log.written.clone(),
+        );
+        std::thread::Builder::new()
+            .name("flex-auth-decision-log".to_owned())
+            .spawn(move || writer.run(&rx, &healthy, &failures, &written))?;
+        Ok(log)
+    }
+
+    /// The mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Whether records are being written at all.
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// False while a required-mode log cannot write (readiness turns unready).
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Records that could not be written (or were dropped), since start.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Records written, since start.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    /// Serialize a record as one JSON line (`None` only if serialization failed, which is
+    /// counted, and in required mode must refuse the decision).
+    pub fn line(&self, record: &Record<'_>) -> Option<Vec<u8>> {
+        match serde_json::to_vec(record) {
+            Ok(mut line) => {
+                line.push(b'\n');
+                Some(line)
+            }
+            Err(_) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Log lines. In required mode, wait (off the async workers) until they are durable and
+    /// return `Err(Unavailable)` if they are not; otherwise hand them over and return at once.
+    pub async fn log(&self, lines: Vec<Vec<u8>>) -> Result<(), Unavailable> {
+        let Some(tx) = &self.tx else {
+            return Ok(());
+        };
+        if self.mode != Mode::Required {
+            for line in lines {
+                if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+                    tx.try_send(Job { line, done: None })
+                {
+                    self.failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            return Ok(());
+        }
+        // Required: every line is acknowledged, and all must be durable (the writer may put
+        // them in different groups).
+        let count = lines.len();
+        let (done_tx, done_rx) = mpsc::sync_channel::<bool>(count.max(1));
+        let tx = tx.clone();
+        let durable = tokio::task::spawn_blocking(move || {
+            for line in lines {
+                let job = Job {
+                    line,
+                    done: Some(done_tx.clone()),
+                };
+                if tx.send(job).is_err() {
+                    return false;
+                }
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            (0..count).all(|_| {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                done_rx.recv_timeout(left).unwrap_or(false)
+            })
+        })
+        .await
+        .unwrap_or(false);
+        if durable {
+            Ok(())
+        } else {
+            Err(Unavailable)
+        }
+    }
+}
+
+enum Output {
+    Stdout(std::io::Stdout),
+    File {
+        path: PathBuf,
+        file: Option<File>,
+        size: u64,
+        rotation: Rotation,
+    },
+}
+
+struct Writer {
+    output: Output,
+}
+
+impl Writer {
+    fn open(sink: Sink, rotation: Rotation) -> std::io::Result<Self> {
+        let output = match sink {
+            Sink::Stdout => Output::Stdout(std::io::stdout()),
+            Sink::File(path) => {
+                let file = open_append(&path)?;
+                let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                Output::File {
+                    path,
+                    file: Some(file),
+                    size,
+                    rotation,
+                }
+            }
+        };
+        Ok(Self { output })
+    }
+
+    fn run(
+        &mut self,
+        rx: &Receiver<Job>,
+        healthy: &AtomicBool,
+        failures: &AtomicU64,
+        written: &AtomicU64,
+    ) {
+        loop {
+            let first = if healthy.load(Ordering::Relaxed) {
+                match rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                }
+            } else {
+                match rx.recv_timeout(PROBE_EVERY) {
+                    Ok(job) => job,
+                    Err(RecvTimeoutError::Timeout) => {
+                        if self.probe().is_ok() {
+                            tracing::info!("decision log writable again");
+                            healthy.store(true, Ordering::Relaxed);
+                        }
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            };
+            let mut batch = vec![first];
+            while batch.len() < GROUP {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            let ok = self.write_durably(&batch).is_ok();
+            if ok {
+                written.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                healthy.store(true, Ordering::Relaxed);
+            } else {
+                failures.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                if healthy.swap(false, Ordering::Relaxed) {
+                    tracing::error!("decision log write failed; required-mode decisions answer 503 until it recovers");
+                }
+            }
+            for job in batch {
+                if let Some(done) = job.done {
+                    let _ = done.send(ok);
+                }
+            }
+        }
+    }
+
+    /// Write every line, then make them durable with one flush / fsync.
+    fn write_durably(&mut self, batch: &[Job]) -> std::io::Result<()> {
+        match &mut self.output {
+            Output::Stdout(out) => {
+                let mut lock = out.lock();
+                for job in batch {
+                    lock.write_all(&job.line)?;
+                }
+                lock.flush()
+            }
+            Output::File {
+                path,
+                file,
+                size,
+                rotation,
+            } => {
+                if *size >= rotation.max_bytes {
+                    *file = None;
+                    rotate(path, rotation.keep)?;
+                    *size = 0;
+                }
+                if file.is_none() {
+                    *file = Some(open_append(path)?);
+                }
+                let Some(f) = file.as_mut() else {
+                    return Err(std::io::Error::other("decision log file is not open"));
+                };
+                let mut buffer = Vec::with_capacity(batch.iter().map(|j| j.line.len()).sum());
+                for job in batch {
+                    buffer.extend_from_slice(&job.line);
+                }
+                let result = f.write_all(&buffer).and_then(|()| f.sync_data());
+                if result.is_err() {
+                    // Reopen on the next attempt: the file may have been removed or replaced.
+                    *file = None;
+                } else {
+                    *size += buffer.len() as u64;
+                }
+                result
+            }
+        }
+    }
+
+    /// Can the sink take a durable write again?
+    fn probe(&mut self) -> std::io::Result<()> {
+        self.write_durably(&[])
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// `PATH` → `PATH.1` → … → `PATH.keep`; the oldest is removed.
+fn rotate(path: &Path, keep: usize) -> std::io::Result<()> {
+    let numbered = |n: usize| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        PathBuf::from(name)
+    };
+    if keep == 0 {
+        return std::fs::remove_file(path).or_else(ignore_missing);
+    }
+    std::fs::remove_file(numbered(keep)).or_else(ignore_missing)?;
+    for n in (1..keep).rev() {
+        std::fs::rename(numbered(n), numbered(n + 1)).or_else(ignore_missing)?;
+    }
+    std::fs::rename(path, numbered(1)).or_else(ignore_missing)
+}
+
+fn ignore_missing(e: std::io::Error) -> std::io::Result<()> {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+/// The files of a file sink, newest first: `PATH`, `PATH.1`, `PATH.2`, ….
+pub fn sink_files(path: &Path) -> Vec<PathBuf> {
+    let mut files = vec![path.to_path_buf()];
+    for n in 1.. {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        let candidate = PathBuf::from(name);
+        if !candidate.exists() || n > 10_000 {
+            break;
+        }
+        files.push(candidate);
+    }
+    files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sinks_parse() {
+        assert_eq!("stdout".parse::<Sink>(), Ok(Sink::Stdout));
+        assert_eq!(
+            "file:/tmp/d.log".parse::<Sink>(),
+            Ok(Sink::File("/tmp/d.log".into()))
+        );
+        assert!("file:".parse::<Sink>().is_err());
+        assert!("sqlite:/x".parse::<Sink>().is_err());
+    }
+
+    #[test]
+    fn rotation_keeps_the_newest_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.log");
+        for round in 0..4 {
+            std::fs::write(&path, format!("{round}")).unwrap();
+            rotate(&path, 2).unwrap();
+        }
+        assert!(!path.exists());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("d.log.1")).unwrap(),
+            "3"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("d.log.2")).unwrap(),
+            "2"
+        );
+        assert!(!dir.path().join("d.log.3").exists());
+    }
+}
