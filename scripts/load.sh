@@ -164,6 +164,28 @@ reload_ms=$(status_field "d['registry']['load_ms']")
 reload_failed=$(status_field "d['reloads']['watch']['failed']")
 kill "$flex"; wait "$flex" 2>/dev/null || true
 
+# 5. The decision log at concurrency 64: off, best-effort file, required file (fsync'd, group
+#    commit), shipped registry.
+log_run() {
+  local name=$1; shift
+  FLEX_AUTH_LOG=warn "${SERVER_CPU[@]}" "$BIN" serve --policy policies/ops-warden \
+    --registry registry/ops-warden/production_registry_snapshot.json --listen "127.0.0.1:$FLEX_PORT" "$@" 2>/dev/null &
+  local pid=$!
+  pids+=("$pid")
+  wait_ready "http://127.0.0.1:$FLEX_PORT/readyz"
+  local saved=$CONNECTIONS
+  CONNECTIONS=64
+  run_wrk "$name" "http://127.0.0.1:$FLEX_PORT/v1/check" "$work/allow.lua"
+  CONNECTIONS=$saved
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+read -r log_off_rps _ log_off_p99 log_off_non2xx < <(log_run log_off)
+read -r log_be_rps _ log_be_p99 log_be_non2xx < <(log_run log_be --decision-log "file:$work/be.jsonl" --decision-log-mode best-effort)
+read -r log_req_rps _ log_req_p99 log_req_non2xx < <(log_run log_req --decision-log "file:$work/req.jsonl" --decision-log-mode required)
+log_req_records=$(wc -l <"$work/req.jsonl")
+log_be_pct=$(awk -v a="$log_be_rps" -v b="$log_off_rps" 'BEGIN { printf "%.1f", 100 * a / b }')
+log_req_pct=$(awk -v a="$log_req_rps" -v b="$log_off_rps" 'BEGIN { printf "%.1f", 100 * a / b }')
+
 ratio=$(awk -v a="$flex_rps" -v b="$hello_rps" 'BEGIN { printf "%.1f", 100 * a / b }')
 ratio_big=$(awk -v a="$big_rps" -v b="$hello_rps" 'BEGIN { printf "%.1f", 100 * a / b }')
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
@@ -181,6 +203,16 @@ Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /pro
 | same, registry replaced every ${RELOAD_EVERY}s ($((reloads_after - reloads_before)) reloads, $reload_failed failed) | $reload_rps | $reload_p50 | $reload_p99 | $reload_non2xx | - |
 
 Reload of $BIG_ACTORS actors (read, hash, JSON Schema, compile, swap), as the server measured it: ${reload_ms} ms.
+
+Decision log, 64 connections, shipped registry:
+
+| decision log | requests/s | p99 | non-2xx | % of off |
+| --- | ---: | ---: | ---: | ---: |
+| off | $log_off_rps | $log_off_p99 | $log_off_non2xx | 100 |
+| best-effort, file | $log_be_rps | $log_be_p99 | $log_be_non2xx | $log_be_pct |
+| required, file (fsync per group) | $log_req_rps | $log_req_p99 | $log_req_non2xx | $log_req_pct |
+
+The required run wrote $log_req_records durable records.
 
 | resident memory | MiB |
 | --- | ---: |

@@ -104,7 +104,7 @@ pub struct Rotation {
 
 struct Job {
     line: Vec<u8>,
-    done: Option<SyncSender<bool>>,
+    done: Option<tokio::sync::oneshot::Sender<bool>>,
 }
 
 /// Handle to the decision log; cheap to clone.
@@ -215,28 +215,34 @@ impl AuditLog {
             return Ok(());
         }
         // Required: every line is acknowledged, and all must be durable (the writer may put
-        // them in different groups).
-        let count = lines.len();
-        let (done_tx, done_rx) = mpsc::sync_channel::<bool>(count.max(1));
-        let tx = tx.clone();
-        let durable = tokio::task::spawn_blocking(move || {
-            for line in lines {
-                let job = Job {
+        // them in different groups). A full queue refuses rather than blocks: under a burst the
+        // answer is 503, never an unlogged allow and never a stalled worker.
+        let mut acks = Vec::with_capacity(lines.len());
+        for line in lines {
+            let (done, ack) = tokio::sync::oneshot::channel();
+            if tx
+                .try_send(Job {
                     line,
-                    done: Some(done_tx.clone()),
-                };
-                if tx.send(job).is_err() {
+                    done: Some(done),
+                })
+                .is_err()
+            {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                return Err(Unavailable);
+            }
+            acks.push(ack);
+        }
+        let all = async {
+            for ack in acks {
+                if !ack.await.unwrap_or(false) {
                     return false;
                 }
             }
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            (0..count).all(|_| {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                done_rx.recv_timeout(left).unwrap_or(false)
-            })
-        })
-        .await
-        .unwrap_or(false);
+            true
+        };
+        let durable = tokio::time::timeout(Duration::from_secs(10), all)
+            .await
+            .unwrap_or(false);
         if durable {
             Ok(())
         } else {
