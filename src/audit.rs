@@ -146,7 +146,7 @@ impl AuditLog {
             failures: Arc::new(AtomicU64::new(0)),
             written: Arc::new(AtomicU64::new(0)),
         };
-        let mut writer = Writer::open(sink, rotation)?;
+        let mut writer = Writer::open(sink, rotation, mode == Mode::Required)?;
         let (healthy, failures, written) = (
             log.healthy.clone(),
             log.failures.clone(),
@@ -263,10 +263,12 @@ enum Output {
 
 struct Writer {
     output: Output,
+    /// fsync each group (required mode); best-effort leaves flushing to the OS.
+    sync: bool,
 }
 
 impl Writer {
-    fn open(sink: Sink, rotation: Rotation) -> std::io::Result<Self> {
+    fn open(sink: Sink, rotation: Rotation, sync: bool) -> std::io::Result<Self> {
         let output = match sink {
             Sink::Stdout => Output::Stdout(std::io::stdout()),
             Sink::File(path) => {
@@ -280,7 +282,7 @@ impl Writer {
                 }
             }
         };
-        Ok(Self { output })
+        Ok(Self { output, sync })
     }
 
     fn run(
@@ -365,7 +367,10 @@ impl Writer {
                 for job in batch {
                     buffer.extend_from_slice(&job.line);
                 }
-                let result = f.write_all(&buffer).and_then(|()| f.sync_data());
+                let sync = self.sync;
+                let result =
+                    f.write_all(&buffer)
+                        .and_then(|()| if sync { f.sync_data() } else { Ok(()) });
                 if result.is_err() {
                     // Reopen on the next attempt: the file may have been removed or replaced.
                     *file = None;
