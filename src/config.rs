@@ -15,14 +15,9 @@ pub struct Cli {
     #[arg(long, global = true, env = "FLEX_AUTH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
 
-    /// Log filter, e.g. `info` or `flex_auth=debug` (`RUST_LOG` is honoured too).
-    #[arg(
-        long = "log-level",
-        global = true,
-        env = "FLEX_AUTH_LOG",
-        default_value = "info"
-    )]
-    pub log_level: String,
+    /// Log filter, e.g. `info` or `flex_auth=debug`. When unset, `RUST_LOG`, else `info`.
+    #[arg(long = "log-level", global = true, env = "FLEX_AUTH_LOG")]
+    pub log_level: Option<String>,
 
     /// What to do.
     #[command(subcommand)]
