@@ -40,24 +40,18 @@ fn decide(c: &mut Criterion) {
         let engine = Engine::new(package, registry).unwrap();
         // An actor in the middle of the registry, so nothing favours the first entries.
         let request = request_for(size / 2);
-        assert_eq!(
-            engine.decide(request.clone()).unwrap().decision,
-            Decision::Allow
-        );
+        assert_eq!(engine.decide(&request).unwrap().decision, Decision::Allow);
         let mut deny = request.clone();
         deny.context
             .as_mut()
             .unwrap()
             .insert("ttl_hours".into(), 99.into());
-        assert_eq!(
-            engine.decide(deny.clone()).unwrap().decision,
-            Decision::Deny
-        );
+        assert_eq!(engine.decide(&deny).unwrap().decision, Decision::Deny);
         group.bench_with_input(BenchmarkId::new("allow", size), &request, |b, r| {
-            b.iter(|| engine.decide(black_box(r.clone())).unwrap())
+            b.iter(|| engine.decide(black_box(r)).unwrap())
         });
         group.bench_with_input(BenchmarkId::new("deny", size), &deny, |b, r| {
-            b.iter(|| engine.decide(black_box(r.clone())).unwrap())
+            b.iter(|| engine.decide(black_box(r)).unwrap())
         });
     }
     group.finish();

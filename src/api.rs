@@ -136,52 +136,57 @@ impl Api {
             let loaded = self.state.current();
             let loaded = loaded.as_ref().ok_or_else(|| self.not_ready())?;
             let engine = &loaded.engine;
-            let logged = self.audit.enabled().then(|| {
-                (
-                    check.subject.clone(),
-                    check.action.clone(),
-                    check.resource.clone(),
-                )
-            });
             let started = Instant::now();
-            let outcome = engine.decide(check).map_err(ApiError::Request)?;
-            let elapsed = started.elapsed();
-            self.metrics.observe_check(Endpoint::Check, elapsed);
+            let outcome = engine.decide(&check).map_err(ApiError::Request)?;
+            self.metrics
+                .observe_check(Endpoint::Check, started.elapsed());
             self.metrics.record_decision(&outcome);
-            let line = logged.map(|(subject, action, resource)| {
-                self.audit.line(&Record {
-                    decision_id: outcome.id.to_string(),
-                    time: now_rfc3339(),
-                    origin: "api:check",
-                    subject: Some(&subject),
-                    action: Some(&action),
-                    resource: Some(&resource),
-                    decision: outcome.decision.as_str(),
-                    reasons: &outcome.reasons,
-                    policies: &outcome.policies,
-                    policy_version: engine.policy().hash().as_str(),
-                    registry_version: engine.registry().hash().as_str(),
-                    latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-                })
-            });
+            let line = self.record_line(engine, "api:check", Some(&check), &outcome, started);
             let response = json_response(StatusCode::OK, &CheckResponse::new(engine, outcome));
             (response, line)
         };
         // The engine is released before waiting on the log.
-        self.log_or_refuse(line.map(|l| vec![l])).await?;
+        self.log_or_refuse(line.into_iter().collect()).await?;
         Ok(response)
     }
 
+    /// The decision-log line for one outcome: `None` when the log is off, `Some(None)` when
+    /// the record could not be serialized (which a required log must refuse).
+    fn record_line(
+        &self,
+        engine: &Engine,
+        origin: &'static str,
+        check: Option<&CheckRequest>,
+        outcome: &Outcome,
+        started: Instant,
+    ) -> Option<Option<Vec<u8>>> {
+        self.audit.enabled().then(|| {
+            self.audit.line(&Record {
+                decision_id: outcome.id.to_string(),
+                time: now_rfc3339(),
+                origin,
+                subject: check.map(|c| &c.subject),
+                action: check.map(|c| c.action.as_str()),
+                resource: check.map(|c| &c.resource),
+                decision: outcome.decision.as_str(),
+                reasons: &outcome.reasons,
+                policies: &outcome.policies,
+                policy_version: engine.policy().hash().as_str(),
+                registry_version: engine.registry().hash().as_str(),
+                latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            })
+        })
+    }
+
     /// Hand lines to the decision log; in required mode, wait for durability and refuse the
-    /// answer (503 `audit_unavailable`) when it cannot be had. `Some(None)` — a record that could
-    /// not be serialized — counts as unavailable.
-    async fn log_or_refuse(&self, lines: Option<Vec<Option<Vec<u8>>>>) -> Result<(), ApiError> {
-        let Some(lines) = lines else {
+    /// answer (503 `audit_unavailable`) when it cannot be had. A `None` line — a record that
+    /// could not be serialized — counts as unavailable in required mode.
+    async fn log_or_refuse(&self, lines: Vec<Option<Vec<u8>>>) -> Result<(), ApiError> {
+        if lines.is_empty() {
             return Ok(());
-        };
+        }
         let required = self.audit.mode() == AuditMode::Required;
-        let lines: Option<Vec<Vec<u8>>> = lines.into_iter().collect();
-        match lines {
+        match lines.into_iter().collect::<Option<Vec<Vec<u8>>>>() {
             Some(lines) => self
                 .audit
                 .log(lines)
@@ -211,19 +216,14 @@ impl Api {
             let engine = &loaded.engine;
             self.metrics.observe_batch(batch.checks.len());
             let started = Instant::now();
-            let mut lines = self
-                .audit
-                .enabled()
-                .then(|| Vec::with_capacity(batch.checks.len()));
+            let mut lines = Vec::new();
             let results: Vec<BatchItem<'_>> = batch
                 .checks
                 .into_iter()
                 .enumerate()
                 .map(|(index, item)| {
                     let (result, line) = self.decide_item(engine, index, item);
-                    if let (Some(lines), Some(line)) = (lines.as_mut(), line) {
-                        lines.push(line);
-                    }
+                    lines.extend(line);
                     result
                 })
                 .collect();
@@ -248,58 +248,32 @@ impl Api {
         let started = Instant::now();
         let check: Result<CheckRequest, ApiError> = serde_path_to_error::deserialize(item)
             .map_err(|e| classify_json_error(e.path().to_string(), e.into_inner()));
-        let logged = check
-            .as_ref()
-            .ok()
-            .filter(|_| self.audit.enabled())
-            .map(|c| (c.subject.clone(), c.action.clone(), c.resource.clone()));
-        let record =
-            |id: DecisionId, decision: Decision, reasons: &[String], policies: &[String]| {
-                self.audit.enabled().then(|| {
-                    self.audit.line(&Record {
-                        decision_id: id.to_string(),
-                        time: now_rfc3339(),
-                        origin: "api:batch",
-                        subject: logged.as_ref().map(|l| &l.0),
-                        action: logged.as_ref().map(|l| l.1.as_str()),
-                        resource: logged.as_ref().map(|l| &l.2),
-                        decision: decision.as_str(),
-                        reasons,
-                        policies,
-                        policy_version: engine.policy().hash().as_str(),
-                        registry_version: engine.registry().hash().as_str(),
-                        latency_us: u64::try_from(started.elapsed().as_micros())
-                            .unwrap_or(u64::MAX),
-                    })
-                })
-            };
-        let error = match check {
-            Ok(check) => match engine.decide(check) {
+        let (error, check) = match check {
+            Ok(check) => match engine.decide(&check) {
                 Ok(outcome) => {
                     self.metrics.record_decision(&outcome);
-                    let line = record(
-                        outcome.id,
-                        outcome.decision,
-                        &outcome.reasons,
-                        &outcome.policies,
-                    );
+                    let line =
+                        self.record_line(engine, "api:batch", Some(&check), &outcome, started);
                     return (
                         BatchItem::Decided(CheckResponse::new(engine, outcome)),
                         line,
                     );
                 }
-                Err(e) => ApiError::Request(e),
+                Err(e) => (ApiError::Request(e), Some(check)),
             },
-            Err(e) => e,
+            Err(e) => (e, None),
         };
+        // An item that cannot be evaluated is a deny with its own id, logged like any other.
         self.metrics.record_invalid_item();
-        let id = DecisionId::generate();
-        let line = record(
-            id,
-            Decision::Deny,
-            &[REASON_INVALID_REQUEST.to_owned()],
-            &[],
-        );
+        let outcome = Outcome {
+            decision: Decision::Deny,
+            id: DecisionId::generate(),
+            reasons: vec![REASON_INVALID_REQUEST.to_owned()],
+            policies: Vec::new(),
+            errors: Vec::new(),
+        };
+        let line = self.record_line(engine, "api:batch", check.as_ref(), &outcome, started);
+        let id = outcome.id;
         let body = error.body_with_field_prefix(&format!("checks[{index}]"));
         let item = BatchItem::Failed {
             decision: Decision::Deny,

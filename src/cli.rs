@@ -396,7 +396,7 @@ fn check_local(sources: &SourceArgs, request: CheckRequest) -> Result<Value, Str
     let sources = sources.sources().map_err(|e| e.to_string())?;
     let engine = state::load(&sources).map_err(|e| e.to_string())?;
     let outcome = engine
-        .decide(request)
+        .decide(&request)
         .map_err(|e| format!("invalid request: {e}"))?;
     serde_json::to_value(CheckResponse::new(&engine, outcome)).map_err(|e| e.to_string())
 }

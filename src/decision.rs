@@ -235,9 +235,9 @@ impl Engine {
         }
     }
 
-    /// Decide one request. `Err` only for requests that are malformed for this package (bad type
+    /// Decide one request (borrowed: callers keep it to log it). `Err` only for requests that are malformed for this package (bad type
     /// names, a context or entity types the schema rejects); every evaluation outcome is `Ok`.
-    pub fn decide(&self, request: CheckRequest) -> Result<Outcome, RequestError> {
+    pub fn decide(&self, request: &CheckRequest) -> Result<Outcome, RequestError> {
         let principal_type = match &request.subject.entity_type {
             Some(t) => self.entity_type("subject.type", t)?,
             None => self.default_subject_type.clone(),
@@ -264,9 +264,10 @@ impl Engine {
             ));
         }
         let action = self.action_uid(&request.action);
-        let context = request.context.unwrap_or_default();
+        let empty = Map::new();
+        let context = request.context.as_ref().unwrap_or(&empty);
         // Fast path: plain JSON converted directly, used only when the schema accepts it as is.
-        if let Some(fast) = cedar_json::context(&context) {
+        if let Some(fast) = cedar_json::context(context) {
             if let Ok(cedar_request) = Request::new(
                 principal.clone(),
                 action.clone(),
@@ -279,7 +280,7 @@ impl Engine {
         }
         // Cedar's reader: escapes, schema-directed conversions, and the precise error messages.
         let context =
-            Context::from_json_value(Value::Object(context), schema.map(|s| (s, &action)))
+            Context::from_json_value(Value::Object(context.clone()), schema.map(|s| (s, &action)))
                 .map_err(|e| RequestError::new("context", e.to_string()))?;
         let cedar_request = Request::new(principal, action, resource, context, schema)
             .map_err(request_validation_error)?;

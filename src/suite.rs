@@ -108,7 +108,7 @@ pub fn run_cases(engine: &Engine, file: CaseFile) -> Vec<CaseResult> {
     file.cases
         .into_iter()
         .map(|case| {
-            let failure = match engine.decide(case.request) {
+            let failure = match engine.decide(&case.request) {
                 Err(e) => Some(format!(
                     "      expected: {}\n      got:      invalid request: {e}",
                     describe(case.expect.decision, case.expect.reasons.as_deref())

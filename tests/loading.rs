@@ -135,7 +135,7 @@ fn directory_package_merges_files_with_manifest_and_schema() {
     assert_eq!(engine.policy().policy_count(), 2);
     let read = |who: &str, doc: &str| {
         engine
-            .decide(request(serde_json::json!({
+            .decide(&request(serde_json::json!({
                 "subject": {"type": "User", "id": who}, "action": "read",
                 "resource": {"type": "Doc", "id": doc}})))
             .unwrap()
@@ -304,7 +304,7 @@ fn engine_decides_directly_from_loaded_sources() {
     let sources = ops_warden();
     let engine = load(&sources).unwrap();
     let outcome = engine
-        .decide(request(serde_json::json!({
+        .decide(&request(serde_json::json!({
             "subject": {"id": "atm-backup-daily"}, "action": "sign",
             "resource": {"type": "Actor", "id": "atm-backup-daily"},
             "context": {"ttl_hours": 2, "principals": ["backup"]}})))
@@ -341,7 +341,7 @@ when { resource.owner == principal && context.via == principal && context.from.i
     .unwrap();
     let login = |who: &str, from: &str| {
         engine
-            .decide(request(serde_json::json!({
+            .decide(&request(serde_json::json!({
                 "subject": {"type": "User", "id": who}, "action": "login",
                 "resource": {"type": "Host", "id": "h1"},
                 "context": {"via": {"type": "User", "id": who}, "from": from}})))
@@ -352,7 +352,7 @@ when { resource.owner == principal && context.via == principal && context.from.i
     assert_eq!(login("bob", "10.9.9.9").decision, Decision::Deny);
     // The explicit escape form reads the same.
     let escaped = engine
-        .decide(request(serde_json::json!({
+        .decide(&request(serde_json::json!({
             "subject": {"type": "User", "id": "alice"}, "action": "login",
             "resource": {"type": "Host", "id": "h1"},
             "context": {"via": {"__entity": {"type": "User", "id": "alice"}},
@@ -387,7 +387,7 @@ fn snapshot_attributes_needing_the_schema_are_converted() {
     })
     .unwrap();
     let outcome = engine
-        .decide(request(serde_json::json!({
+        .decide(&request(serde_json::json!({
             "subject": {"id": "a"}, "action": "sign", "resource": {"type": "Actor", "id": "a"}, "context": {}})))
         .unwrap();
     assert_eq!(outcome.decision, Decision::Allow, "{outcome:?}");
