@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
 
 use cedar_policy::{
     Authorizer, Context, EntityId, EntityTypeName, EntityUid, PolicyId, Request,
@@ -366,8 +365,6 @@ fn request_validation_error(e: RequestValidationError) -> RequestError {
     RequestError::new(field, e.to_string())
 }
 
-/// Shared, cheaply clonable engine handle.
-pub type SharedEngine = Arc<Engine>;
 
 #[cfg(test)]
 mod tests {

@@ -165,7 +165,7 @@ struct Manifest {
     name: Option<String>,
     version: Option<String>,
     #[serde(default)]
-    #[allow(dead_code, reason = "accepted so manifests can describe themselves")]
+    #[expect(dead_code, reason = "accepted so manifests can describe themselves; never read")]
     description: Option<String>,
 }
 
