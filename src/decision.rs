@@ -365,7 +365,6 @@ fn request_validation_error(e: RequestValidationError) -> RequestError {
     RequestError::new(field, e.to_string())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -165,7 +165,10 @@ struct Manifest {
     name: Option<String>,
     version: Option<String>,
     #[serde(default)]
-    #[expect(dead_code, reason = "accepted so manifests can describe themselves; never read")]
+    #[expect(
+        dead_code,
+        reason = "accepted so manifests can describe themselves; never read"
+    )]
     description: Option<String>,
 }
 

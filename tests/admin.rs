@@ -14,11 +14,8 @@ mod support;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
-use flex_auth::admin::Admin;
-use flex_auth::api::{Api, ApiConfig};
-use flex_auth::server::Server;
+use flex_auth::api::ApiConfig;
 use flex_auth::{RegistrySource, Sources};
 use http::{Method, StatusCode};
 use serde_json::json;
@@ -43,24 +40,9 @@ impl Fixture {
             registry: RegistrySource::Snapshot(dir.path().join("reg/registry.json")),
         };
         let server = TestServer::start(sources).await;
-        let api = Api::new(server.state.clone(), ApiConfig::default()).unwrap();
-        let admin = Admin::new(
-            server.state.clone(),
-            api,
-            dir.path().join("token"),
-            1 << 20,
-            true,
-        )
-        .unwrap();
-        let admin_server = Server::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            admin,
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
-        let addr = admin_server.local_addr().unwrap();
-        tokio::spawn(admin_server.serve(std::future::pending()));
+        let addr = server
+            .start_admin(dir.path().join("token"), ApiConfig::default())
+            .await;
         Self {
             dir,
             server,

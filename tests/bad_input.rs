@@ -292,17 +292,7 @@ async fn broken_policy_starts_unready_and_every_check_is_503() {
     let reason = body["checks"][0]["reason"].as_str().unwrap();
     assert!(reason.contains("broken.cedar:2:"), "{reason}");
 
-    let reply = server
-        .post_json(
-            "/v1/check",
-            &sign_request(
-                "agt-state-hub-bridge",
-                "agt-state-hub-bridge",
-                4,
-                &["state-hub"],
-            ),
-        )
-        .await;
+    let reply = server.post_bridge(4).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(reply.error_code(), "not_ready");
     assert_eq!(reply.json()["fail_closed"], true);

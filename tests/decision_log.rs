@@ -66,17 +66,7 @@ async fn every_decision_has_exactly_one_record_with_its_id() {
 
     let mut ids = Vec::new();
     for ttl in [4, 40] {
-        let reply = server
-            .post_json(
-                "/v1/check",
-                &sign_request(
-                    "agt-state-hub-bridge",
-                    "agt-state-hub-bridge",
-                    ttl,
-                    &["state-hub"],
-                ),
-            )
-            .await;
+        let reply = server.post_bridge(ttl).await;
         ids.push(reply.json()["decision_id"].as_str().unwrap().to_owned());
     }
     let batch = server
@@ -171,17 +161,7 @@ async fn required_mode_refuses_when_records_cannot_be_durable_and_recovers() {
     std::os::unix::fs::symlink("/dev/full", &link).unwrap();
     let server = server_with_log(&link, Mode::Required).await;
 
-    let reply = server
-        .post_json(
-            "/v1/check",
-            &sign_request(
-                "agt-state-hub-bridge",
-                "agt-state-hub-bridge",
-                4,
-                &["state-hub"],
-            ),
-        )
-        .await;
+    let reply = server.post_bridge(4).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(reply.error_code(), "audit_unavailable");
     assert_eq!(reply.json()["fail_closed"], true);
@@ -220,17 +200,7 @@ async fn required_mode_refuses_when_records_cannot_be_durable_and_recovers() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let reply = server
-        .post_json(
-            "/v1/check",
-            &sign_request(
-                "agt-state-hub-bridge",
-                "agt-state-hub-bridge",
-                4,
-                &["state-hub"],
-            ),
-        )
-        .await;
+    let reply = server.post_bridge(4).await;
     assert_eq!(reply.status, StatusCode::OK);
     let id = reply.json()["decision_id"].as_str().unwrap().to_owned();
     // Required: the record is durable before the answer, so no waiting here.
@@ -255,17 +225,7 @@ async fn required_mode_under_concurrency_answers_only_logged_decisions() {
         tasks.push(tokio::spawn(async move {
             let mut ids = Vec::new();
             for _ in 0..50 {
-                let reply = server
-                    .post_json(
-                        "/v1/check",
-                        &sign_request(
-                            "agt-state-hub-bridge",
-                            "agt-state-hub-bridge",
-                            4,
-                            &["state-hub"],
-                        ),
-                    )
-                    .await;
+                let reply = server.post_bridge(4).await;
                 assert_eq!(reply.status, StatusCode::OK);
                 ids.push(reply.json()["decision_id"].as_str().unwrap().to_owned());
             }

@@ -11,11 +11,7 @@
 
 mod support;
 
-use std::time::Duration;
-
-use flex_auth::admin::Admin;
-use flex_auth::api::{Api, ApiConfig};
-use flex_auth::server::Server;
+use flex_auth::api::ApiConfig;
 use flex_auth::state::Trigger;
 use flex_auth::{RegistrySource, Sources};
 use http::{Method, StatusCode};
@@ -257,24 +253,7 @@ async fn metrics_can_be_limited_to_the_admin_listener_behind_its_token() {
     assert_eq!(server.get("/metrics").await.status, StatusCode::NOT_FOUND);
 
     std::fs::write(dir.path().join("token"), "t0ken").unwrap();
-    let api = Api::new(server.state.clone(), config).unwrap();
-    let admin = Admin::new(
-        server.state.clone(),
-        api,
-        dir.path().join("token"),
-        1 << 20,
-        true,
-    )
-    .unwrap();
-    let admin_server = Server::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        admin,
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
-    let addr = admin_server.local_addr().unwrap();
-    tokio::spawn(admin_server.serve(std::future::pending()));
+    let addr = server.start_admin(dir.path().join("token"), config).await;
     let denied = send(addr, Method::GET, "/metrics", &[], "").await;
     assert_eq!(denied.status, StatusCode::UNAUTHORIZED);
     let ok = send(

@@ -21,7 +21,7 @@ use flex_auth::state::Trigger;
 use flex_auth::{RegistrySource, Sources};
 use http::StatusCode;
 use serde_json::Value;
-use support::{bridge_snapshot, hash_of, repo_path, sign_request, TestServer};
+use support::{bridge_snapshot, hash_of, repo_path, TestServer};
 
 /// A directory with the shipped policy package copied in and a registry file.
 struct Setup {
@@ -279,17 +279,7 @@ async fn unready_at_start_becomes_ready_when_the_file_appears() {
         body["checks"][0]["docs"],
         "docs/runbook.md#registry-missing"
     );
-    let check = server
-        .post_json(
-            "/v1/check",
-            &sign_request(
-                "agt-state-hub-bridge",
-                "agt-state-hub-bridge",
-                4,
-                &["state-hub"],
-            ),
-        )
-        .await;
+    let check = server.post_bridge(4).await;
     assert_eq!(check.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(check.json()["fail_closed"], true);
 
@@ -313,17 +303,7 @@ async fn swaps_under_load_never_drop_or_mix_a_request() {
         clients.push(tokio::spawn(async move {
             let mut versions = Vec::with_capacity(CHECKS_PER_CLIENT);
             for _ in 0..CHECKS_PER_CLIENT {
-                let reply = server
-                    .post_json(
-                        "/v1/check",
-                        &sign_request(
-                            "agt-state-hub-bridge",
-                            "agt-state-hub-bridge",
-                            4,
-                            &["state-hub"],
-                        ),
-                    )
-                    .await;
+                let reply = server.post_bridge(4).await;
                 assert_eq!(
                     reply.status,
                     StatusCode::OK,

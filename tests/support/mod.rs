@@ -288,20 +288,24 @@ pub fn hash_of(text: &str) -> String {
 }
 
 impl TestServer {
-    /// The decision (`allow`/`deny`) for `agt-state-hub-bridge` signing for itself for
-    /// `ttl_hours` with principal `state-hub`; fails the test unless the answer is a 200.
+    /// `POST /v1/check` for `agt-state-hub-bridge` signing for itself for `ttl_hours` with
+    /// principal `state-hub`; whatever the status.
+    pub async fn post_bridge(&self, ttl_hours: i64) -> Reply {
+        self.post_json(
+            "/v1/check",
+            &sign_request(
+                "agt-state-hub-bridge",
+                "agt-state-hub-bridge",
+                ttl_hours,
+                &["state-hub"],
+            ),
+        )
+        .await
+    }
+
+    /// The decision (`allow`/`deny`) of [`Self::post_bridge`]; fails the test unless it is a 200.
     pub async fn bridge_decision(&self, ttl_hours: i64) -> String {
-        let reply = self
-            .post_json(
-                "/v1/check",
-                &sign_request(
-                    "agt-state-hub-bridge",
-                    "agt-state-hub-bridge",
-                    ttl_hours,
-                    &["state-hub"],
-                ),
-            )
-            .await;
+        let reply = self.post_bridge(ttl_hours).await;
         assert_eq!(
             reply.status,
             StatusCode::OK,
@@ -309,6 +313,24 @@ impl TestServer {
             String::from_utf8_lossy(&reply.body)
         );
         reply.json()["decision"].as_str().unwrap().to_owned()
+    }
+
+    /// Start an admin API listener (token read from `token_file`) over this server's state.
+    pub async fn start_admin(&self, token_file: PathBuf, config: ApiConfig) -> SocketAddr {
+        let api = Api::new(self.state.clone(), config).unwrap();
+        let admin =
+            flex_auth::admin::Admin::new(self.state.clone(), api, token_file, 1 << 20, true)
+                .unwrap();
+        let server = Server::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            admin,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let addr = server.local_addr().unwrap();
+        tokio::spawn(server.serve(std::future::pending()));
+        addr
     }
 }
 
