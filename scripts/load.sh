@@ -165,7 +165,7 @@ reload_failed=$(status_field "d['reloads']['watch']['failed']")
 kill "$flex"; wait "$flex" 2>/dev/null || true
 
 # 5. The decision log at concurrency 64: off, best-effort file, required file (fsync'd, group
-#    commit), shipped registry.
+#    commit), required SQLite (one committed transaction per group), shipped registry.
 log_run() {
   local name=$1; shift
   FLEX_AUTH_LOG=warn "${SERVER_CPU[@]}" "$BIN" serve --policy policies/ops-warden \
@@ -182,7 +182,11 @@ log_run() {
 read -r log_off_rps _ log_off_p99 log_off_non2xx < <(log_run log_off)
 read -r log_be_rps _ log_be_p99 log_be_non2xx < <(log_run log_be --decision-log "file:$work/be.jsonl" --decision-log-mode best-effort)
 read -r log_req_rps _ log_req_p99 log_req_non2xx < <(log_run log_req --decision-log "file:$work/req.jsonl" --decision-log-mode required)
+read -r log_sql_rps _ log_sql_p99 log_sql_non2xx < <(log_run log_sql --decision-log "sqlite:$work/req.db" --decision-log-mode required)
 log_req_records=$(cat "$work"/req.jsonl* | wc -l)   # rotated files included
+log_sql_records=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT count(*) FROM decisions').fetchone()[0])" "$work/req.db")
+log_sql_answered=$(awk '/requests in/ {print $1}' "$work/log_sql.wrk")
+log_sql_pct=$(awk -v a="$log_sql_rps" -v b="$log_off_rps" 'BEGIN { printf "%.1f", 100 * a / b }')
 log_req_answered=$(awk '/requests in/ {print $1}' "$work/log_req.wrk")
 log_be_pct=$(awk -v a="$log_be_rps" -v b="$log_off_rps" 'BEGIN { printf "%.1f", 100 * a / b }')
 log_req_pct=$(awk -v a="$log_req_rps" -v b="$log_off_rps" 'BEGIN { printf "%.1f", 100 * a / b }')
@@ -212,8 +216,9 @@ Decision log, 64 connections, shipped registry:
 | off | $log_off_rps | $log_off_p99 | $log_off_non2xx | 100 |
 | best-effort, file | $log_be_rps | $log_be_p99 | $log_be_non2xx | $log_be_pct |
 | required, file (fsync per group) | $log_req_rps | $log_req_p99 | $log_req_non2xx | $log_req_pct |
+| required, SQLite (WAL, synchronous=FULL, a transaction per group) | $log_sql_rps | $log_sql_p99 | $log_sql_non2xx | $log_sql_pct |
 
-The required run answered $log_req_answered requests (wrk's count, all 200) and wrote $log_req_records durable records (rotated files included; a few more than answered when wrk stops with requests in flight).
+The required file run answered $log_req_answered requests (wrk's count) and wrote $log_req_records durable records (rotated files included); the required SQLite run answered $log_sql_answered and committed $log_sql_records rows. A few more records than answers is expected: wrk stops with requests in flight.
 
 | resident memory | MiB |
 | --- | ---: |

@@ -1,7 +1,8 @@
-//! The decision log: one JSON record per decision, written by one writer thread to stdout or a
-//! JSON-lines file (size-based rotation). In `required` mode a decision is answered only after
-//! its record is durable (written and fsync'd); the writer batches whatever records are waiting
-//! into one write and one fsync (group commit), so concurrency does not serialize on fsync.
+//! The decision log: one JSON record per decision, written by one writer thread to stdout, a
+//! JSON-lines file (size-based rotation) or a SQLite database (WAL, `synchronous=FULL`, indexed
+//! by decision id). In `required` mode a decision is answered only after its record is durable
+//! (written and fsync'd, or committed); the writer batches whatever records are waiting into one
+//! write and one fsync / one transaction (group commit), so concurrency does not serialize on it.
 //!
 //! Load-bearing invariant: in required mode nothing is allowed unless its record is durable. A
 //! failed write answers 503 `audit_unavailable`, and readiness stays unready until a probe
@@ -18,6 +19,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::decision::{ResourceRef, SubjectRef};
+
+pub mod sqlite;
 
 /// How many records may wait for the writer before best-effort records are dropped.
 const QUEUE: usize = 16 * 1024;
@@ -36,6 +39,8 @@ pub enum Sink {
     Stdout,
     /// A JSON-lines file, rotated by size.
     File(PathBuf),
+    /// A SQLite database (table `decisions`), created if missing.
+    Sqlite(PathBuf),
 }
 
 impl std::str::FromStr for Sink {
@@ -44,10 +49,12 @@ impl std::str::FromStr for Sink {
         if text == "stdout" {
             return Ok(Self::Stdout);
         }
-        match text.strip_prefix("file:") {
-            Some(path) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
+        let file = text.strip_prefix("file:").map(|p| (p, false));
+        match file.or_else(|| text.strip_prefix("sqlite:").map(|p| (p, true))) {
+            Some((path, false)) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
+            Some((path, true)) if !path.is_empty() => Ok(Self::Sqlite(PathBuf::from(path))),
             _ => Err(format!(
-                "`{text}` is not a decision-log sink: use `stdout` or `file:PATH`"
+                "`{text}` is not a decision-log sink: use `stdout`, `file:PATH` or `sqlite:PATH`"
             )),
         }
     }
@@ -259,6 +266,10 @@ enum Output {
         size: u64,
         rotation: Rotation,
     },
+    Sqlite {
+        path: PathBuf,
+        conn: Option<rusqlite::Connection>,
+    },
 }
 
 struct Writer {
@@ -279,6 +290,13 @@ impl Writer {
                     file: Some(file),
                     size,
                     rotation,
+                }
+            }
+            Sink::Sqlite(path) => {
+                let conn = sqlite::open(&path).map_err(std::io::Error::other)?;
+                Output::Sqlite {
+                    path,
+                    conn: Some(conn),
                 }
             }
         };
@@ -379,6 +397,20 @@ impl Writer {
                 }
                 result
             }
+            Output::Sqlite { path, conn } => {
+                if conn.is_none() {
+                    *conn = Some(sqlite::open(path).map_err(std::io::Error::other)?);
+                }
+                let Some(c) = conn.as_mut() else {
+                    return Err(std::io::Error::other("decision log database is not open"));
+                };
+                let result = sqlite::insert(c, batch.iter().map(|job| job.line.as_slice()));
+                if result.is_err() {
+                    // Reopen on the next attempt: the database may have been replaced.
+                    *conn = None;
+                }
+                result.map_err(std::io::Error::other)
+            }
         }
     }
 
@@ -444,7 +476,12 @@ mod tests {
             Ok(Sink::File("/tmp/d.log".into()))
         );
         assert!("file:".parse::<Sink>().is_err());
-        assert!("sqlite:/x".parse::<Sink>().is_err());
+        assert_eq!(
+            "sqlite:/tmp/d.db".parse::<Sink>(),
+            Ok(Sink::Sqlite("/tmp/d.db".into()))
+        );
+        assert!("sqlite:".parse::<Sink>().is_err());
+        assert!("postgres://x".parse::<Sink>().is_err());
     }
 
     #[test]

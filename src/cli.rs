@@ -616,15 +616,22 @@ fn report(body: &Value, json: bool) -> ExitCode {
 }
 
 /// `flex-auth decisions show|tail`: read records back from a file decision log (rotated files
-/// included, newest first for `show`).
+/// included, newest first for `show`) or a SQLite one.
 pub fn decisions(command: &DecisionsCommand) -> ExitCode {
     use std::io::BufRead as _;
     let sink = match command {
         DecisionsCommand::Show { log, .. } | DecisionsCommand::Tail { log, .. } => log,
     };
-    let Sink::File(path) = sink else {
-        eprintln!("error: only a `file:PATH` decision log can be read back");
-        return ExitCode::from(EXIT_CONFIG);
+    let path = match sink {
+        Sink::File(path) => path,
+        Sink::Sqlite(path) => return decisions_sqlite(command, path),
+        Sink::Stdout => {
+            eprintln!(
+                "error: a `stdout` decision log cannot be read back; name a `file:PATH` or \
+                 `sqlite:PATH` sink"
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
     };
     let files = crate::audit::sink_files(path);
     let lines_of = |file: &std::path::Path| -> Result<Vec<String>, String> {
@@ -648,13 +655,7 @@ pub fn decisions(command: &DecisionsCommand) -> ExitCode {
                     Err(_) => continue,
                 };
                 if let Some(line) = lines.iter().rev().find(|l| l.contains(&needle)) {
-                    match serde_json::from_str::<Value>(line) {
-                        Ok(record) => println!(
-                            "{}",
-                            serde_json::to_string_pretty(&record).unwrap_or_else(|_| line.clone())
-                        ),
-                        Err(_) => println!("{line}"),
-                    }
+                    print_pretty(line);
                     return ExitCode::from(EXIT_OK);
                 }
             }
@@ -684,5 +685,56 @@ pub fn decisions(command: &DecisionsCommand) -> ExitCode {
             }
             ExitCode::from(EXIT_OK)
         }
+    }
+}
+
+/// `decisions show|tail` over a SQLite sink.
+fn decisions_sqlite(command: &DecisionsCommand, path: &std::path::Path) -> ExitCode {
+    use crate::audit::sqlite;
+    let conn = match sqlite::open_for_reading(path) {
+        Ok(conn) => conn,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CANNOT_DECIDE);
+        }
+    };
+    let read_error = |e: rusqlite::Error| {
+        eprintln!(
+            "error: cannot read decision log database `{}`: {e}",
+            path.display()
+        );
+        ExitCode::from(EXIT_CANNOT_DECIDE)
+    };
+    match command {
+        DecisionsCommand::Show { decision_id, .. } => match sqlite::find(&conn, decision_id) {
+            Ok(records) if records.is_empty() => {
+                eprintln!("no record of `{decision_id}` in `{}`", path.display());
+                ExitCode::from(EXIT_DENY)
+            }
+            Ok(records) => {
+                for record in records {
+                    print_pretty(&record);
+                }
+                ExitCode::from(EXIT_OK)
+            }
+            Err(e) => read_error(e),
+        },
+        DecisionsCommand::Tail { lines, .. } => match sqlite::newest(&conn, *lines) {
+            Ok(records) => {
+                for record in records {
+                    println!("{record}");
+                }
+                ExitCode::from(EXIT_OK)
+            }
+            Err(e) => read_error(e),
+        },
+    }
+}
+
+/// A record as indented JSON (as stored when it is not JSON).
+fn print_pretty(record: &str) {
+    match serde_json::from_str::<Value>(record).and_then(|v| serde_json::to_string_pretty(&v)) {
+        Ok(pretty) => println!("{pretty}"),
+        Err(_) => println!("{record}"),
     }
 }

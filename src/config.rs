@@ -154,7 +154,8 @@ pub struct ServeArgs {
     #[arg(long, env = "FLEX_AUTH_METRICS_LISTENER", value_enum, default_value_t = MetricsListener::Both)]
     pub metrics_listener: MetricsListener,
 
-    /// Decision log sink: `stdout` or `file:PATH` (JSON lines).
+    /// Decision log sink: `stdout` or `file:PATH` (JSON lines), or `sqlite:PATH` (a SQLite
+    /// database, created if missing; WAL, `synchronous=FULL`, indexed by decision id).
     #[arg(long, env = "FLEX_AUTH_DECISION_LOG", value_name = "SINK", value_parser = parse_sink)]
     pub decision_log: Option<crate::audit::Sink>,
 
@@ -274,13 +275,13 @@ pub enum DecisionsCommand {
         /// The decision id, e.g. `decision:032b096c433ad80c`.
         #[arg(env = "FLEX_AUTH_DECISION_ID")]
         decision_id: String,
-        /// The sink to read: `file:PATH` (rotated files included).
+        /// The sink to read: `file:PATH` (rotated files included) or `sqlite:PATH`.
         #[arg(long, env = "FLEX_AUTH_DECISION_LOG", value_parser = parse_sink)]
         log: crate::audit::Sink,
     },
     /// Print the newest records.
     Tail {
-        /// The sink to read: `file:PATH`.
+        /// The sink to read: `file:PATH` (rotated files included) or `sqlite:PATH`.
         #[arg(long, env = "FLEX_AUTH_DECISION_LOG", value_parser = parse_sink)]
         log: crate::audit::Sink,
         /// How many records.

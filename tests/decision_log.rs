@@ -1,6 +1,7 @@
-//! The decision log with a real file sink: one record per decision with the response's id,
-//! `decisions show`/`tail`, required mode refusing (503) when records cannot be made durable and
-//! recovering by itself, and group commit under concurrency.
+//! The decision log with real file and SQLite sinks: one record per decision with the response's
+//! id, `decisions show`/`tail`, required mode refusing (503) when records cannot be made durable
+//! (a full device, a locked database) and recovering by itself, and group commit under
+//! concurrency.
 
 #![allow(
     clippy::unwrap_used,
@@ -37,10 +38,44 @@ fn records(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-async fn wait_for_records(path: &Path, count: usize) -> Vec<Value> {
+/// Every record in a sink, oldest first, read without flex-auth's own reader.
+fn sink_records(sink: &Sink) -> Vec<Value> {
+    match sink {
+        Sink::File(path) => records(path),
+        Sink::Sqlite(path) => {
+            let conn = rusqlite::Connection::open(path).unwrap();
+            let mut query = conn
+                .prepare("SELECT decision_id, record FROM decisions ORDER BY seq")
+                .unwrap();
+            query
+                .query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                })
+                .unwrap()
+                .map(|row| {
+                    let (id, record) = row.unwrap();
+                    let record: Value = serde_json::from_str(&record).unwrap();
+                    assert_eq!(record["decision_id"], id.as_str(), "indexed column matches");
+                    record
+                })
+                .collect()
+        }
+        Sink::Stdout => unreachable!("tests read file and SQLite sinks"),
+    }
+}
+
+fn sink_arg(sink: &Sink) -> String {
+    match sink {
+        Sink::File(path) => format!("file:{}", path.display()),
+        Sink::Sqlite(path) => format!("sqlite:{}", path.display()),
+        Sink::Stdout => "stdout".to_owned(),
+    }
+}
+
+async fn wait_for_records(sink: &Sink, count: usize) -> Vec<Value> {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
-        let found = records(path);
+        let found = sink_records(sink);
         if found.len() >= count {
             return found;
         }
@@ -53,16 +88,46 @@ async fn wait_for_records(path: &Path, count: usize) -> Vec<Value> {
     }
 }
 
-async fn server_with_log(path: &Path, mode: Mode) -> TestServer {
-    let audit = AuditLog::start(Sink::File(path.to_path_buf()), mode, ROTATION).unwrap();
+async fn server_with_log(sink: Sink, mode: Mode) -> TestServer {
+    let audit = AuditLog::start(sink, mode, ROTATION).unwrap();
     TestServer::start_with_audit(ops_warden(), ApiConfig::default(), audit).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_decision_has_exactly_one_record_with_its_id() {
+async fn every_decision_has_exactly_one_record_with_its_id_in_a_file() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("decisions.jsonl");
-    let server = server_with_log(&path, Mode::BestEffort).await;
+    one_record_per_decision(
+        Sink::File(dir.path().join("decisions.jsonl")),
+        Mode::BestEffort,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_decision_has_exactly_one_record_with_its_id_in_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    one_record_per_decision(
+        Sink::Sqlite(dir.path().join("decisions.db")),
+        Mode::BestEffort,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_sqlite_records_are_committed_before_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::Sqlite(dir.path().join("decisions.db"));
+    let server = server_with_log(sink.clone(), Mode::Required).await;
+    let reply = server.post_bridge(4).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    // No waiting: required mode answers only after the transaction committed.
+    let found = sink_records(&sink);
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["decision_id"], reply.json()["decision_id"]);
+}
+
+async fn one_record_per_decision(sink: Sink, mode: Mode) {
+    let server = server_with_log(sink.clone(), mode).await;
 
     let mut ids = Vec::new();
     for ttl in [4, 40] {
@@ -83,7 +148,7 @@ async fn every_decision_has_exactly_one_record_with_its_id() {
         ids.push(item["decision_id"].as_str().unwrap().to_owned());
     }
 
-    let found = wait_for_records(&path, 4).await;
+    let found = wait_for_records(&sink, 4).await;
     assert_eq!(found.len(), 4);
     let logged: Vec<&str> = found
         .iter()
@@ -121,7 +186,7 @@ async fn every_decision_has_exactly_one_record_with_its_id() {
     assert_eq!(invalid["origin"], "api:batch");
 
     // Read back with the CLI.
-    let sink = format!("file:{}", path.display());
+    let sink = sink_arg(&sink);
     let show = cli(&["decisions", "show", &ids[1], "--log", &sink]);
     assert_eq!(
         show.status.code(),
@@ -140,7 +205,13 @@ async fn every_decision_has_exactly_one_record_with_its_id() {
     ]);
     assert_eq!(missing.status.code(), Some(1));
     let tail = cli(&["decisions", "tail", "--log", &sink, "-n", "2"]);
-    assert_eq!(String::from_utf8_lossy(&tail.stdout).lines().count(), 2);
+    assert_eq!(tail.status.code(), Some(0));
+    let tailed: Vec<Value> = String::from_utf8_lossy(&tail.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(tailed.len(), 2);
+    assert_eq!(tailed[..], found[2..], "the newest two, oldest first");
 }
 
 fn cli(args: &[&str]) -> std::process::Output {
@@ -159,16 +230,9 @@ async fn required_mode_refuses_when_records_cannot_be_durable_and_recovers() {
     let link = dir.path().join("decisions.jsonl");
     let real: PathBuf = dir.path().join("real.jsonl");
     std::os::unix::fs::symlink("/dev/full", &link).unwrap();
-    let server = server_with_log(&link, Mode::Required).await;
+    let server = server_with_log(Sink::File(link.clone()), Mode::Required).await;
 
-    let reply = server.post_bridge(4).await;
-    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(reply.error_code(), "audit_unavailable");
-    assert_eq!(reply.json()["fail_closed"], true);
-    assert!(
-        reply.json().get("decision").is_none(),
-        "no decision is given"
-    );
+    assert_refused_as_audit_unavailable(&server).await;
     let batch = server
         .post_json(
             "/v1/check/batch",
@@ -192,14 +256,7 @@ async fn required_mode_refuses_when_records_cannot_be_durable_and_recovers() {
     // Point the sink at a writable file: the writer's probe recovers without any request.
     std::fs::remove_file(&link).unwrap();
     std::os::unix::fs::symlink(&real, &link).unwrap();
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while server.get("/readyz").await.status != StatusCode::OK {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "decision log did not recover"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_ready(&server).await;
     let reply = server.post_bridge(4).await;
     assert_eq!(reply.status, StatusCode::OK);
     let id = reply.json()["decision_id"].as_str().unwrap().to_owned();
@@ -218,7 +275,7 @@ async fn required_mode_refuses_when_records_cannot_be_durable_and_recovers() {
 async fn required_mode_under_concurrency_answers_only_logged_decisions() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("decisions.jsonl");
-    let server = Arc::new(server_with_log(&path, Mode::Required).await);
+    let server = Arc::new(server_with_log(Sink::File(path.clone()), Mode::Required).await);
     let mut tasks = Vec::new();
     for _ in 0..16 {
         let server = server.clone();
@@ -246,8 +303,73 @@ async fn required_mode_under_concurrency_answers_only_logged_decisions() {
     }
 }
 
+/// A required-mode check, as the 503 it must be while the sink cannot take the record.
+async fn assert_refused_as_audit_unavailable(server: &TestServer) {
+    let reply = server.post_bridge(4).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.error_code(), "audit_unavailable");
+    assert_eq!(reply.json()["fail_closed"], true);
+    assert!(
+        reply.json().get("decision").is_none(),
+        "no decision is given"
+    );
+}
+
+async fn wait_until_ready(server: &TestServer) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while server.get("/readyz").await.status != StatusCode::OK {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "decision log did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_sqlite_refuses_while_another_writer_holds_the_database_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("decisions.db");
+    let sink = Sink::Sqlite(path.clone());
+    let server = server_with_log(sink.clone(), Mode::Required).await;
+    assert_eq!(server.post_bridge(4).await.status, StatusCode::OK);
+
+    // Another process's write transaction (an operator's `sqlite3`, a backup tool) holds the
+    // write lock: our group cannot commit within the busy timeout.
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    assert_refused_as_audit_unavailable(&server).await;
+    assert_eq!(
+        server.get("/readyz").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    other.execute_batch("COMMIT").unwrap();
+
+    wait_until_ready(&server).await;
+    let reply = server.post_bridge(4).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let found = sink_records(&sink);
+    assert_eq!(found.len(), 2, "the refused decision left no record");
+    assert_eq!(found[1]["decision_id"], reply.json()["decision_id"]);
+}
+
 #[test]
 fn a_decision_log_that_cannot_open_fails_boot() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("not-a-database.db");
+    std::fs::write(&garbage, vec![b'#'; 8192]).unwrap();
+    for (sink, says) in [
+        (
+            "file:/nonexistent-dir/decisions.jsonl".to_owned(),
+            "No such file",
+        ),
+        (format!("sqlite:{}", garbage.display()), "not a database"),
+    ] {
+        boot_fails_with_decision_log(&sink, says);
+    }
+}
+
+fn boot_fails_with_decision_log(sink: &str, says: &str) {
     let out = Command::new(env!("CARGO_BIN_EXE_flex-auth"))
         .args([
             "serve",
@@ -258,7 +380,7 @@ fn a_decision_log_that_cannot_open_fails_boot() {
             "--listen",
             "127.0.0.1:0",
             "--decision-log",
-            "file:/nonexistent-dir/decisions.jsonl",
+            sink,
             "--decision-log-mode",
             "required",
         ])
@@ -273,6 +395,7 @@ fn a_decision_log_that_cannot_open_fails_boot() {
         err.starts_with("BOOT_FAIL setting=FLEX_AUTH_DECISION_LOG"),
         "{err}"
     );
+    assert!(err.contains(says), "{err}");
     assert!(
         err.trim_end()
             .ends_with("docs=docs/runbook.md#boot-decision-log-unavailable"),
