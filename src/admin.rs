@@ -218,6 +218,8 @@ impl Admin {
 }
 
 impl Handler for Admin {
+    type Body = Full<Bytes>;
+    type BodyError = std::convert::Infallible;
     async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         self.route(request)
             .await

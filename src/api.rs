@@ -13,7 +13,8 @@ use hyper::body::Body;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::audit::{AuditLog, Mode as AuditMode, Record};
+use crate::audit::{AuditLog, Mode as AuditMode};
+use crate::auth::AuthError;
 use crate::decision::{
     CheckRequest, Decision, DecisionId, Engine, Outcome, PolicyError, RequestError,
 };
@@ -52,6 +53,7 @@ pub struct Api {
     config: Arc<ApiConfig>,
     metrics: Metrics,
     audit: AuditLog,
+    gate: Option<crate::proxy::Gate>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -64,7 +66,25 @@ impl Api {
             config: Arc::new(config),
             metrics: Metrics::new()?,
             audit: AuditLog::off(),
+            gate: None,
         })
+    }
+
+    /// Serve the forward-auth endpoints (`/v1/authz/envoy…`, `/v1/authz/nginx`) through `gate`,
+    /// and report its authentication readiness.
+    pub fn with_gate(mut self, gate: crate::proxy::Gate) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    /// The metrics this API exports (shared with a proxy on another listener).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The decision log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
     }
 
     /// Log every decision to `audit` (see [`crate::audit`]).
@@ -95,8 +115,22 @@ impl Api {
             "/v1/check" => Endpoint::Check,
             "/v1/check/batch" => Endpoint::Batch,
             "/healthz" | "/readyz" | "/v1/status" | "/metrics" => Endpoint::Operations,
+            path if is_forward_auth(path) => Endpoint::ForwardAuth,
             _ => Endpoint::Other,
         };
+        if endpoint == Endpoint::ForwardAuth {
+            let response = match &self.gate {
+                Some(gate) => crate::forward_auth::answer(gate, request)
+                    .await
+                    .unwrap_or_else(ApiError::into_response),
+                None => ApiError::NotFound(
+                    "forward-auth needs --routes and an authentication configuration".to_owned(),
+                )
+                .into_response(),
+            };
+            self.metrics.record_response(endpoint, response.status());
+            return response;
+        }
         let result = match (request.uri().path(), request.method()) {
             ("/v1/check", &Method::POST) => self.check(request).await,
             ("/v1/check/batch", &Method::POST) => self.check_batch(request).await,
@@ -150,8 +184,6 @@ impl Api {
         Ok(response)
     }
 
-    /// The decision-log line for one outcome: `None` when the log is off, `Some(None)` when
-    /// the record could not be serialized (which a required log must refuse).
     fn record_line(
         &self,
         engine: &Engine,
@@ -160,41 +192,15 @@ impl Api {
         outcome: &Outcome,
         started: Instant,
     ) -> Option<Option<Vec<u8>>> {
-        self.audit.enabled().then(|| {
-            self.audit.line(&Record {
-                decision_id: outcome.id.to_string(),
-                time: now_rfc3339(),
-                origin,
-                subject: check.map(|c| &c.subject),
-                action: check.map(|c| c.action.as_str()),
-                resource: check.map(|c| &c.resource),
-                decision: outcome.decision.as_str(),
-                reasons: &outcome.reasons,
-                policies: &outcome.policies,
-                policy_version: engine.policy().hash().as_str(),
-                registry_version: engine.registry().hash().as_str(),
-                latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            })
-        })
+        self.audit
+            .record_line(engine, origin, check, outcome, started, None)
     }
 
-    /// Hand lines to the decision log; in required mode, wait for durability and refuse the
-    /// answer (503 `audit_unavailable`) when it cannot be had. A `None` line — a record that
-    /// could not be serialized — counts as unavailable in required mode.
     async fn log_or_refuse(&self, lines: Vec<Option<Vec<u8>>>) -> Result<(), ApiError> {
-        if lines.is_empty() {
-            return Ok(());
-        }
-        let required = self.audit.mode() == AuditMode::Required;
-        match lines.into_iter().collect::<Option<Vec<Vec<u8>>>>() {
-            Some(lines) => self
-                .audit
-                .log(lines)
-                .await
-                .map_err(|_| ApiError::AuditUnavailable),
-            None if required => Err(ApiError::AuditUnavailable),
-            None => Ok(()),
-        }
+        self.audit
+            .commit(lines)
+            .await
+            .map_err(|_| ApiError::AuditUnavailable)
     }
 
     async fn check_batch<B>(&self, request: Request<B>) -> Result<Response<Full<Bytes>>, ApiError>
@@ -299,7 +305,21 @@ impl Api {
     /// Readiness: `ready`, `degraded` (the last reload failed, the previous version serves) or
     /// `unready` (nothing loaded), with one check per concern.
     fn readiness(&self) -> (&'static str, Vec<Check>) {
-        let (status, mut checks) = self.source_readiness();
+        let (mut status, mut checks) = self.source_readiness();
+        if let Some(gate) = &self.gate {
+            match gate.readiness() {
+                Ok(()) => checks.push(Check::pass("jwks")),
+                Err(reason) => {
+                    checks.push(Check {
+                        name: "jwks",
+                        status: "fail",
+                        reason: Some(reason),
+                        docs: Some(format!("docs/runbook.md#{}", crate::auth::PROBLEM)),
+                    });
+                    status = "unready";
+                }
+            }
+        }
         if self.audit.mode() == AuditMode::Required {
             if self.audit.healthy() {
                 checks.push(Check::pass("decision_log"));
@@ -457,6 +477,11 @@ impl Api {
                 "registry": registry,
                 "last_reload_error": last_error,
                 "reloads": reloads,
+                "auth": self.gate.as_ref().map_or_else(
+                    || serde_json::json!({"configured": false}),
+                    |g| g.auth().status(),
+                ),
+                "routes": self.gate.as_ref().map(|g| g.routes().len()),
                 "limits": {
                     "max_body_bytes": self.config.max_body_bytes,
                     "max_batch": self.config.max_batch,
@@ -495,6 +520,14 @@ where
         }
         Err(e) => Err(ApiError::BodyRead(e.to_string())),
     }
+}
+
+fn is_forward_auth(path: &str) -> bool {
+    path == crate::forward_auth::NGINX_PATH
+        || path == crate::forward_auth::ENVOY_PREFIX
+        || path
+            .strip_prefix(crate::forward_auth::ENVOY_PREFIX)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 fn is_json(content_type: &HeaderValue) -> bool {
@@ -643,6 +676,36 @@ pub enum ApiError {
     Rejected(String),
     /// Required decision log cannot make the record durable: no decision is given.
     AuditUnavailable,
+    /// A proxied or forward-auth request without a valid bearer credential (401), or one whose
+    /// credential cannot be verified right now (503).
+    Unauthenticated(AuthError),
+    /// Denied by policy or for want of a route: 403 with the decision.
+    Forbidden(Box<Denied>),
+    /// The policy failed to evaluate: the request is refused (503) under this decision id.
+    PolicyFailure(DecisionId),
+    /// A path an upstream could read differently (dot segments, encoded slashes).
+    AmbiguousPath(String),
+    /// A value the route needs is absent or unusable.
+    RouteInput(crate::proxy::routes::InputError),
+    /// The route reads the body, which forward-auth does not receive.
+    BodyUnavailable(String),
+    /// The upstream refused the connection or failed mid-answer (502).
+    UpstreamUnavailable(String),
+    /// The upstream did not answer in time (504).
+    UpstreamTimeout(std::time::Duration),
+}
+
+/// A deny as a proxied or forward-auth request sees it.
+#[derive(Debug, Serialize)]
+pub struct Denied {
+    decision: Decision,
+    allowed: bool,
+    decision_id: DecisionId,
+    reasons: Vec<String>,
+    policies: Vec<String>,
+    fail_closed: bool,
+    policy_version: String,
+    registry_version: String,
 }
 
 /// The JSON `error` object.
@@ -655,6 +718,20 @@ struct ErrorBody {
 }
 
 impl ApiError {
+    /// The 403 for a deny of `engine`.
+    pub fn forbidden(engine: &Engine, outcome: &Outcome) -> Self {
+        Self::Forbidden(Box::new(Denied {
+            decision: Decision::Deny,
+            allowed: false,
+            decision_id: outcome.id,
+            reasons: outcome.reasons.clone(),
+            policies: outcome.policies.clone(),
+            fail_closed: true,
+            policy_version: engine.policy().hash().as_str().to_owned(),
+            registry_version: engine.registry().hash().as_str().to_owned(),
+        }))
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             Self::InvalidJson(_)
@@ -662,7 +739,16 @@ impl ApiError {
             | Self::UnknownField(_)
             | Self::InvalidField { .. }
             | Self::Request(_)
+            | Self::AmbiguousPath(_)
+            | Self::RouteInput(_)
             | Self::BodyRead(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated(AuthError::Unavailable(_)) | Self::PolicyFailure(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) | Self::BodyUnavailable(_) => StatusCode::FORBIDDEN,
+            Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::BodyTooLarge { .. } | Self::BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
@@ -750,6 +836,33 @@ impl ApiError {
                 format!("cannot decide, treat as deny: {m}"),
                 None,
             ),
+            Self::Unauthenticated(e @ AuthError::Unavailable(_)) => {
+                ("auth_unavailable", e.to_string(), None)
+            }
+            Self::Unauthenticated(e) => ("unauthenticated", e.to_string(), None),
+            Self::Forbidden(_) => ("forbidden", "denied by policy".to_owned(), None),
+            Self::PolicyFailure(id) => (
+                "policy_error",
+                format!("the policy could not be evaluated ({id}); refused, treat as deny"),
+                None,
+            ),
+            Self::AmbiguousPath(m) => (
+                "ambiguous_path",
+                format!("refused: {m}"),
+                None,
+            ),
+            Self::RouteInput(e) => ("invalid_request", e.to_string(), Some(e.field.clone())),
+            Self::BodyUnavailable(route) => (
+                "body_unavailable",
+                format!("route `{route}` decides on the request body, which this endpoint does not receive; denied"),
+                None,
+            ),
+            Self::UpstreamUnavailable(m) => ("upstream_unavailable", m.clone(), None),
+            Self::UpstreamTimeout(after) => (
+                "upstream_timeout",
+                format!("the upstream did not answer within {}", humantime::format_duration(*after)),
+                None,
+            ),
         };
         ErrorBody {
             code,
@@ -771,12 +884,43 @@ impl ApiError {
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let status = self.status();
         let body = self.body();
-        let payload = if status == StatusCode::SERVICE_UNAVAILABLE {
-            serde_json::json!({"error": body, "fail_closed": true})
-        } else {
-            serde_json::json!({"error": body})
+        let payload = match &self {
+            Self::Forbidden(denied) => {
+                let mut payload = serde_json::to_value(denied).unwrap_or(Value::Null);
+                if let Some(object) = payload.as_object_mut() {
+                    object.insert("error".to_owned(), serde_json::json!(body));
+                }
+                payload
+            }
+            Self::PolicyFailure(id) => {
+                serde_json::json!({"error": body, "fail_closed": true, "decision_id": id})
+            }
+            _ if status.is_server_error() => {
+                serde_json::json!({"error": body, "fail_closed": true})
+            }
+            _ => serde_json::json!({"error": body}),
         };
         let mut response = json_response(status, &payload);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Self::Unauthenticated(e) = &self {
+            if status == StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    crate::proxy::www_authenticate(e),
+                );
+            }
+        }
+        if let Self::Forbidden(denied) = &self {
+            if let Ok(value) = HeaderValue::from_str(&denied.decision_id.to_string()) {
+                response
+                    .headers_mut()
+                    .insert(crate::proxy::DECISION_HEADER, value);
+            }
+        }
         if let Self::MethodNotAllowed { allow } = self {
             response
                 .headers_mut()
@@ -886,10 +1030,6 @@ fn plain_type_names(message: &str) -> String {
     }
     out.push_str(rest);
     out
-}
-
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
 pub(crate) fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {

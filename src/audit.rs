@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::decision::{ResourceRef, SubjectRef};
+use crate::decision::{CheckRequest, Engine, Outcome, ResourceRef, SubjectRef};
 
 pub mod sqlite;
 
@@ -98,6 +98,10 @@ pub struct Record<'a> {
     pub registry_version: &'a str,
     /// Microseconds spent deciding.
     pub latency_us: u64,
+    /// sha256 (hex) of the bearer credential of a proxied or forward-auth request; never the
+    /// credential itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential_sha256: Option<&'a str>,
 }
 
 /// Rotation of a file sink.
@@ -202,6 +206,49 @@ impl AuditLog {
                 self.failures.fetch_add(1, Ordering::Relaxed);
                 None
             }
+        }
+    }
+
+    /// The line for one decision: `None` when the log is off, `Some(None)` when the record could
+    /// not be serialized (which a required log must refuse).
+    pub fn record_line(
+        &self,
+        engine: &Engine,
+        origin: &str,
+        check: Option<&CheckRequest>,
+        outcome: &Outcome,
+        started: std::time::Instant,
+        credential_sha256: Option<&str>,
+    ) -> Option<Option<Vec<u8>>> {
+        self.enabled().then(|| {
+            self.line(&Record {
+                decision_id: outcome.id.to_string(),
+                time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                origin,
+                subject: check.map(|c| &c.subject),
+                action: check.map(|c| c.action.as_str()),
+                resource: check.map(|c| &c.resource),
+                decision: outcome.decision.as_str(),
+                reasons: &outcome.reasons,
+                policies: &outcome.policies,
+                policy_version: engine.policy().hash().as_str(),
+                registry_version: engine.registry().hash().as_str(),
+                latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                credential_sha256,
+            })
+        })
+    }
+
+    /// Hand decision lines to the log; in required mode wait for durability. A `None` line — a
+    /// record that could not be serialized — is unavailable in required mode.
+    pub async fn commit(&self, lines: Vec<Option<Vec<u8>>>) -> Result<(), Unavailable> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        match lines.into_iter().collect::<Option<Vec<Vec<u8>>>>() {
+            Some(lines) => self.log(lines).await,
+            None if self.mode == Mode::Required => Err(Unavailable),
+            None => Ok(()),
         }
     }
 

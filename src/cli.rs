@@ -37,8 +37,16 @@ pub const EXIT_CONFIG: u8 = 78;
 
 /// `BOOT_FAIL` problems that only start-up reports (besides `boot-` + each of
 /// [`crate::state::PROBLEMS`]); each is an anchor in `docs/runbook.md`.
-pub const BOOT_ONLY_PROBLEMS: [&str; 2] = [ADMIN_TOKEN_INVALID, crate::audit::PROBLEM];
+pub const BOOT_ONLY_PROBLEMS: [&str; 5] = [
+    ADMIN_TOKEN_INVALID,
+    crate::audit::PROBLEM,
+    ROUTES_INVALID,
+    UPSTREAM_INVALID,
+    crate::auth::PROBLEM,
+];
 const ADMIN_TOKEN_INVALID: &str = "admin-token-invalid";
+const ROUTES_INVALID: &str = "routes-invalid";
+const UPSTREAM_INVALID: &str = "upstream-invalid";
 
 fn config_error(e: &ConfigError) -> ExitCode {
     eprintln!("error: {e}");
@@ -96,6 +104,10 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             }
         }
     };
+    let proxy_config = match proxy_config(&args) {
+        Ok(config) => config,
+        Err(exit) => return exit,
+    };
     let state = Arc::new(State::new(sources));
     match state.reload(Trigger::Startup) {
         Ok(_) => {
@@ -134,12 +146,26 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         poll_interval: Some(args.poll_interval).filter(|d| !d.is_zero()),
         ..ReloadConfig::default()
     };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let api = match Api::new(state.clone(), config) {
         Ok(api) => api.with_audit(audit),
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    let (api, proxy) = match runtime.block_on(gate_and_proxy(&args, &state, api, proxy_config)) {
+        Ok(pair) => pair,
+        Err(exit) => return exit,
     };
     let admin = match &args.admin_token_file {
         Some(path) => {
@@ -157,16 +183,6 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             }
         }
         None => None,
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
     };
     runtime.block_on(async move {
         let _triggers = reload::spawn(state.clone(), &reload_config);
@@ -209,6 +225,25 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             },
             None => None,
         };
+        let proxy_task = match proxy {
+            Some(proxy) => {
+                let listen = args.proxy.proxy_listen;
+                match Server::bind(listen, proxy, args.shutdown_grace).await {
+                    Ok(proxy_server) => {
+                        let addr = proxy_server
+                            .local_addr()
+                            .map_or_else(|_| listen.to_string(), |a| a.to_string());
+                        tracing::info!(%addr, upstream = ?args.proxy.upstream, "proxy listening");
+                        Some(tokio::spawn(proxy_server.serve(stopped())))
+                    }
+                    Err(e) => {
+                        eprintln!("error: cannot listen on {listen} (proxy): {e}");
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                }
+            }
+            None => None,
+        };
         let addr = server
             .local_addr()
             .map_or_else(|_| args.listen.to_string(), |a| a.to_string());
@@ -217,11 +252,106 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             tracing::warn!(%addr, "serving plain HTTP on a non-loopback address");
         }
         server.serve(stopped()).await;
-        if let Some(task) = admin_task {
+        for task in [admin_task, proxy_task].into_iter().flatten() {
             let _ = task.await;
         }
         ExitCode::SUCCESS
     })
+}
+
+/// The routes and upstream, when `--routes` is set.
+type ProxyConfig = (Arc<crate::proxy::routes::Routes>, Option<http::Uri>);
+
+/// Check the proxy and authentication flags that no waiting can fix, before anything is logged.
+fn proxy_config(args: &ServeArgs) -> Result<Option<ProxyConfig>, ExitCode> {
+    let proxy_args = &args.proxy;
+    let Some(routes_path) = &proxy_args.routes else {
+        if proxy_args.upstream.is_some() {
+            return Err(boot_fail(
+                "FLEX_AUTH_ROUTES",
+                "--upstream needs --routes: without routes every request would be denied",
+                ROUTES_INVALID,
+            ));
+        }
+        if args.auth.configured() {
+            return Err(boot_fail(
+                "FLEX_AUTH_ROUTES",
+                "--jwks / --hs256-secret-file are set but no --routes says what they protect",
+                ROUTES_INVALID,
+            ));
+        }
+        return Ok(None);
+    };
+    let upstream = match &proxy_args.upstream {
+        Some(url) => match crate::proxy::parse_upstream(url) {
+            Ok(uri) => Some(uri),
+            Err(e) => {
+                return Err(boot_fail(
+                    "FLEX_AUTH_UPSTREAM",
+                    &e.to_string(),
+                    UPSTREAM_INVALID,
+                ))
+            }
+        },
+        None => None,
+    };
+    let routes = match crate::proxy::routes::Routes::load(routes_path) {
+        Ok(routes) => Arc::new(routes),
+        Err(e) => {
+            return Err(boot_fail(
+                "FLEX_AUTH_ROUTES",
+                &e.to_string(),
+                ROUTES_INVALID,
+            ))
+        }
+    };
+    if let Err((setting, message)) = args.auth.settings().validate() {
+        return Err(boot_fail(setting, &message, crate::auth::PROBLEM));
+    }
+    Ok(Some((routes, upstream)))
+}
+
+/// With `--routes`: the authenticator, the forward-auth endpoints on the API, and with
+/// `--upstream` the reverse proxy. Configuration that can never work is a `BOOT_FAIL` in every
+/// mode; credentials that cannot be loaded yet are one in production mode, and otherwise leave
+/// the server unready until they load.
+async fn gate_and_proxy(
+    args: &ServeArgs,
+    state: &Arc<State>,
+    api: Api,
+    proxy_config: Option<ProxyConfig>,
+) -> Result<(Api, Option<crate::proxy::Proxy>), ExitCode> {
+    let Some((routes, upstream)) = proxy_config else {
+        return Ok((api, None));
+    };
+    let auth = match crate::auth::Authenticator::new(args.auth.settings()).await {
+        Ok(auth) => Arc::new(auth),
+        Err((setting, message)) => {
+            return Err(boot_fail(setting, &message, crate::auth::PROBLEM));
+        }
+    };
+    if let Err(reason) = auth.readiness() {
+        let setting = if args.auth.jwks.is_some() && !reason.contains("HS256") {
+            "FLEX_AUTH_JWKS"
+        } else {
+            "FLEX_AUTH_HS256_SECRET_FILE"
+        };
+        if args.fail_fast() {
+            return Err(boot_fail(setting, &reason, crate::auth::PROBLEM));
+        }
+        tracing::error!(setting, error = %reason, "credentials cannot be verified yet; proxied and forward-auth requests answer 503 until they can");
+    }
+    auth.spawn_refresh();
+    let gate = crate::proxy::Gate::new(
+        state.clone(),
+        routes,
+        auth,
+        api.audit().clone(),
+        api.metrics().clone(),
+    );
+    let proxy = upstream
+        .map(|uri| crate::proxy::Proxy::new(gate.clone(), uri, args.proxy.upstream_timeout));
+    Ok((api.with_gate(gate), proxy))
 }
 
 /// Print the one `BOOT_FAIL` line operators and probes look for, and exit 78.

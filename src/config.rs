@@ -37,7 +37,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the decision API (`POST /v1/check`, `/v1/check/batch`, `/healthz`, `/readyz`).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Load a policy package and registry, report errors with file:line:col, exit 0 when valid.
     Validate(SourceArgs),
     /// Ask for one decision, from files or from a running server; exit 0 allow, 1 deny, 2 cannot
@@ -173,10 +173,129 @@ pub struct ServeArgs {
     #[arg(long, env = "FLEX_AUTH_DECISION_LOG_KEEP", default_value_t = 5)]
     pub decision_log_keep: usize,
 
+    /// Reverse proxy and forward-auth.
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+
+    /// Bearer-credential verification for the proxy and forward-auth.
+    #[command(flatten)]
+    pub auth: AuthArgs,
+
     /// Largest registry the admin API accepts in one `PUT`, in bytes.
     #[arg(long, env = "FLEX_AUTH_ADMIN_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024,
           value_parser = clap::value_parser!(u64).range(1..=1024 * 1024 * 1024))]
     pub admin_max_body_bytes: u64,
+}
+
+/// The reverse proxy (`--upstream`) and the routes it and the forward-auth endpoints use.
+#[derive(Debug, Clone, Args)]
+pub struct ProxyArgs {
+    /// URL of the service to protect (`http://…` or `https://…`, optionally with a path prefix).
+    /// Turns on the reverse proxy on `--proxy-listen`; needs `--routes` and `--jwks` or
+    /// `--hs256-secret-file`.
+    #[arg(long, env = "FLEX_AUTH_UPSTREAM", value_name = "URL")]
+    pub upstream: Option<String>,
+
+    /// Routes file (YAML): method + path pattern → action, resource and context. Used by the
+    /// proxy and by the forward-auth endpoints (`/v1/authz/envoy…`, `/v1/authz/nginx`); a request
+    /// no route matches is denied (403 `no_route`).
+    #[arg(long, env = "FLEX_AUTH_ROUTES", value_name = "FILE")]
+    pub routes: Option<PathBuf>,
+
+    /// Address the reverse proxy listens on (with `--upstream`).
+    #[arg(long, env = "FLEX_AUTH_PROXY_LISTEN", default_value = "127.0.0.1:8081")]
+    pub proxy_listen: SocketAddr,
+
+    /// How long the upstream may take to send its response headers before the proxy answers 504.
+    #[arg(long, env = "FLEX_AUTH_UPSTREAM_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub upstream_timeout: Duration,
+}
+
+/// How bearer credentials are verified.
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// JWKS for EdDSA / ES256 / RS256 tokens: a file, or an `https://` URL (`http://` only for a
+    /// loopback host). Re-read every `--jwks-cache-ttl` and on an unknown `kid`.
+    #[arg(long, env = "FLEX_AUTH_JWKS", value_name = "FILE|URL", value_parser = parse_jwks)]
+    pub jwks: Option<crate::auth::JwksSource>,
+
+    /// The accepted token issuer (`iss`); required with `--jwks` or `--hs256-secret-file`.
+    #[arg(long, env = "FLEX_AUTH_ISSUER")]
+    pub issuer: Option<String>,
+
+    /// An accepted audience (`aud`); repeat the flag (or separate with commas) for several. At
+    /// least one is required.
+    #[arg(long = "audience", env = "FLEX_AUTH_AUDIENCE", value_delimiter = ',')]
+    pub audiences: Vec<String>,
+
+    /// Accepted algorithms, comma-separated, from EdDSA, ES256, RS256, HS256. Default: the first
+    /// three with `--jwks`, plus HS256 with `--hs256-secret-file`. `none` is never accepted.
+    #[arg(long, env = "FLEX_AUTH_JWT_ALGORITHMS", value_delimiter = ',', value_parser = parse_alg)]
+    pub jwt_algorithms: Option<Vec<crate::auth::Alg>>,
+
+    /// File holding the HS256 shared secret (at least 32 bytes; one trailing newline ignored).
+    /// Re-read every second; its fingerprint (first 12 hex of its sha256) is in `/v1/status`.
+    #[arg(long, env = "FLEX_AUTH_HS256_SECRET_FILE", value_name = "FILE")]
+    pub hs256_secret_file: Option<PathBuf>,
+
+    /// The claim the subject is read from.
+    #[arg(long, env = "FLEX_AUTH_SUBJECT_CLAIM", default_value = "sub")]
+    pub subject_claim: String,
+
+    /// Put before the claim's value to form the subject id (e.g. `iam:`).
+    #[arg(long, env = "FLEX_AUTH_SUBJECT_PREFIX", default_value = "")]
+    pub subject_prefix: String,
+
+    /// Clock skew allowed for `exp`, `nbf` and `iat` (at most 5m).
+    #[arg(long, env = "FLEX_AUTH_JWT_CLOCK_SKEW", default_value = "60s", value_parser = parse_skew)]
+    pub jwt_clock_skew: Duration,
+
+    /// At most one JWKS refresh per this interval when a token names an unknown `kid`.
+    #[arg(long, env = "FLEX_AUTH_JWKS_REFRESH_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub jwks_refresh_interval: Duration,
+
+    /// Re-fetch the JWKS this often even when every `kid` is known.
+    #[arg(long, env = "FLEX_AUTH_JWKS_CACHE_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub jwks_cache_ttl: Duration,
+}
+
+impl AuthArgs {
+    /// Whether any authentication flag names a key source.
+    pub fn configured(&self) -> bool {
+        self.jwks.is_some() || self.hs256_secret_file.is_some()
+    }
+
+    /// The settings for [`crate::auth::Authenticator`].
+    pub fn settings(&self) -> crate::auth::AuthSettings {
+        crate::auth::AuthSettings {
+            jwks: self.jwks.clone(),
+            issuer: self.issuer.clone(),
+            audiences: self.audiences.clone(),
+            algorithms: self.jwt_algorithms.clone(),
+            hs256_secret_file: self.hs256_secret_file.clone(),
+            subject_claim: self.subject_claim.clone(),
+            subject_prefix: self.subject_prefix.clone(),
+            clock_skew: self.jwt_clock_skew,
+            jwks_refresh_interval: self.jwks_refresh_interval,
+            jwks_cache_ttl: self.jwks_cache_ttl,
+        }
+    }
+}
+
+fn parse_jwks(text: &str) -> Result<crate::auth::JwksSource, String> {
+    text.parse()
+}
+
+fn parse_alg(text: &str) -> Result<crate::auth::Alg, String> {
+    text.parse()
+}
+
+fn parse_skew(text: &str) -> Result<Duration, String> {
+    let skew = parse_duration(text)?;
+    if skew > Duration::from_secs(300) {
+        return Err(format!("`{text}` is more than 5m of clock skew"));
+    }
+    Ok(skew)
 }
 
 impl ServeArgs {

@@ -9,12 +9,15 @@
 pub mod admin;
 pub mod api;
 pub mod audit;
+pub mod auth;
 pub mod cedar_json;
 pub mod cli;
 pub mod config;
 pub mod decision;
+pub mod forward_auth;
 pub mod hash;
 pub mod policy;
+pub mod proxy;
 pub mod registry;
 pub mod reload;
 pub mod server;
@@ -31,7 +34,7 @@ pub use state::{load, RegistrySource, Sources, State};
 /// Run one parsed command line and return the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        config::Command::Serve(args) => cli::serve(args),
+        config::Command::Serve(args) => cli::serve(*args),
         config::Command::Validate(args) => cli::validate(&args),
         config::Command::Check(args) => cli::check(&args),
         config::Command::Test(args) => cli::test(&args),

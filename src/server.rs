@@ -20,16 +20,28 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::api::Api;
 
-/// Something that answers HTTP requests: the decision API or the admin API.
+/// Something that answers HTTP requests: the decision API, the admin API or the proxy.
 pub trait Handler: Clone + Send + Sync + 'static {
-    /// Answer one request. Never fails: every error is a response.
+    /// The response body (a buffered JSON answer, or an upstream's streamed body).
+    type Body: hyper::body::Body<Data = Bytes, Error = Self::BodyError> + Send + 'static;
+    /// Its error type.
+    type BodyError: Into<Box<dyn std::error::Error + Send + Sync>>;
+
+    /// Answer one request. Never fails: every error is a response. The request carries the
+    /// client's address as a [`PeerAddr`] extension.
     fn handle(
         &self,
         request: Request<Incoming>,
-    ) -> impl Future<Output = Response<Full<Bytes>>> + Send;
+    ) -> impl Future<Output = Response<Self::Body>> + Send;
 }
 
+/// The address of the client that sent a request (a request extension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
 impl Handler for Api {
+    type Body = Full<Bytes>;
+    type BodyError = Infallible;
     fn handle(
         &self,
         request: Request<Incoming>,
@@ -72,12 +84,16 @@ impl<H: Handler> Server<H> {
         let graceful = GracefulShutdown::new();
         let builder = auto::Builder::new(TokioExecutor::new());
         let handler = self.handler;
-        let service = ServiceBuilder::new()
-            .layer(CatchPanicLayer::custom(panic_response))
-            .service_fn(move |request: Request<Incoming>| {
-                let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler.handle(request).await) }
-            });
+        let make_service = |peer: SocketAddr| {
+            let handler = handler.clone();
+            ServiceBuilder::new()
+                .layer(CatchPanicLayer::custom(panic_response))
+                .service_fn(move |mut request: Request<Incoming>| {
+                    let handler = handler.clone();
+                    request.extensions_mut().insert(PeerAddr(peer));
+                    async move { Ok::<_, Infallible>(handler.handle(request).await) }
+                })
+        };
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -94,7 +110,7 @@ impl<H: Handler> Server<H> {
                     let _ = stream.set_nodelay(true);
                     let connection = builder.serve_connection(
                         TokioIo::new(stream),
-                        TowerToHyperService::new(service.clone()),
+                        TowerToHyperService::new(make_service(peer)),
                     );
                     let connection = graceful.watch(connection.into_owned());
                     tokio::spawn(async move {

@@ -23,6 +23,10 @@ pub enum Endpoint {
     Batch,
     /// `/healthz`, `/readyz`, `/v1/status`, `/metrics`.
     Operations,
+    /// The reverse proxy listener.
+    Proxy,
+    /// `/v1/authz/envoy…`, `/v1/authz/nginx`.
+    ForwardAuth,
     /// Anything else (404s, 405s).
     Other,
 }
@@ -33,6 +37,8 @@ impl Endpoint {
             Self::Check => "check",
             Self::Batch => "batch",
             Self::Operations => "operations",
+            Self::Proxy => "proxy",
+            Self::ForwardAuth => "forward_auth",
             Self::Other => "other",
         }
     }
@@ -56,6 +62,9 @@ pub struct Metrics {
     ready: IntGauge,
     log_writes: IntCounter,
     log_failures: IntCounter,
+    auth_failures: IntCounterVec,
+    upstream_seconds: Histogram,
+    upstream_responses: IntCounterVec,
 }
 
 /// Metrics could not be set up (a programming error: duplicate or malformed metric names).
@@ -127,6 +136,33 @@ impl Metrics {
             "decision_log_failures_total",
             "Decision records that could not be written (or were dropped in best-effort mode).",
         )?;
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "auth_failures_total",
+                "Requests whose bearer credential was missing or refused, by reason.",
+            ),
+            &["reason"],
+        )?;
+        for reason in crate::auth::AuthError::REASONS {
+            auth_failures.with_label_values(&[reason]);
+        }
+        let upstream_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "upstream_duration_seconds",
+                "Time from forwarding a request to the upstream's response headers.",
+            )
+            .buckets(vec![
+                0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+        )?;
+        let upstream_responses = IntCounterVec::new(
+            Opts::new(
+                "upstream_responses_total",
+                "Upstream answers by status class (2xx…5xx), or `unreachable` / `timeout`.",
+            ),
+            &["class"],
+        )?;
         let build = IntGaugeVec::new(
             Opts::new("build_info", "Build information (value 1)."),
             &["version"],
@@ -144,6 +180,9 @@ impl Metrics {
             Box::new(ready.clone()),
             Box::new(log_writes.clone()),
             Box::new(log_failures.clone()),
+            Box::new(auth_failures.clone()),
+            Box::new(upstream_seconds.clone()),
+            Box::new(upstream_responses.clone()),
             Box::new(build),
         ] {
             registry.register(collector)?;
@@ -163,7 +202,21 @@ impl Metrics {
             ready,
             log_writes,
             log_failures,
+            auth_failures,
+            upstream_seconds,
+            upstream_responses,
         })
+    }
+
+    /// Count a refused or missing credential.
+    pub fn record_auth_failure(&self, reason: &str) {
+        self.auth_failures.with_label_values(&[reason]).inc();
+    }
+
+    /// Time an upstream exchange and count its outcome (`2xx`…, `unreachable`, `timeout`).
+    pub fn observe_upstream(&self, elapsed: Duration, class: &str) {
+        self.upstream_seconds.observe(elapsed.as_secs_f64());
+        self.upstream_responses.with_label_values(&[class]).inc();
     }
 
     /// Count one decision.

@@ -401,6 +401,16 @@ fn every_problem_anchor_the_code_prints_is_in_the_runbook() {
         .filter_map(|l| l.strip_prefix("### "))
         .map(str::trim)
         .collect();
+    for problem in flex_auth::cli::BOOT_ONLY_PROBLEMS {
+        let boot = format!("boot-{problem}");
+        assert!(
+            headings.contains(&boot.as_str()),
+            "runbook lacks `### {boot}`"
+        );
+    }
+    for anchor in [flex_auth::auth::PROBLEM, flex_auth::audit::PROBLEM] {
+        assert!(headings.contains(&anchor), "runbook lacks `### {anchor}`");
+    }
     for problem in flex_auth::state::PROBLEMS {
         assert!(headings.contains(&problem), "runbook lacks `### {problem}`");
         if problem != "not-loaded" {

@@ -18,6 +18,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+pub mod jwt;
+
 /// How long any single HTTP exchange in a test may take.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -66,18 +68,13 @@ impl TestServer {
     ) -> Self {
         let state = Arc::new(State::new(sources));
         let _ = state.reload(flex_auth::state::Trigger::Startup);
-        let server = Server::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            Api::new(state.clone(), config).unwrap().with_audit(audit),
-            Duration::from_secs(5),
-        )
-        .await
-        .expect("bind 127.0.0.1:0");
-        let addr = server.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(server.serve(async {
-            let _ = rx.await;
-        }));
+        let api = Api::new(state.clone(), config).unwrap().with_audit(audit);
+        Self::start_api(state, api).await
+    }
+
+    /// Serve `api` (over `state`) on a fresh port.
+    pub async fn start_api(state: Arc<State>, api: Api) -> Self {
+        let (addr, tx, handle) = serve_handler(api).await;
         Self {
             addr,
             state,
@@ -172,6 +169,25 @@ impl Drop for TestServer {
             let _ = tx.send(());
         }
     }
+}
+
+/// Serve any handler (the API, the proxy) on `127.0.0.1:0` until the sender is used or dropped.
+pub async fn serve_handler<H: flex_auth::server::Handler>(
+    handler: H,
+) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let server = Server::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        handler,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("bind 127.0.0.1:0");
+    let addr = server.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(server.serve(async {
+        let _ = rx.await;
+    }));
+    (addr, tx, handle)
 }
 
 /// An HTTP response, fully read.

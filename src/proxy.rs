@@ -1,0 +1,629 @@
+//! The fail-closed reverse proxy (`serve --upstream URL --routes FILE`) and the gate it shares
+//! with the forward-auth endpoints: match a route, authenticate the bearer credential, decide,
+//! record, and only then forward.
+//!
+//! Architecture invariant: no error path forwards a request. A request reaches the upstream only
+//! from [`Proxy::forward`], which is called only with an [`Allowed`] (or for a public route), and
+//! only after the decision's record was handed to (in required mode: made durable by) the
+//! decision log.
+//! Architecture invariant: headers named `x-flex-auth-*` reach the upstream only as flex-auth
+//! set them; incoming ones are removed first.
+
+pub mod routes;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, Uri};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use serde_json::Value;
+
+use crate::api::ApiError;
+use crate::audit::AuditLog;
+use crate::auth::{AuthError, Authenticator};
+use crate::decision::{CheckRequest, Decision, DecisionId, Outcome, ResourceRef, SubjectRef};
+use crate::server::{Handler, PeerAddr};
+use crate::state::State;
+use crate::telemetry::{Endpoint, Metrics};
+use routes::{Inputs, Route, Routes};
+
+/// The header carrying the decision id to the upstream (and back to the client).
+pub const DECISION_HEADER: &str = "x-flex-auth-decision-id";
+/// The header carrying the authenticated subject to the upstream.
+pub const SUBJECT_HEADER: &str = "x-flex-auth-subject";
+/// Reason of the deny for a request no route matches.
+pub const REASON_NO_ROUTE: &str = "no_route";
+
+/// Response body of the proxy: an upstream's streamed body or one of ours.
+pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// Where a request came in, for records and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// The reverse proxy listener.
+    Proxy,
+    /// `/v1/authz/envoy…`.
+    Envoy,
+    /// `/v1/authz/nginx`.
+    Nginx,
+}
+
+impl Surface {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Proxy => "proxy",
+            Self::Envoy => "envoy",
+            Self::Nginx => "nginx",
+        }
+    }
+}
+
+/// A request the gate let through with a decision.
+#[derive(Debug, Clone)]
+pub struct Allowed {
+    /// The allow's decision id.
+    pub decision_id: DecisionId,
+    /// The authenticated subject.
+    pub subject: String,
+}
+
+/// Route, authenticate, decide, record: shared by the proxy and the forward-auth endpoints.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    state: Arc<State>,
+    routes: Arc<Routes>,
+    auth: Arc<Authenticator>,
+    audit: AuditLog,
+    metrics: Metrics,
+}
+
+/// A request's method, path, query and headers, as the gate reads them.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The raw path.
+    pub path: &'a str,
+    /// The raw query.
+    pub query: Option<&'a str>,
+    /// The headers (with the credential).
+    pub headers: &'a HeaderMap,
+}
+
+impl Gate {
+    /// A gate over the loaded state.
+    pub fn new(
+        state: Arc<State>,
+        routes: Arc<Routes>,
+        auth: Arc<Authenticator>,
+        audit: AuditLog,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            state,
+            routes,
+            auth,
+            audit,
+            metrics,
+        }
+    }
+
+    /// The authenticator.
+    pub fn auth(&self) -> &Authenticator {
+        &self.auth
+    }
+
+    /// The routes.
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    /// The route for a request: `Err` for an ambiguous path, and a logged deny (`no_route`) when
+    /// none matches.
+    pub async fn route(
+        &self,
+        surface: Surface,
+        target: &Target<'_>,
+    ) -> Result<(&Route, Vec<(String, String)>), ApiError> {
+        match self.routes.find(target.method, target.path) {
+            Err(problem) => Err(ApiError::AmbiguousPath(problem)),
+            Ok(Some(found)) => Ok(found),
+            Ok(None) => Err(self.deny_unrouted(surface).await),
+        }
+    }
+
+    async fn deny_unrouted(&self, surface: Surface) -> ApiError {
+        let started = Instant::now();
+        let (denied, line) = {
+            let loaded = self.state.current();
+            let Some(loaded) = loaded.as_ref() else {
+                return ApiError::NotReady("no policy package and registry loaded".to_owned());
+            };
+            let engine = &loaded.engine;
+            let outcome = Outcome {
+                decision: Decision::Deny,
+                id: DecisionId::generate(),
+                reasons: vec![REASON_NO_ROUTE.to_owned()],
+                policies: Vec::new(),
+                errors: Vec::new(),
+            };
+            self.metrics.record_decision(&outcome);
+            let line =
+                self.audit
+                    .record_line(engine, surface.as_str(), None, &outcome, started, None);
+            (ApiError::forbidden(engine, &outcome), line)
+        };
+        match self.audit.commit(line.into_iter().collect()).await {
+            Ok(()) => denied,
+            Err(_) => ApiError::AuditUnavailable,
+        }
+    }
+
+    /// Authenticate and decide a routed, non-public request. `body` is the request body when the
+    /// route reads it (`None` when it cannot be had, e.g. nginx `auth_request`).
+    pub async fn authorize(
+        &self,
+        surface: Surface,
+        route: &Route,
+        params: &[(String, String)],
+        target: &Target<'_>,
+        body: Option<&[u8]>,
+    ) -> Result<Allowed, ApiError> {
+        let Some(check) = &route.check else {
+            return Err(ApiError::NotReady(
+                "a public route has no decision to make".to_owned(),
+            ));
+        };
+        let principal = match self.auth.authenticate(target.headers).await {
+            Ok(principal) => principal,
+            Err(e) => {
+                self.metrics.record_auth_failure(e.reason());
+                tracing::debug!(reason = e.reason(), error = %e, route = %route.name, "credential refused");
+                return Err(ApiError::Unauthenticated(e));
+            }
+        };
+        let parsed_body = match (route.body_limit, body) {
+            (None, _) => None,
+            (Some(_), None) => return Err(ApiError::BodyUnavailable(route.name.clone())),
+            (Some(_), Some(bytes)) => Some(
+                serde_json::from_slice::<Value>(bytes)
+                    .map_err(|e| ApiError::InvalidJson(e.to_string()))?,
+            ),
+        };
+        let inputs = Inputs {
+            path: target.path,
+            query: target.query,
+            headers: target.headers,
+            claims: &principal.claims,
+            body: parsed_body.as_ref(),
+        };
+        let (resource_id, context) = check
+            .extract(params, &inputs)
+            .map_err(ApiError::RouteInput)?;
+        let request = CheckRequest {
+            subject: SubjectRef {
+                entity_type: self.routes.subject_type.clone(),
+                id: principal.subject.clone(),
+            },
+            action: check.action.clone(),
+            resource: ResourceRef {
+                entity_type: check.resource_type.clone(),
+                id: resource_id,
+            },
+            context: Some(context),
+        };
+        let origin = format!("{}:{}", surface.as_str(), route.name);
+        let (result, line) = {
+            let loaded = self.state.current();
+            let Some(loaded) = loaded.as_ref() else {
+                return Err(ApiError::NotReady(self.state.last_error().map_or_else(
+                    || "no policy package and registry loaded".to_owned(),
+                    |e| e.message.clone(),
+                )));
+            };
+            let engine = &loaded.engine;
+            let started = Instant::now();
+            let outcome = engine.decide(&request).map_err(ApiError::Request)?;
+            self.metrics
+                .observe_check(Endpoint::Check, started.elapsed());
+            self.metrics.record_decision(&outcome);
+            let line = self.audit.record_line(
+                engine,
+                &origin,
+                Some(&request),
+                &outcome,
+                started,
+                Some(&principal.credential_sha256),
+            );
+            tracing::Span::current().record("decision_id", tracing::field::display(&outcome.id));
+            let result = match outcome.decision {
+                Decision::Allow => Ok(Allowed {
+                    decision_id: outcome.id,
+                    subject: principal.subject,
+                }),
+                Decision::Deny
+                    if outcome
+                        .reasons
+                        .iter()
+                        .any(|r| r == crate::decision::REASON_POLICY_ERROR) =>
+                {
+                    Err(ApiError::PolicyFailure(outcome.id))
+                }
+                Decision::Deny => Err(ApiError::forbidden(engine, &outcome)),
+            };
+            (result, line)
+        };
+        self.audit
+            .commit(line.into_iter().collect())
+            .await
+            .map_err(|_| ApiError::AuditUnavailable)?;
+        result
+    }
+
+    /// The `jwks` readiness check: `Ok` or why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        self.auth.readiness()
+    }
+}
+
+/// The reverse proxy: one per listener, cheap to clone.
+#[derive(Clone)]
+pub struct Proxy {
+    gate: Gate,
+    upstream: Arc<Upstream>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("upstream", &self.upstream.base)
+            .finish_non_exhaustive()
+    }
+}
+
+type UpstreamClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    ProxyBody,
+>;
+
+struct Upstream {
+    base: Uri,
+    client: UpstreamClient,
+    timeout: Duration,
+}
+
+/// Why an upstream URL cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream `{url}`: {problem}")]
+pub struct UpstreamError {
+    url: String,
+    problem: String,
+}
+
+/// Check an `--upstream` URL: `http://` or `https://`, a host, no query.
+pub fn parse_upstream(url: &str) -> Result<Uri, UpstreamError> {
+    let err = |problem: &str| UpstreamError {
+        url: url.to_owned(),
+        problem: problem.to_owned(),
+    };
+    let uri: Uri = url.parse().map_err(|_| err("not a URL"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(err("use an http:// or https:// URL")),
+    }
+    if uri.authority().is_none() {
+        return Err(err("no host"));
+    }
+    if uri.query().is_some() {
+        return Err(err("a query string cannot be part of the upstream"));
+    }
+    Ok(uri)
+}
+
+impl Proxy {
+    /// A proxy to `upstream` (see [`parse_upstream`]) that answers 504 after `timeout`.
+    pub fn new(gate: Gate, upstream: Uri, timeout: Duration) -> Self {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector);
+        Self {
+            gate,
+            upstream: Arc::new(Upstream {
+                base: upstream,
+                client,
+                timeout,
+            }),
+        }
+    }
+
+    async fn serve(&self, request: Request<Incoming>) -> Result<Response<ProxyBody>, ApiError> {
+        let (parts, body) = request.into_parts();
+        let target = Target {
+            method: &parts.method,
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
+        };
+        let (route, params) = self.gate.route(Surface::Proxy, &target).await?;
+        let Some(_) = &route.check else {
+            let body = body.boxed_unsync();
+            return self.forward(&parts, body, None).await;
+        };
+        // The body is read before deciding only when the route takes values from it; otherwise
+        // it streams to the upstream after the decision.
+        let (buffered, streamed) = match route.body_limit {
+            Some(limit) => (Some(read_limited(body, limit).await?), None),
+            None => (None, Some(body)),
+        };
+        let allowed = self
+            .gate
+            .authorize(Surface::Proxy, route, &params, &target, buffered.as_deref())
+            .await?;
+        let body = match (buffered, streamed) {
+            (Some(bytes), _) => Full::new(bytes)
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+            (None, Some(incoming)) => incoming.boxed_unsync(),
+            (None, None) => Full::new(Bytes::new())
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        };
+        self.forward(&parts, body, Some(&allowed)).await
+    }
+
+    /// Send an allowed (or public) request upstream and stream the answer back.
+    async fn forward(
+        &self,
+        parts: &http::request::Parts,
+        body: ProxyBody,
+        allowed: Option<&Allowed>,
+    ) -> Result<Response<ProxyBody>, ApiError> {
+        let upstream = &self.upstream;
+        let uri = upstream_uri(&upstream.base, &parts.uri)?;
+        let mut request = Request::new(body);
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        let headers = request.headers_mut();
+        *headers = forwarded_headers(&parts.headers);
+        let peer = parts.extensions.get::<PeerAddr>().map(|p| p.0.ip());
+        append_forwarded_for(headers, peer, &parts.headers);
+        if let Some(allowed) = allowed {
+            insert_header(headers, DECISION_HEADER, &allowed.decision_id.to_string());
+            insert_header(headers, SUBJECT_HEADER, &allowed.subject);
+        }
+        let started = Instant::now();
+        let sent = tokio::time::timeout(upstream.timeout, upstream.client.request(request)).await;
+        let elapsed = started.elapsed();
+        let response = match sent {
+            Err(_) => {
+                self.gate.metrics.observe_upstream(elapsed, "timeout");
+                return Err(ApiError::UpstreamTimeout(upstream.timeout));
+            }
+            Ok(Err(e)) => {
+                self.gate.metrics.observe_upstream(elapsed, "unreachable");
+                tracing::warn!(error = %e, upstream = %upstream.base, "upstream request failed");
+                return Err(ApiError::UpstreamUnavailable(upstream_problem(&e)));
+            }
+            Ok(Ok(response)) => response,
+        };
+        self.gate
+            .metrics
+            .observe_upstream(elapsed, status_class(response.status()));
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(allowed) = allowed {
+            insert_header(
+                &mut parts.headers,
+                DECISION_HEADER,
+                &allowed.decision_id.to_string(),
+            );
+        }
+        Ok(Response::from_parts(parts, body.boxed_unsync()))
+    }
+}
+
+impl Handler for Proxy {
+    type Body = ProxyBody;
+    type BodyError = hyper::Error;
+
+    async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
+        let response = match self.serve(request).await {
+            Ok(response) => response,
+            Err(e) => e
+                .into_response()
+                .map(|b| b.map_err(|never| match never {}).boxed_unsync()),
+        };
+        self.gate
+            .metrics
+            .record_response(Endpoint::Proxy, response.status());
+        response
+    }
+}
+
+/// Read a body the route needs, at most `limit` bytes (413 beyond).
+pub async fn read_limited<B>(body: B, limit: usize) -> Result<Bytes, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::BodyTooLarge { limit })
+        }
+        Err(e) => Err(ApiError::BodyRead(e.to_string())),
+    }
+}
+
+fn upstream_uri(base: &Uri, incoming: &Uri) -> Result<Uri, ApiError> {
+    let prefix = base.path().trim_end_matches('/');
+    let path_and_query = incoming
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    let mut builder = Uri::builder().path_and_query(format!("{prefix}{path_and_query}"));
+    if let Some(scheme) = base.scheme() {
+        builder = builder.scheme(scheme.clone());
+    }
+    if let Some(authority) = base.authority() {
+        builder = builder.authority(authority.clone());
+    }
+    builder
+        .build()
+        .map_err(|e| ApiError::UpstreamUnavailable(format!("cannot build the upstream URL: {e}")))
+}
+
+/// RFC 9110 §7.6.1: these describe one connection, not the message.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Remove hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Remove every incoming header that claims to come from flex-auth.
+pub fn strip_spoofed_headers(headers: &mut HeaderMap) {
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("x-flex-auth-"))
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
+}
+
+/// The headers sent upstream: hop-by-hop and spoofed ones removed, `Host` left to the client
+/// (it names the upstream).
+fn forwarded_headers(incoming: &HeaderMap) -> HeaderMap {
+    let mut headers = incoming.clone();
+    strip_hop_by_hop(&mut headers);
+    strip_spoofed_headers(&mut headers);
+    if let Some(host) = headers.remove(http::header::HOST) {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+    }
+    headers
+}
+
+fn append_forwarded_for(
+    headers: &mut HeaderMap,
+    peer: Option<std::net::IpAddr>,
+    incoming: &HeaderMap,
+) {
+    let Some(peer) = peer else { return };
+    let value = match incoming
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(previous) if !previous.is_empty() => format!("{previous}, {peer}"),
+        _ => peer.to_string(),
+    };
+    insert_header(headers, "x-forwarded-for", &value);
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
+}
+
+fn insert_header(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(HeaderName::from_static(name), value);
+    }
+}
+
+fn status_class(status: http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+fn upstream_problem(e: &hyper_util::client::legacy::Error) -> String {
+    if e.is_connect() {
+        "the upstream refused the connection or cannot be reached".to_owned()
+    } else {
+        "the upstream closed the connection without a complete answer".to_owned()
+    }
+}
+
+/// What a 401 says about a refused credential (no token content).
+pub fn www_authenticate(error: &AuthError) -> HeaderValue {
+    let description: String = error
+        .to_string()
+        .chars()
+        .filter(|c| c.is_ascii() && !c.is_ascii_control() && *c != '"' && *c != '\\')
+        .collect();
+    HeaderValue::from_str(&format!(
+        "Bearer realm=\"flex-auth\", error=\"invalid_token\", error_description=\"{description}\""
+    ))
+    .unwrap_or_else(|_| {
+        HeaderValue::from_static("Bearer realm=\"flex-auth\", error=\"invalid_token\"")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_spoofed_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", "keep-alive, x-secret-hop".parse().unwrap());
+        headers.insert("x-secret-hop", "1".parse().unwrap());
+        headers.insert("te", "trailers".parse().unwrap());
+        headers.insert(
+            "x-flex-auth-decision-id",
+            "decision:forged".parse().unwrap(),
+        );
+        headers.insert("X-Flex-Auth-Subject", "admin".parse().unwrap());
+        headers.insert("authorization", "Bearer t".parse().unwrap());
+        headers.insert("host", "client.example".parse().unwrap());
+        let out = forwarded_headers(&headers);
+        assert_eq!(
+            out.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
+            vec!["authorization", "x-forwarded-host"]
+        );
+    }
+
+    #[test]
+    fn upstream_urls_keep_their_prefix() {
+        let base = parse_upstream("http://127.0.0.1:9000/api/").unwrap();
+        let uri = upstream_uri(&base, &"/v1/x?a=1".parse().unwrap()).unwrap();
+        assert_eq!(uri.to_string(), "http://127.0.0.1:9000/api/v1/x?a=1");
+        assert!(parse_upstream("ftp://x").is_err());
+        assert!(parse_upstream("http://x/?q=1").is_err());
+    }
+}

@@ -1,0 +1,967 @@
+//! The fail-closed reverse proxy and forward-auth over real sockets: a real upstream (a small
+//! hyper server that records what reaches it), real signed JWTs (Ed25519, ES256, RS256, HS256)
+//! and a JWKS served over HTTP, on the shipped broker example (deploy/examples/broker).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "integration tests fail by panicking"
+)]
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use flex_auth::api::{Api, ApiConfig};
+use flex_auth::audit::{AuditLog, Mode, Rotation, Sink};
+use flex_auth::auth::{AuthSettings, Authenticator, JwksSource};
+use flex_auth::proxy::routes::Routes;
+use flex_auth::proxy::{Gate, Proxy};
+use flex_auth::{RegistrySource, Sources, State};
+use http::{HeaderMap, Method, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+use support::jwt::{self, TestKey};
+use support::{repo_path, send, serve_handler, Reply, TestServer};
+use tokio::sync::oneshot;
+
+const ISSUER: &str = "https://issuer.example";
+const AUDIENCE: &str = "broker";
+
+/// What reached the upstream.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// A real upstream: records every request; `/slow` answers after 3 s.
+struct Upstream {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let service =
+                        service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                            let record = record.clone();
+                            async move {
+                                let (parts, body) = request.into_parts();
+                                let body = body
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                record.lock().unwrap().push(Seen {
+                                    method: parts.method.clone(),
+                                    path: parts.uri.to_string(),
+                                    headers: parts.headers.clone(),
+                                    body,
+                                });
+                                if parts.uri.path() == "/slow" {
+                                    tokio::time::sleep(Duration::from_secs(3)).await;
+                                }
+                                let mut response = http::Response::new(Full::new(
+                                    Bytes::from_static(br#"{"credentials":"minted"}"#),
+                                ));
+                                response
+                                    .headers_mut()
+                                    .insert("x-upstream", "yes".parse().unwrap());
+                                Ok::<_, Infallible>(response)
+                            }
+                        });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, seen }
+    }
+
+    fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the upstream saw a request")
+    }
+}
+
+/// A JWKS over HTTP whose document can change, counting fetches.
+struct JwksServer {
+    addr: SocketAddr,
+    document: Arc<Mutex<Value>>,
+    fetches: Arc<AtomicUsize>,
+}
+
+impl JwksServer {
+    async fn start(document: Value) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let document = Arc::new(Mutex::new(document));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let (doc, count) = (document.clone(), fetches.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (doc, count) = (doc.clone(), count.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |_request| {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let body = doc.lock().unwrap().to_string();
+                        async move {
+                            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body))))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            document,
+            fetches,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/jwks.json", self.addr)
+    }
+}
+
+fn broker_sources() -> Sources {
+    Sources {
+        policy: repo_path("deploy/examples/broker/policy.cedar"),
+        registry: RegistrySource::Snapshot(repo_path("deploy/examples/broker/registry.json")),
+    }
+}
+
+/// flex-auth with the broker example: the API (with forward-auth) and the proxy in front of
+/// `upstream_addr`.
+struct Broker {
+    api: TestServer,
+    proxy: SocketAddr,
+    _proxy_stop: oneshot::Sender<()>,
+    auth: Arc<Authenticator>,
+}
+
+async fn start_broker(
+    settings: AuthSettings,
+    upstream_addr: SocketAddr,
+    audit: AuditLog,
+) -> Broker {
+    let routes = Routes::load(&repo_path("deploy/examples/broker/routes.yaml")).unwrap();
+    broker_with_routes(settings, upstream_addr, audit, routes).await
+}
+
+async fn broker_with_routes(
+    settings: AuthSettings,
+    upstream_addr: SocketAddr,
+    audit: AuditLog,
+    routes: Routes,
+) -> Broker {
+    let state = Arc::new(State::new(broker_sources()));
+    state.reload(flex_auth::state::Trigger::Startup).unwrap();
+    let routes = Arc::new(routes);
+    let auth = Arc::new(Authenticator::new(settings).await.unwrap());
+    auth.spawn_refresh();
+    let api = Api::new(state.clone(), ApiConfig::default())
+        .unwrap()
+        .with_audit(audit.clone());
+    let gate = Gate::new(
+        state.clone(),
+        routes,
+        auth.clone(),
+        audit,
+        api.metrics().clone(),
+    );
+    let proxy = Proxy::new(
+        gate.clone(),
+        format!("http://{upstream_addr}").parse().unwrap(),
+        Duration::from_secs(1),
+    );
+    let (proxy_addr, proxy_stop, _) = serve_handler(proxy).await;
+    let api = TestServer::start_api(state, api.with_gate(gate)).await;
+    Broker {
+        api,
+        proxy: proxy_addr,
+        _proxy_stop: proxy_stop,
+        auth,
+    }
+}
+
+fn jwks_file(dir: &tempfile::TempDir, keys: &[&TestKey]) -> AuthSettings {
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, jwt::jwks(keys).to_string()).unwrap();
+    let mut settings = AuthSettings::new(ISSUER, &[AUDIENCE]);
+    settings.jwks = Some(JwksSource::File(path));
+    settings
+}
+
+async fn mint(broker: &Broker, token: Option<&str>, extra: &[(&str, &str)]) -> Reply {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+    if let Some(b) = &bearer {
+        headers.push(("authorization", b.as_str()));
+    }
+    headers.extend_from_slice(extra);
+    send(
+        broker.proxy,
+        Method::POST,
+        "/v1/mint-aws-creds",
+        &headers,
+        json!({"role": "aws:demo-readonly", "ttl_hours": 1}).to_string(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_request_is_forwarded_with_the_decision_id_and_no_spoofed_headers() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::ed25519("ed-1");
+    let broker = start_broker(jwks_file(&dir, &[&key]), upstream.addr, AuditLog::off()).await;
+    let token = key.sign(&jwt::claims("agent-demo", ISSUER, AUDIENCE));
+
+    let reply = mint(
+        &broker,
+        Some(&token),
+        &[
+            ("x-flex-auth-decision-id", "decision:forged"),
+            ("x-flex-auth-subject", "root"),
+        ],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.json()["credentials"], "minted");
+    assert_eq!(reply.headers["x-upstream"], "yes");
+    let id = reply.headers["x-flex-auth-decision-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(id.starts_with("decision:") && id.len() == 25, "{id}");
+
+    let seen = upstream.last();
+    assert_eq!(seen.method, Method::POST);
+    assert_eq!(seen.path, "/v1/mint-aws-creds");
+    assert_eq!(
+        seen.headers
+            .get_all("x-flex-auth-decision-id")
+            .iter()
+            .count(),
+        1
+    );
+    assert_eq!(seen.headers["x-flex-auth-decision-id"], id.as_str());
+    assert_eq!(
+        seen.headers.get_all("x-flex-auth-subject").iter().count(),
+        1
+    );
+    assert_eq!(seen.headers["x-flex-auth-subject"], "agent-demo");
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+    let body: Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!(
+        body["role"], "aws:demo-readonly",
+        "the buffered body is forwarded whole"
+    );
+
+    // A public route is forwarded without a credential or a decision.
+    let health = send(broker.proxy, Method::GET, "/healthz", &[], Bytes::new()).await;
+    assert_eq!(health.status, StatusCode::OK);
+    assert!(health.headers.get("x-flex-auth-decision-id").is_none());
+    assert_eq!(upstream.count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_signature_algorithm_verifies_and_a_deny_never_reaches_the_upstream() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ed, es, rs) = (
+        TestKey::ed25519("ed"),
+        TestKey::es256("es"),
+        TestKey::rs256("rs"),
+    );
+    let broker = start_broker(
+        jwks_file(&dir, &[&ed, &es, &rs]),
+        upstream.addr,
+        AuditLog::off(),
+    )
+    .await;
+    for key in [&ed, &es, &rs] {
+        let token = key.sign(&jwt::claims("agent-demo", ISSUER, AUDIENCE));
+        assert_eq!(
+            mint(&broker, Some(&token), &[]).await.status,
+            StatusCode::OK,
+            "{}",
+            key.alg()
+        );
+    }
+    assert_eq!(upstream.count(), 3);
+
+    let blocked = ed.sign(&jwt::claims("agent-blocked", ISSUER, AUDIENCE));
+    let reply = mint(&broker, Some(&blocked), &[]).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    let body = reply.json();
+    assert_eq!(body["decision"], "deny");
+    assert_eq!(body["reasons"], json!(["actor_suspended"]));
+    assert!(body["decision_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("decision:"));
+    assert_eq!(
+        reply.headers["x-flex-auth-decision-id"],
+        body["decision_id"].as_str().unwrap()
+    );
+    assert_eq!(upstream.count(), 3, "the upstream saw nothing of the deny");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_credentials_get_401_and_the_upstream_sees_nothing() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rs = TestKey::rs256("rs");
+    let other = TestKey::rs256("rs"); // same kid, another key
+    let broker = start_broker(jwks_file(&dir, &[&rs]), upstream.addr, AuditLog::off()).await;
+    let good = jwt::claims("agent-demo", ISSUER, AUDIENCE);
+    let with = |change: &dyn Fn(&mut Value)| {
+        let mut claims = good.clone();
+        change(&mut claims);
+        claims
+    };
+    let now = jwt::now();
+    // The public key used as an HMAC secret: the classic HS/RS confusion.
+    let rsa_public_as_secret = TestKey::hs256(rs.jwk()["n"].as_str().unwrap().as_bytes());
+    let cases: Vec<(&str, Option<String>, &str)> = vec![
+        ("no credential", None, "missing"),
+        ("garbage", Some("not-a-jwt".to_owned()), "malformed"),
+        (
+            "expired",
+            Some(rs.sign(&with(&|c| c["exp"] = json!(now - 3600)))),
+            "expired",
+        ),
+        (
+            "not yet valid",
+            Some(rs.sign(&with(&|c| c["nbf"] = json!(now + 3600)))),
+            "not_yet_valid",
+        ),
+        (
+            "issued in the future",
+            Some(rs.sign(&with(&|c| c["iat"] = json!(now + 3600)))),
+            "not_yet_valid",
+        ),
+        (
+            "no exp",
+            Some(rs.sign(&with(&|c| {
+                c.as_object_mut().unwrap().remove("exp");
+            }))),
+            "missing_claim",
+        ),
+        (
+            "wrong issuer",
+            Some(rs.sign(&with(&|c| c["iss"] = json!("https://evil.example")))),
+            "wrong_issuer",
+        ),
+        (
+            "wrong audience",
+            Some(rs.sign(&with(&|c| c["aud"] = json!("other")))),
+            "wrong_audience",
+        ),
+        (
+            "alg none",
+            Some(jwt::unsigned(&good)),
+            "algorithm_not_allowed",
+        ),
+        (
+            "HS256 with the RSA public key",
+            Some(
+                rsa_public_as_secret.sign_with_header(&json!({"alg": "HS256", "kid": "rs"}), &good),
+            ),
+            "algorithm_not_allowed",
+        ),
+        (
+            "unknown kid",
+            Some(rs.sign_with_header(&json!({"alg": "RS256", "kid": "nope"}), &good)),
+            "unknown_kid",
+        ),
+        (
+            "signed by another key",
+            Some(other.sign(&good)),
+            "bad_signature",
+        ),
+        (
+            "no subject",
+            Some(rs.sign(&with(&|c| {
+                c.as_object_mut().unwrap().remove("sub");
+            }))),
+            "missing_claim",
+        ),
+    ];
+    for (what, token, reason) in &cases {
+        let reply = mint(&broker, token.as_deref(), &[]).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNAUTHORIZED,
+            "{what}: {:?}",
+            reply.body
+        );
+        let challenge = reply.headers["www-authenticate"].to_str().unwrap();
+        assert!(
+            challenge.starts_with("Bearer ") && challenge.contains("error=\"invalid_token\""),
+            "{what}: {challenge}"
+        );
+        assert_eq!(reply.error_code(), "unauthenticated", "{what}");
+        let metrics = String::from_utf8(broker.api.get("/metrics").await.body.to_vec()).unwrap();
+        assert!(
+            !metrics.contains(&format!(
+                "flex_auth_auth_failures_total{{reason=\"{reason}\"}} 0\n"
+            )),
+            "{what}: counted as {reason}"
+        );
+    }
+    assert_eq!(upstream.count(), 0, "nothing was forwarded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrouted_ambiguous_unreachable_and_slow_are_refused() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::es256("es");
+    let token = key.sign(&jwt::claims("agent-demo", ISSUER, AUDIENCE));
+    let bearer = format!("Bearer {token}");
+    let broker = start_broker(jwks_file(&dir, &[&key]), upstream.addr, AuditLog::off()).await;
+
+    let unrouted = send(
+        broker.proxy,
+        Method::POST,
+        "/v1/admin/delete-everything",
+        &[("authorization", &bearer)],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(unrouted.status, StatusCode::FORBIDDEN);
+    assert_eq!(unrouted.json()["reasons"], json!(["no_route"]));
+    let dotted = send(
+        broker.proxy,
+        Method::GET,
+        "/v1/x/../../healthz",
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(dotted.status, StatusCode::BAD_REQUEST);
+    assert_eq!(dotted.error_code(), "ambiguous_path");
+    assert_eq!(upstream.count(), 0);
+
+    // Upstream down: 502.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closed_addr = closed.local_addr().unwrap();
+    drop(closed);
+    let down = start_broker(jwks_file(&dir, &[&key]), closed_addr, AuditLog::off()).await;
+    let reply = mint(&down, Some(&token), &[]).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(reply.error_code(), "upstream_unavailable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upstream_is_a_504() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::ed25519("ed");
+    let routes = Routes::parse(
+        "routes:\n  - {name: slow, method: GET, path: /slow, action: mint, \
+         resource: {type: Actor, id: {claim: sub}}, context: {role: {value: 'aws:demo-readonly'}}}",
+    )
+    .unwrap();
+    let broker = broker_with_routes(
+        jwks_file(&dir, &[&key]),
+        upstream.addr,
+        AuditLog::off(),
+        routes,
+    )
+    .await;
+    let bearer = format!(
+        "Bearer {}",
+        key.sign(&jwt::claims("agent-demo", ISSUER, AUDIENCE))
+    );
+    let started = std::time::Instant::now();
+    let reply = send(
+        broker.proxy,
+        Method::GET,
+        "/slow",
+        &[("authorization", &bearer)],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(reply.error_code(), "upstream_timeout");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(1) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    let metrics = String::from_utf8(broker.api.get("/metrics").await.body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("flex_auth_upstream_responses_total{class=\"timeout\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_for_nginx_and_envoy_answers_without_a_body() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::ed25519("ed");
+    let broker = start_broker(jwks_file(&dir, &[&key]), upstream.addr, AuditLog::off()).await;
+    let bearer = format!(
+        "Bearer {}",
+        key.sign(&jwt::claims("agent-demo", ISSUER, AUDIENCE))
+    );
+    let blocked = format!(
+        "Bearer {}",
+        key.sign(&jwt::claims("agent-blocked", ISSUER, AUDIENCE))
+    );
+
+    // nginx: the mint route reads the body, which auth_request never sends: denied.
+    let nginx = broker
+        .api
+        .send(
+            Method::GET,
+            "/v1/authz/nginx",
+            &[
+                ("x-original-uri", "/v1/mint-aws-creds"),
+                ("x-original-method", "POST"),
+                ("authorization", &bearer),
+            ],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(nginx.status, StatusCode::FORBIDDEN);
+    assert_eq!(nginx.error_code(), "body_unavailable");
+    let public = broker
+        .api
+        .send(
+            Method::GET,
+            "/v1/authz/nginx",
+            &[("x-original-uri", "/healthz"), ("x-original-method", "GET")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(public.status, StatusCode::OK);
+    assert!(public.body.is_empty());
+    let unrouted = broker
+        .api
+        .send(
+            Method::GET,
+            "/v1/authz/nginx",
+            &[
+                ("x-original-uri", "/nope"),
+                ("x-original-method", "GET"),
+                ("authorization", &bearer),
+            ],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(unrouted.status, StatusCode::FORBIDDEN);
+
+    // Envoy sends the body (with_request_body): allowed with headers and no body.
+    let body = json!({"role": "aws:demo-readonly"}).to_string();
+    let envoy = broker
+        .api
+        .send(
+            Method::POST,
+            "/v1/authz/envoy/v1/mint-aws-creds",
+            &[("authorization", &bearer)],
+            body.clone(),
+        )
+        .await;
+    assert_eq!(envoy.status, StatusCode::OK, "{:?}", envoy.body);
+    assert!(envoy.body.is_empty(), "an allow carries no body");
+    assert!(envoy.headers["x-flex-auth-decision-id"]
+        .to_str()
+        .unwrap()
+        .starts_with("decision:"));
+    assert_eq!(envoy.headers["x-flex-auth-subject"], "agent-demo");
+    let denied = broker
+        .api
+        .send(
+            Method::POST,
+            "/v1/authz/envoy/v1/mint-aws-creds",
+            &[("authorization", &blocked)],
+            body,
+        )
+        .await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    assert_eq!(denied.json()["reasons"], json!(["actor_suspended"]));
+    let unauthenticated = broker
+        .api
+        .send(
+            Method::GET,
+            "/v1/authz/envoy/v1/mint-aws-creds",
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(
+        unauthenticated.status,
+        StatusCode::FORBIDDEN,
+        "GET is not routed"
+    );
+    assert_eq!(upstream.count(), 0, "forward-auth never forwards");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_rotation_is_picked_up_and_unknown_kids_refresh_a_bounded_number_of_times() {
+    let upstream = Upstream::start().await;
+    let old = TestKey::ed25519("2026-01");
+    let jwks = JwksServer::start(jwt::jwks(&[&old])).await;
+    let mut settings = AuthSettings::new(ISSUER, &[AUDIENCE]);
+    settings.jwks = Some(jwks.url().parse().unwrap());
+    settings.jwks_refresh_interval = Duration::from_millis(300);
+    let broker = start_broker(settings, upstream.addr, AuditLog::off()).await;
+    assert_eq!(jwks.fetches.load(Ordering::SeqCst), 1);
+    let status = broker.api.status().await;
+    assert_eq!(status["auth"]["readiness"], "ready");
+    assert_eq!(status["auth"]["key_ids"][0]["kid"], "2026-01");
+
+    // Rotation: the issuer publishes a new key and signs with it.
+    let new = TestKey::es256("2026-02");
+    *jwks.document.lock().unwrap() = jwt::jwks(&[&old, &new]);
+    let token = new.sign(&jwt::claims("agent-demo", ISSUER, AUDIENCE));
+    // Within the refresh interval of the start-up load the new kid is unknown (no fetch); the
+    // first request after it refreshes once and is allowed.
+    let deadline = tokio::time::Instant::now() + support::DEADLINE;
+    loop {
+        let status = mint(&broker, Some(&token), &[]).await.status;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new key was never picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    assert_eq!(
+        jwks.fetches.load(Ordering::SeqCst),
+        2,
+        "one refresh for the new kid"
+    );
+
+    // A flood of unknown kids inside one refresh interval: at most one more fetch.
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let token = new.sign_with_header(
+            &json!({"alg": "ES256", "kid": format!("forged-{i}")}),
+            &jwt::claims("agent-demo", ISSUER, AUDIENCE),
+        );
+        let proxy = broker.proxy;
+        tasks.push(tokio::spawn(async move {
+            send(
+                proxy,
+                Method::POST,
+                "/v1/mint-aws-creds",
+                &[("authorization", &format!("Bearer {token}"))],
+                Bytes::from_static(b"{}"),
+            )
+            .await
+            .status
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::UNAUTHORIZED);
+    }
+    let fetches = jwks.fetches.load(Ordering::SeqCst);
+    assert!(fetches <= 3, "{fetches} fetches for 40 unknown kids");
+    assert_eq!(broker.auth.jwks_loads() as usize, fetches);
+    assert_eq!(upstream.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hs256_secret_rotates_shows_its_fingerprint_and_fails_closed_when_unreadable() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret_path = dir.path().join("hs256.secret");
+    let first = b"first-secret-first-secret-first-secret!!";
+    std::fs::write(&secret_path, first).unwrap();
+    let mut settings = AuthSettings::new(ISSUER, &[AUDIENCE]);
+    settings.hs256_secret_file = Some(secret_path.clone());
+    let broker = start_broker(settings, upstream.addr, AuditLog::off()).await;
+    let token =
+        |secret: &[u8]| TestKey::hs256(secret).sign(&jwt::claims("agent-demo", ISSUER, AUDIENCE));
+
+    assert_eq!(
+        mint(&broker, Some(&token(first)), &[]).await.status,
+        StatusCode::OK
+    );
+    let status = broker.api.status().await;
+    let fingerprint = status["auth"]["fingerprints"]["hs256_secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(fingerprint.len(), 12);
+    assert!(
+        !status.to_string().contains("first-secret"),
+        "the secret never appears"
+    );
+
+    let second = b"second-secret-second-secret-second-secret";
+    std::fs::write(&secret_path, second).unwrap();
+    let changed = broker
+        .api
+        .wait_for_status("the new fingerprint", |s| {
+            s["auth"]["fingerprints"]["hs256_secret"] != fingerprint.as_str()
+        })
+        .await;
+    assert_eq!(changed["auth"]["readiness"], "ready");
+    assert_eq!(
+        mint(&broker, Some(&token(second)), &[]).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        mint(&broker, Some(&token(first)), &[]).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Unreadable: unready and 503 — never "no auth".
+    std::fs::remove_file(&secret_path).unwrap();
+    broker
+        .api
+        .wait_for_status("auth unready", |s| s["auth"]["readiness"] == "unready")
+        .await;
+    assert_eq!(
+        broker.api.get("/readyz").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let reply = mint(&broker, Some(&token(second)), &[]).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.error_code(), "auth_unavailable");
+    assert!(reply.headers.contains_key("retry-after"));
+    assert_eq!(upstream.count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxied_decisions_are_recorded_with_the_credential_hash_never_the_token() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::ed25519("ed");
+    let log = dir.path().join("decisions.db");
+    let audit = AuditLog::start(
+        Sink::Sqlite(log.clone()),
+        Mode::Required,
+        Rotation {
+            max_bytes: 1 << 30,
+            keep: 1,
+        },
+    )
+    .unwrap();
+    let broker = start_broker(jwks_file(&dir, &[&key]), upstream.addr, audit).await;
+    let token = key.sign(&jwt::claims("agent-demo", ISSUER, AUDIENCE));
+    let reply = mint(&broker, Some(&token), &[]).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let id = reply.headers["x-flex-auth-decision-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let blocked = key.sign(&jwt::claims("agent-blocked", ISSUER, AUDIENCE));
+    let denied = mint(&broker, Some(&blocked), &[]).await;
+    let denied_id = denied.json()["decision_id"].as_str().unwrap().to_owned();
+
+    let conn = rusqlite::Connection::open(&log).unwrap();
+    let record: String = conn
+        .query_row(
+            "SELECT record FROM decisions WHERE decision_id = ?1",
+            [&id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let record: Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(record["origin"], "proxy:mint");
+    assert_eq!(record["decision"], "allow");
+    assert_eq!(record["subject"]["id"], "agent-demo");
+    let expected = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(token.as_bytes()))
+    };
+    assert_eq!(record["credential_sha256"], expected.as_str());
+    let rows: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM decisions WHERE decision_id IN (?1, ?2)",
+            [&id, &denied_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, 2, "one record per decision, allow and deny");
+    let everything: Vec<String> = conn
+        .prepare("SELECT record FROM decisions")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let signature = token.rsplit('.').next().unwrap();
+    for record in everything {
+        assert!(
+            !record.contains(signature) && !record.contains(&token),
+            "a raw token in {record}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_log_failure_forwards_nothing() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::ed25519("ed");
+    let link = dir.path().join("decisions.jsonl");
+    std::os::unix::fs::symlink("/dev/full", &link).unwrap();
+    let audit = AuditLog::start(
+        Sink::File(link),
+        Mode::Required,
+        Rotation {
+            max_bytes: 1 << 30,
+            keep: 1,
+        },
+    )
+    .unwrap();
+    let broker = start_broker(jwks_file(&dir, &[&key]), upstream.addr, audit).await;
+    let token = key.sign(&jwt::claims("agent-demo", ISSUER, AUDIENCE));
+    let reply = mint(&broker, Some(&token), &[]).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.error_code(), "audit_unavailable");
+    assert_eq!(
+        upstream.count(),
+        0,
+        "nothing forwarded without a durable record"
+    );
+}
+
+#[test]
+fn proxy_configuration_that_cannot_work_fails_boot_with_its_setting() {
+    let broker = |extra: &[&str]| {
+        let mut args = vec![
+            "serve",
+            "--policy",
+            "deploy/examples/broker/policy.cedar",
+            "--registry",
+            "deploy/examples/broker/registry.json",
+            "--listen",
+            "127.0.0.1:0",
+            "--proxy-listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_flex-auth"))
+            .args(&args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let routes = "deploy/examples/broker/routes.yaml";
+    let secret = "deploy/examples/broker/demo-hs256.secret";
+    for (extra, setting) in [
+        (vec!["--upstream", "http://127.0.0.1:9"], "FLEX_AUTH_ROUTES"),
+        (
+            vec!["--routes", routes, "--upstream", "ftp://x"],
+            "FLEX_AUTH_UPSTREAM",
+        ),
+        (vec!["--routes", routes], "FLEX_AUTH_JWKS"),
+        (
+            vec![
+                "--routes",
+                routes,
+                "--hs256-secret-file",
+                secret,
+                "--audience",
+                "broker",
+            ],
+            "FLEX_AUTH_ISSUER",
+        ),
+        (
+            vec![
+                "--routes",
+                routes,
+                "--hs256-secret-file",
+                secret,
+                "--issuer",
+                "i",
+            ],
+            "FLEX_AUTH_AUDIENCE",
+        ),
+        (
+            vec![
+                "--routes",
+                routes,
+                "--mode",
+                "production",
+                "--jwks",
+                "/nonexistent/jwks.json",
+                "--issuer",
+                "i",
+                "--audience",
+                "a",
+            ],
+            "FLEX_AUTH_JWKS",
+        ),
+        (
+            vec![
+                "--routes",
+                "Cargo.toml",
+                "--hs256-secret-file",
+                secret,
+                "--issuer",
+                "i",
+                "--audience",
+                "a",
+            ],
+            "FLEX_AUTH_ROUTES",
+        ),
+    ] {
+        let (code, stderr) = broker(&extra);
+        assert_eq!(code, Some(78), "{extra:?}: {stderr}");
+        // Static problems are the only line; keys that fail to load come after the load log.
+        let last = stderr.lines().last().unwrap_or("");
+        assert!(
+            last.starts_with(&format!("BOOT_FAIL setting={setting} ")),
+            "{extra:?}: {stderr}"
+        );
+    }
+}
