@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body;
 use serde::Serialize;
 use serde_json::Value;
+use tracing::Instrument as _;
 
 use crate::audit::{AuditLog, Mode as AuditMode};
 use crate::auth::AuthError;
@@ -120,9 +121,22 @@ impl Api {
         };
         if endpoint == Endpoint::ForwardAuth {
             let response = match &self.gate {
-                Some(gate) => crate::forward_auth::answer(gate, request)
+                Some(gate) => {
+                    let span = crate::proxy::request_span(
+                        "forward_auth",
+                        request.method(),
+                        request.uri().path(),
+                    );
+                    async {
+                        let response = crate::forward_auth::answer(gate, request)
+                            .await
+                            .unwrap_or_else(ApiError::into_response);
+                        tracing::debug!(status = response.status().as_u16(), "answered");
+                        response
+                    }
+                    .instrument(span)
                     .await
-                    .unwrap_or_else(ApiError::into_response),
+                }
                 None => ApiError::NotFound(
                     "forward-auth needs --routes and an authentication configuration".to_owned(),
                 )
@@ -175,6 +189,7 @@ impl Api {
             self.metrics
                 .observe_check(Endpoint::Check, started.elapsed());
             self.metrics.record_decision(&outcome);
+            tracing::debug!(decision_id = %outcome.id, decision = outcome.decision.as_str(), "decided");
             let line = self.record_line(engine, "api:check", Some(&check), &outcome, started);
             let response = json_response(StatusCode::OK, &CheckResponse::new(engine, outcome));
             (response, line)

@@ -21,6 +21,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use serde_json::Value;
+use tracing::Instrument as _;
 
 use crate::api::ApiError;
 use crate::audit::AuditLog;
@@ -437,17 +438,37 @@ impl Handler for Proxy {
     type BodyError = hyper::Error;
 
     async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
-        let response = match self.serve(request).await {
-            Ok(response) => response,
-            Err(e) => e
-                .into_response()
-                .map(|b| b.map_err(|never| match never {}).boxed_unsync()),
-        };
+        let span = request_span("proxy", request.method(), request.uri().path());
+        let response = async {
+            let response = match self.serve(request).await {
+                Ok(response) => response,
+                Err(e) => e
+                    .into_response()
+                    .map(|b| b.map_err(|never| match never {}).boxed_unsync()),
+            };
+            tracing::debug!(status = response.status().as_u16(), "answered");
+            response
+        }
+        .instrument(span)
+        .await;
         self.gate
             .metrics
             .record_response(Endpoint::Proxy, response.status());
         response
     }
+}
+
+/// The span of one proxied or forward-auth request; `decision_id` is filled in once decided, so
+/// every event of the request (refusals, upstream failures, the `answered` line at debug) carries
+/// it. Headers are never recorded: the credential must not reach a log.
+pub fn request_span(surface: &'static str, method: &Method, path: &str) -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        surface,
+        method = %method,
+        path = %path,
+        decision_id = tracing::field::Empty
+    )
 }
 
 /// Read a body the route needs, at most `limit` bytes (413 beyond).

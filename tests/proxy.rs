@@ -965,3 +965,308 @@ fn proxy_configuration_that_cannot_work_fails_boot_with_its_setting() {
         );
     }
 }
+
+/// The nginx binary, when installed. Under CI (`CI` set, as `.ci/run` does after installing
+/// nginx) or with `FLEX_AUTH_REQUIRE_NGINX` set, a missing nginx fails the test instead of
+/// skipping it.
+fn nginx_binary() -> Option<std::path::PathBuf> {
+    let found = ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists());
+    let required =
+        std::env::var_os("CI").is_some() || std::env::var_os("FLEX_AUTH_REQUIRE_NGINX").is_some();
+    assert!(
+        found.is_some() || !required,
+        "nginx is required here: `apt-get install nginx` (.ci/run does)"
+    );
+    if found.is_none() {
+        eprintln!("SKIPPED: nginx is not installed (apt-get install nginx); CI runs this test");
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_nginx_auth_request_lets_through_only_what_the_policy_allows() {
+    let Some(nginx) = nginx_binary() else { return };
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::ed25519("ed");
+    let routes = Routes::parse(
+        "routes:\n  - {name: creds, method: GET, path: '/v1/creds/{actor}', action: mint, \
+         resource: {type: Actor, id: {path: actor}}, context: {role: {query: role}}}\n  \
+         - {name: health, method: GET, path: /healthz, public: true}",
+    )
+    .unwrap();
+    let broker = broker_with_routes(
+        jwks_file(&dir, &[&key]),
+        upstream.addr,
+        AuditLog::off(),
+        routes,
+    )
+    .await;
+    let port = free_port();
+    let prefix = dir.path().display();
+    let config = format!(
+        r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log info;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {prefix}/body;
+  proxy_temp_path {prefix}/proxy;
+  fastcgi_temp_path {prefix}/fastcgi;
+  uwsgi_temp_path {prefix}/uwsgi;
+  scgi_temp_path {prefix}/scgi;
+  upstream flexauth {{ server {api}; keepalive 8; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location = /_flex_auth {{
+      internal;
+      proxy_pass http://flexauth/v1/authz/nginx;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-URI $request_uri;
+      proxy_set_header X-Original-Method $request_method;
+    }}
+    location / {{
+      auth_request /_flex_auth;
+      auth_request_set $decision $upstream_http_x_flex_auth_decision_id;
+      auth_request_set $subject $upstream_http_x_flex_auth_subject;
+      proxy_set_header X-Flex-Auth-Decision-Id $decision;
+      proxy_set_header X-Flex-Auth-Subject $subject;
+      proxy_pass http://{upstream};
+    }}
+  }}
+}}
+"#,
+        api = broker.api.addr,
+        upstream = upstream.addr,
+    );
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(&conf, config).unwrap();
+    let child = std::process::Command::new(nginx)
+        .args(["-p", &prefix.to_string(), "-c", &conf.display().to_string()])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child_guard = Kill(child);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = tokio::time::Instant::now() + support::DEADLINE;
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if let Ok(Some(status)) = child_guard.0.try_wait() {
+            panic!(
+                "nginx exited with {status}: {}",
+                std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+            );
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nginx did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let bearer = |who: &str| format!("Bearer {}", key.sign(&jwt::claims(who, ISSUER, AUDIENCE)));
+    let demo = bearer("agent-demo");
+    let allowed = send(
+        addr,
+        Method::GET,
+        "/v1/creds/agent-demo?role=aws:demo-readonly",
+        &[("authorization", &demo), ("x-flex-auth-subject", "root")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(allowed.status, StatusCode::OK, "{:?}", allowed.body);
+    let seen = upstream.last();
+    assert_eq!(seen.headers["x-flex-auth-subject"], "agent-demo");
+    assert!(seen.headers["x-flex-auth-decision-id"]
+        .to_str()
+        .unwrap()
+        .starts_with("decision:"));
+
+    let blocked = bearer("agent-blocked");
+    let denied = send(
+        addr,
+        Method::GET,
+        "/v1/creds/agent-blocked?role=aws:demo-readonly",
+        &[("authorization", &blocked)],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    let other = send(
+        addr,
+        Method::GET,
+        "/v1/creds/agent-blocked?role=aws:demo-readonly",
+        &[("authorization", &demo)],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(
+        other.status,
+        StatusCode::FORBIDDEN,
+        "agent-demo may not mint for another actor"
+    );
+    let anonymous = send(addr, Method::GET, "/v1/creds/agent-demo", &[], Bytes::new()).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    let unrouted = send(
+        addr,
+        Method::GET,
+        "/admin",
+        &[("authorization", &demo)],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(unrouted.status, StatusCode::FORBIDDEN);
+    let public = send(addr, Method::GET, "/healthz", &[], Bytes::new()).await;
+    assert_eq!(public.status, StatusCode::OK);
+    assert_eq!(
+        upstream.count(),
+        2,
+        "only the allowed and the public request reached the upstream"
+    );
+    drop(child_guard);
+}
+
+/// Run the binary as a proxy with debug logs and a decision log, send real tokens through it,
+/// and look for them in everything it wrote.
+#[test]
+fn no_raw_token_reaches_a_log_line_or_a_decision_record() {
+    use std::io::BufRead as _;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let upstream = runtime.block_on(Upstream::start());
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "deploy/examples/broker/demo-hs256.secret";
+    let log = dir.path().join("decisions.jsonl");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flex-auth"))
+        .args(["--log-format", "json", "--log-level", "debug", "serve"])
+        .args(["--policy", "deploy/examples/broker/policy.cedar"])
+        .args(["--registry", "deploy/examples/broker/registry.json"])
+        .args(["--routes", "deploy/examples/broker/routes.yaml"])
+        .args(["--upstream", &format!("http://{}", upstream.addr)])
+        .args(["--listen", "127.0.0.1:0", "--proxy-listen", "127.0.0.1:0"])
+        .args([
+            "--issuer",
+            ISSUER,
+            "--audience",
+            AUDIENCE,
+            "--hs256-secret-file",
+            secret,
+        ])
+        .args([
+            "--decision-log",
+            &format!("file:{}", log.display()),
+            "--decision-log-mode",
+            "required",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let collected = lines.clone();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("\"proxy listening\"") {
+                let v: Value = serde_json::from_str(&line).unwrap();
+                let _ = tx.send(v["fields"]["addr"].as_str().unwrap().to_owned());
+            }
+            collected.lock().unwrap().push(line);
+        }
+    });
+    let proxy: SocketAddr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let secret_bytes = std::fs::read(repo_path(secret)).unwrap();
+    let key = TestKey::hs256(secret_bytes.strip_suffix(b"\n").unwrap());
+    let good = key.sign(&jwt::claims("agent-demo", ISSUER, AUDIENCE));
+    let blocked = key.sign(&jwt::claims("agent-blocked", ISSUER, AUDIENCE));
+    let forged = TestKey::hs256(b"another-secret-another-secret-another!!").sign(&jwt::claims(
+        "agent-demo",
+        ISSUER,
+        AUDIENCE,
+    ));
+    let body = json!({"role": "aws:demo-readonly"}).to_string();
+    let mut ids = Vec::new();
+    for (token, expected) in [
+        (&good, StatusCode::OK),
+        (&blocked, StatusCode::FORBIDDEN),
+        (&forged, StatusCode::UNAUTHORIZED),
+    ] {
+        let bearer = format!("Bearer {token}");
+        let reply = runtime.block_on(send(
+            proxy,
+            Method::POST,
+            "/v1/mint-aws-creds",
+            &[("authorization", &bearer)],
+            body.clone(),
+        ));
+        assert_eq!(reply.status, expected);
+        if let Some(id) = reply.headers.get("x-flex-auth-decision-id") {
+            ids.push(id.to_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(ids.len(), 2);
+    support::stop_binary(child);
+    reader.join().unwrap();
+    let logs = lines.lock().unwrap().join("\n");
+    let records = std::fs::read_to_string(&log).unwrap();
+    for token in [&good, &blocked, &forged] {
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!logs.contains(signature), "a token signature in the logs");
+        assert!(
+            !records.contains(signature),
+            "a token signature in the decision log"
+        );
+    }
+    assert!(
+        !logs.contains("demo-only-hs256-secret"),
+        "the secret in the logs"
+    );
+    // The request span carries the decision id into the request's log lines.
+    for id in &ids {
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("\"answered\"") && l.contains(id.as_str())),
+            "no log line with {id}:\n{logs}"
+        );
+        assert_eq!(
+            records.matches(id.as_str()).count(),
+            1,
+            "one record for {id}"
+        );
+    }
+}
