@@ -55,6 +55,7 @@ pub struct Api {
     metrics: Metrics,
     audit: AuditLog,
     gate: Option<crate::proxy::Gate>,
+    upstream: Option<Arc<crate::proxy::UpstreamHealth>>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -68,7 +69,14 @@ impl Api {
             metrics: Metrics::new()?,
             audit: AuditLog::off(),
             gate: None,
+            upstream: None,
         })
+    }
+
+    /// Report the proxy's upstream in readiness (check `upstream`).
+    pub fn with_upstream(mut self, health: Arc<crate::proxy::UpstreamHealth>) -> Self {
+        self.upstream = Some(health);
+        self
     }
 
     /// Serve the forward-auth endpoints (`/v1/authz/envoy…`, `/v1/authz/nginx`) through `gate`,
@@ -321,6 +329,23 @@ impl Api {
     /// `unready` (nothing loaded), with one check per concern.
     fn readiness(&self) -> (&'static str, Vec<Check>) {
         let (mut status, mut checks) = self.source_readiness();
+        if let Some(upstream) = &self.upstream {
+            match upstream.readiness() {
+                Ok(()) => checks.push(Check::pass("upstream")),
+                Err(reason) => {
+                    checks.push(Check {
+                        name: "upstream",
+                        status: "fail",
+                        reason: Some(reason),
+                        docs: Some(format!(
+                            "docs/runbook.md#{}",
+                            crate::proxy::UPSTREAM_PROBLEM
+                        )),
+                    });
+                    status = "unready";
+                }
+            }
+        }
         if let Some(gate) = &self.gate {
             match gate.readiness() {
                 Ok(()) => checks.push(Check::pass("jwks")),

@@ -46,6 +46,8 @@ pub const BOOT_ONLY_PROBLEMS: [&str; 5] = [
 ];
 const ADMIN_TOKEN_INVALID: &str = "admin-token-invalid";
 const ROUTES_INVALID: &str = "routes-invalid";
+/// How often the proxy checks that its upstream accepts connections (readiness `upstream`).
+const UPSTREAM_PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 const UPSTREAM_INVALID: &str = "upstream-invalid";
 
 fn config_error(e: &ConfigError) -> ExitCode {
@@ -351,7 +353,11 @@ async fn gate_and_proxy(
     );
     let proxy = upstream
         .map(|uri| crate::proxy::Proxy::new(gate.clone(), uri, args.proxy.upstream_timeout));
-    Ok((api.with_gate(gate), proxy))
+    let mut api = api.with_gate(gate);
+    if let Some(proxy) = &proxy {
+        api = api.with_upstream(proxy.spawn_probe(UPSTREAM_PROBE_EVERY));
+    }
+    Ok((api, proxy))
 }
 
 /// Print the one `BOOT_FAIL` line operators and probes look for, and exit 78.

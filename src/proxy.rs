@@ -36,6 +36,8 @@ use routes::{Inputs, Route, Routes};
 pub const DECISION_HEADER: &str = "x-flex-auth-decision-id";
 /// The header carrying the authenticated subject to the upstream.
 pub const SUBJECT_HEADER: &str = "x-flex-auth-subject";
+/// The `docs/runbook.md` anchor for an upstream that does not accept connections.
+pub const UPSTREAM_PROBLEM: &str = "upstream-unavailable";
 /// Reason of the deny for a request no route matches.
 pub const REASON_NO_ROUTE: &str = "no_route";
 
@@ -271,6 +273,37 @@ impl Gate {
     }
 }
 
+/// Whether the upstream accepts connections, as a background probe last saw it.
+#[derive(Debug, Default)]
+pub struct UpstreamHealth {
+    /// `None` until the first probe; then `Ok` or why not.
+    last: std::sync::Mutex<Option<Result<(), String>>>,
+}
+
+impl UpstreamHealth {
+    /// The `upstream` readiness check: `Ok`, or why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        match self.last.lock().map(|g| g.clone()) {
+            Ok(Some(result)) => result,
+            Ok(None) => Err("not probed yet".to_owned()),
+            Err(_) => Err("probe state unavailable".to_owned()),
+        }
+    }
+
+    fn set(&self, result: Result<(), String>) {
+        if let Ok(mut last) = self.last.lock() {
+            let changed = last.as_ref() != Some(&result);
+            if changed {
+                match &result {
+                    Ok(()) => tracing::info!("upstream accepts connections"),
+                    Err(e) => tracing::warn!(error = %e, "upstream probe failed"),
+                }
+            }
+            *last = Some(result);
+        }
+    }
+}
+
 /// The reverse proxy: one per listener, cheap to clone.
 #[derive(Clone)]
 pub struct Proxy {
@@ -326,6 +359,49 @@ pub fn parse_upstream(url: &str) -> Result<Uri, UpstreamError> {
 }
 
 impl Proxy {
+    /// Probe the upstream with a TCP connect every `every` (bounded by 1 s each) and report it in
+    /// the returned health, for the `upstream` readiness check. The task ends with the proxy.
+    pub fn spawn_probe(&self, every: Duration) -> Arc<UpstreamHealth> {
+        let health = Arc::new(UpstreamHealth::default());
+        let weak_upstream = Arc::downgrade(&self.upstream);
+        let report = health.clone();
+        tokio::spawn(async move {
+            loop {
+                let Some(upstream) = weak_upstream.upgrade() else {
+                    return;
+                };
+                let host = upstream
+                    .base
+                    .host()
+                    .unwrap_or("")
+                    .trim_matches(['[', ']'])
+                    .to_owned();
+                let port = upstream.base.port_u16().unwrap_or(
+                    if upstream.base.scheme_str() == Some("https") {
+                        443
+                    } else {
+                        80
+                    },
+                );
+                let label = upstream.base.to_string();
+                drop(upstream);
+                let result = match tokio::time::timeout(
+                    Duration::from_secs(1),
+                    tokio::net::TcpStream::connect((host.as_str(), port)),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(format!("cannot connect to `{label}`: {e}")),
+                    Err(_) => Err(format!("`{label}` did not accept a connection within 1s")),
+                };
+                report.set(result);
+                tokio::time::sleep(every).await;
+            }
+        });
+        health
+    }
+
     /// A proxy to `upstream` (see [`parse_upstream`]) that answers 504 after `timeout`.
     pub fn new(gate: Gate, upstream: Uri, timeout: Duration) -> Self {
         let connector = hyper_rustls::HttpsConnectorBuilder::new()

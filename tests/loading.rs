@@ -408,7 +408,11 @@ fn every_problem_anchor_the_code_prints_is_in_the_runbook() {
             "runbook lacks `### {boot}`"
         );
     }
-    for anchor in [flex_auth::auth::PROBLEM, flex_auth::audit::PROBLEM] {
+    for anchor in [
+        flex_auth::auth::PROBLEM,
+        flex_auth::audit::PROBLEM,
+        flex_auth::proxy::UPSTREAM_PROBLEM,
+    ] {
         assert!(headings.contains(&anchor), "runbook lacks `### {anchor}`");
     }
     for problem in flex_auth::state::PROBLEMS {

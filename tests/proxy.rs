@@ -213,8 +213,10 @@ async fn broker_with_routes(
         format!("http://{upstream_addr}").parse().unwrap(),
         Duration::from_secs(1),
     );
+    let upstream_health = proxy.spawn_probe(Duration::from_millis(100));
     let (proxy_addr, proxy_stop, _) = serve_handler(proxy).await;
-    let api = TestServer::start_api(state, api.with_gate(gate)).await;
+    let api =
+        TestServer::start_api(state, api.with_gate(gate).with_upstream(upstream_health)).await;
     Broker {
         api,
         proxy: proxy_addr,
@@ -492,6 +494,25 @@ async fn unrouted_ambiguous_unreachable_and_slow_are_refused() {
     let reply = mint(&down, Some(&token), &[]).await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
     assert_eq!(reply.error_code(), "upstream_unavailable");
+    let status = down
+        .api
+        .wait_for_status("the upstream check to fail", |s| {
+            s["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["name"] == "upstream" && c["status"] == "fail")
+        })
+        .await;
+    assert_eq!(status["status"], "unready");
+    assert_eq!(
+        down.api.get("/readyz").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    broker
+        .api
+        .wait_for_status("the live upstream to pass", |s| s["status"] == "ready")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
