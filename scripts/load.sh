@@ -11,6 +11,8 @@
 #
 #   scripts/load.sh                 # defaults: 15s per run, 32 connections, 1 wrk thread
 #   DURATION=30s CONNECTIONS=64 scripts/load.sh
+#
+# Section 6 (proxy overhead) is scripts/load-proxy.sh, which also runs alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -227,3 +229,7 @@ The required file run answered $log_req_answered requests (wrk's count) and wrot
 | idle, $BIG_ACTORS actors (ready after ${ready_ms} ms) | $(mib "$idle_big") |
 | peak under load, $BIG_ACTORS actors | $(mib "$load_big") |
 EOF2
+
+# 6. Proxy overhead: direct vs flex-auth proxy vs nginx auth_request → flex-auth.
+echo
+DURATION="$DURATION" CONNECTIONS="$CONNECTIONS" scripts/load-proxy.sh
