@@ -821,7 +821,33 @@ async fn proxied_decisions_are_recorded_with_the_credential_hash_never_the_token
     let denied = mint(&broker, Some(&blocked), &[]).await;
     let denied_id = denied.json()["decision_id"].as_str().unwrap().to_owned();
 
+    // Forward-auth decisions are recorded the same way.
+    let envoy = broker
+        .api
+        .send(
+            Method::POST,
+            "/v1/authz/envoy/v1/mint-aws-creds",
+            &[("authorization", &format!("Bearer {token}"))],
+            json!({"role": "aws:demo-readonly"}).to_string(),
+        )
+        .await;
+    assert_eq!(envoy.status, StatusCode::OK);
+    let envoy_id = envoy.headers["x-flex-auth-decision-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+
     let conn = rusqlite::Connection::open(&log).unwrap();
+    let envoy_record: String = conn
+        .query_row(
+            "SELECT record FROM decisions WHERE decision_id = ?1",
+            [&envoy_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let envoy_record: Value = serde_json::from_str(&envoy_record).unwrap();
+    assert_eq!(envoy_record["origin"], "envoy:mint");
+    assert!(envoy_record["credential_sha256"].is_string());
     let record: String = conn
         .query_row(
             "SELECT record FROM decisions WHERE decision_id = ?1",
@@ -846,6 +872,10 @@ async fn proxied_decisions_are_recorded_with_the_credential_hash_never_the_token
         )
         .unwrap();
     assert_eq!(rows, 2, "one record per decision, allow and deny");
+    let total: i64 = conn
+        .query_row("SELECT count(*) FROM decisions", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(total, 3, "exactly one record per decision");
     let everything: Vec<String> = conn
         .prepare("SELECT record FROM decisions")
         .unwrap()
