@@ -329,32 +329,23 @@ impl Api {
     /// `unready` (nothing loaded), with one check per concern.
     fn readiness(&self) -> (&'static str, Vec<Check>) {
         let (mut status, mut checks) = self.source_readiness();
-        if let Some(upstream) = &self.upstream {
-            match upstream.readiness() {
-                Ok(()) => checks.push(Check::pass("upstream")),
+        let dependencies = [
+            self.upstream
+                .as_ref()
+                .map(|u| ("upstream", u.readiness(), crate::proxy::UPSTREAM_PROBLEM)),
+            self.gate
+                .as_ref()
+                .map(|g| ("jwks", g.readiness(), crate::auth::PROBLEM)),
+        ];
+        for (name, result, problem) in dependencies.into_iter().flatten() {
+            match result {
+                Ok(()) => checks.push(Check::pass(name)),
                 Err(reason) => {
                     checks.push(Check {
-                        name: "upstream",
+                        name,
                         status: "fail",
                         reason: Some(reason),
-                        docs: Some(format!(
-                            "docs/runbook.md#{}",
-                            crate::proxy::UPSTREAM_PROBLEM
-                        )),
-                    });
-                    status = "unready";
-                }
-            }
-        }
-        if let Some(gate) = &self.gate {
-            match gate.readiness() {
-                Ok(()) => checks.push(Check::pass("jwks")),
-                Err(reason) => {
-                    checks.push(Check {
-                        name: "jwks",
-                        status: "fail",
-                        reason: Some(reason),
-                        docs: Some(format!("docs/runbook.md#{}", crate::auth::PROBLEM)),
+                        docs: Some(format!("docs/runbook.md#{problem}")),
                     });
                     status = "unready";
                 }

@@ -162,6 +162,15 @@ impl JwksServer {
     }
 }
 
+/// A decision log in required mode.
+fn required_log(sink: Sink) -> AuditLog {
+    let rotation = Rotation {
+        max_bytes: 1 << 30,
+        keep: 1,
+    };
+    AuditLog::start(sink, Mode::Required, rotation).unwrap()
+}
+
 fn broker_sources() -> Sources {
     Sources {
         policy: repo_path("deploy/examples/broker/policy.cedar"),
@@ -800,15 +809,7 @@ async fn proxied_decisions_are_recorded_with_the_credential_hash_never_the_token
     let dir = tempfile::tempdir().unwrap();
     let key = TestKey::ed25519("ed");
     let log = dir.path().join("decisions.db");
-    let audit = AuditLog::start(
-        Sink::Sqlite(log.clone()),
-        Mode::Required,
-        Rotation {
-            max_bytes: 1 << 30,
-            keep: 1,
-        },
-    )
-    .unwrap();
+    let audit = required_log(Sink::Sqlite(log.clone()));
     let broker = start_broker(jwks_file(&dir, &[&key]), upstream.addr, audit).await;
     let token = key.sign(&jwt::claims("agent-demo", ISSUER, AUDIENCE));
     let reply = mint(&broker, Some(&token), &[]).await;
@@ -899,15 +900,7 @@ async fn required_log_failure_forwards_nothing() {
     let key = TestKey::ed25519("ed");
     let link = dir.path().join("decisions.jsonl");
     std::os::unix::fs::symlink("/dev/full", &link).unwrap();
-    let audit = AuditLog::start(
-        Sink::File(link),
-        Mode::Required,
-        Rotation {
-            max_bytes: 1 << 30,
-            keep: 1,
-        },
-    )
-    .unwrap();
+    let audit = required_log(Sink::File(link));
     let broker = start_broker(jwks_file(&dir, &[&key]), upstream.addr, audit).await;
     let token = key.sign(&jwt::claims("agent-demo", ISSUER, AUDIENCE));
     let reply = mint(&broker, Some(&token), &[]).await;
