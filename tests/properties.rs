@@ -1,6 +1,7 @@
 //! Property tests for everything that parses untrusted input: arbitrary bytes and arbitrary JSON
 //! into the check and batch API never panic and never get a 5xx; arbitrary registry bytes and
-//! Markdown never panic the loaders.
+//! Markdown never panic the loaders; arbitrary bearer credentials are refused without panic; routes
+//! files and request paths never panic the router.
 
 #![allow(
     clippy::unwrap_used,
@@ -167,5 +168,69 @@ proptest! {
     fn markdown_packages_never_panic(text in "(```(cedar|cedarschema|manifest|text)?\n|permit\\(principal, action, resource\\);\n|@id\\(\"x\"\\)\n|~~~\n|.{0,20}\n){0,12}") {
         let dir = support::temp_package(&[("p.md", &text)]);
         let _ = flex_auth::policy::load_package(&dir.path().join("p.md"));
+    }
+}
+
+/// An authenticator with an HS256 secret (no network, no files that change).
+fn authenticator() -> &'static flex_auth::auth::Authenticator {
+    static AUTH: OnceLock<(flex_auth::auth::Authenticator, tempfile::TempDir)> = OnceLock::new();
+    let (auth, _dir) = AUTH.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "property-test-secret-property-test-secret").unwrap();
+        let mut settings =
+            flex_auth::auth::AuthSettings::new("https://issuer.example", &["broker"]);
+        settings.hs256_secret_file = Some(secret);
+        let auth = runtime()
+            .block_on(flex_auth::auth::Authenticator::new(settings))
+            .unwrap();
+        (auth, dir)
+    });
+    auth
+}
+
+fn routes() -> &'static flex_auth::proxy::routes::Routes {
+    static ROUTES: OnceLock<flex_auth::proxy::routes::Routes> = OnceLock::new();
+    ROUTES.get_or_init(|| {
+        flex_auth::proxy::routes::Routes::load(&support::repo_path(
+            "deploy/examples/broker/routes.yaml",
+        ))
+        .unwrap()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_authorization_headers_are_refused_without_panic(
+        value in "(Bearer |bearer |Basic )?[A-Za-z0-9_\\-\\.=+/ ]{0,200}",
+    ) {
+        let mut headers = http::HeaderMap::new();
+        if let Ok(v) = http::HeaderValue::from_str(&value) {
+            headers.insert(http::header::AUTHORIZATION, v);
+        }
+        let result = runtime().block_on(authenticator().authenticate(&headers));
+        prop_assert!(result.is_err(), "{value} was accepted");
+    }
+
+    #[test]
+    fn arbitrary_jwt_shaped_tokens_are_refused_without_panic(
+        header in "[A-Za-z0-9_\\-]{0,60}", claims in "[A-Za-z0-9_\\-]{0,80}", signature in "[A-Za-z0-9_\\-]{0,60}",
+    ) {
+        let mut headers = http::HeaderMap::new();
+        let value = format!("Bearer {header}.{claims}.{signature}");
+        headers.insert(http::header::AUTHORIZATION, http::HeaderValue::from_str(&value).unwrap());
+        prop_assert!(runtime().block_on(authenticator().authenticate(&headers)).is_err());
+    }
+
+    #[test]
+    fn route_matching_never_panics_on_arbitrary_paths(path in "/?([a-z0-9%\\.]{0,6}/?){0,6}", method in "(GET|POST|PUT|DELETE|PATCH)") {
+        let _ = routes().find(&method.parse().unwrap(), &path);
+    }
+
+    #[test]
+    fn routes_files_never_panic_the_parser(text in "(routes:\n|  - \\{|method: (GET|\\*|get)|, path: '/(a|\\{x\\}|\\{\\*r\\}|\\.\\.)'|, public: true|, action: a|, resource: \\{type: T, id: \\{(path|query|body|claim): [a-z/]{0,4}\\}\\}|\\}\n|.{0,10}){0,12}") {
+        let _ = flex_auth::proxy::routes::Routes::parse(&text);
     }
 }
