@@ -534,14 +534,9 @@ impl Authenticator {
             Some(Value::Number(n)) => {
                 let now = SystemTime::now()
                     .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
+                    .map_or(0.0, |d| d.as_secs_f64());
                 let iat = n.as_f64().unwrap_or(f64::MAX);
-                #[expect(
-                    clippy::cast_precision_loss,
-                    reason = "seconds since the epoch fit an f64 exactly for millennia"
-                )]
-                let limit = (now + self.settings.clock_skew.as_secs()) as f64;
-                if iat > limit {
+                if iat > now + self.settings.clock_skew.as_secs_f64() {
                     return Err(AuthError::NotYetValid);
                 }
             }

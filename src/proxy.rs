@@ -198,7 +198,6 @@ impl Gate {
             ),
         };
         let inputs = Inputs {
-            path: target.path,
             query: target.query,
             headers: target.headers,
             claims: &principal.claims,

@@ -186,8 +186,6 @@ pub struct Routes {
 
 /// A request's values, as the route needs them.
 pub struct Inputs<'a> {
-    /// The request path (raw, percent-encoded).
-    pub path: &'a str,
     /// The raw query string.
     pub query: Option<&'a str>,
     /// Request headers.
@@ -711,7 +709,6 @@ routes:
         let headers = http::HeaderMap::new();
         let claims = Map::new();
         let inputs = Inputs {
-            path: "",
             query: Some("limit=5&x=1"),
             headers: &headers,
             claims: &claims,
@@ -741,7 +738,6 @@ routes:
         let claims = Map::new();
         let body = serde_json::json!({"ttl_hours": 1});
         let inputs = Inputs {
-            path: "",
             query: None,
             headers: &headers,
             claims: &claims,
