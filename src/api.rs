@@ -20,8 +20,25 @@ use crate::decision::{
     CheckRequest, Decision, DecisionId, Engine, Outcome, PolicyError, RequestError,
 };
 use crate::registry::RegistryKind;
+use crate::server::Limits;
 use crate::state::State;
 use crate::telemetry::{Endpoint, Metrics, MetricsError};
+use crate::tls::{ClientCert, Tls};
+
+/// Whether the connection's client certificate may ask for decisions. Requests without the
+/// extension come from a listener that asks for no certificate.
+fn client_allowed(client: Option<&ClientCert>) -> Result<(), ApiError> {
+    match client {
+        None | Some(ClientCert::NotRequired | ClientCert::Allowed { .. }) => Ok(()),
+        Some(ClientCert::Missing) => Err(ApiError::ClientCertificateMissing),
+        Some(ClientCert::NotAllowed { names }) => {
+            Err(ApiError::ClientCertificateNotAllowed(names.clone()))
+        }
+    }
+}
+
+/// Readiness check name and runbook anchor while the process drains after SIGTERM.
+pub const SHUTTING_DOWN: &str = "shutting-down";
 
 /// Reason a batch item reports when it could not be evaluated.
 pub const REASON_INVALID_REQUEST: &str = "invalid_request";
@@ -56,6 +73,7 @@ pub struct Api {
     audit: AuditLog,
     gate: Option<crate::proxy::Gate>,
     upstream: Option<Arc<crate::proxy::UpstreamHealth>>,
+    listener: Option<Arc<(Limits, Option<Arc<Tls>>)>>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -70,7 +88,14 @@ impl Api {
             audit: AuditLog::off(),
             gate: None,
             upstream: None,
+            listener: None,
         })
+    }
+
+    /// Report the limits and TLS of the listener this API serves on in `/v1/status`.
+    pub fn with_listener(mut self, limits: Limits, tls: Option<Arc<Tls>>) -> Self {
+        self.listener = Some(Arc::new((limits, tls)));
+        self
     }
 
     /// Report the proxy's upstream in readiness (check `upstream`).
@@ -127,6 +152,16 @@ impl Api {
             path if is_forward_auth(path) => Endpoint::ForwardAuth,
             _ => Endpoint::Other,
         };
+        if matches!(
+            endpoint,
+            Endpoint::Check | Endpoint::Batch | Endpoint::ForwardAuth
+        ) {
+            if let Err(refusal) = client_allowed(request.extensions().get::<ClientCert>()) {
+                let response = refusal.into_response();
+                self.metrics.record_response(endpoint, response.status());
+                return response;
+            }
+        }
         if endpoint == Endpoint::ForwardAuth {
             let response = match &self.gate {
                 Some(gate) => {
@@ -329,6 +364,18 @@ impl Api {
     /// `unready` (nothing loaded), with one check per concern.
     fn readiness(&self) -> (&'static str, Vec<Check>) {
         let (mut status, mut checks) = self.source_readiness();
+        if self.state.shutting_down() {
+            checks.push(Check {
+                name: "shutdown",
+                status: "fail",
+                reason: Some(
+                    "shutting down: in-flight requests are draining, send new ones elsewhere"
+                        .to_owned(),
+                ),
+                docs: Some(format!("docs/runbook.md#{SHUTTING_DOWN}")),
+            });
+            status = "unready";
+        }
         let dependencies = [
             self.upstream
                 .as_ref()
@@ -368,6 +415,21 @@ impl Api {
             }
         }
         (status, checks)
+    }
+
+    fn limits_status(&self) -> Value {
+        let mut limits = self
+            .listener
+            .as_ref()
+            .map_or_else(|| serde_json::json!({}), |l| l.0.status());
+        if let Some(object) = limits.as_object_mut() {
+            object.insert(
+                "max_body_bytes".to_owned(),
+                self.config.max_body_bytes.into(),
+            );
+            object.insert("max_batch".to_owned(), self.config.max_batch.into());
+        }
+        limits
     }
 
     fn source_readiness(&self) -> (&'static str, Vec<Check>) {
@@ -513,10 +575,11 @@ impl Api {
                     |g| g.auth().status(),
                 ),
                 "routes": self.gate.as_ref().map(|g| g.routes().len()),
-                "limits": {
-                    "max_body_bytes": self.config.max_body_bytes,
-                    "max_batch": self.config.max_batch,
-                },
+                "limits": self.limits_status(),
+                "tls": self.listener.as_ref().and_then(|l| l.1.as_ref()).map_or_else(
+                    || serde_json::json!({"enabled": false}),
+                    |tls| tls.status(),
+                ),
             }),
         )
     }
@@ -724,6 +787,11 @@ pub enum ApiError {
     UpstreamUnavailable(String),
     /// The upstream did not answer in time (504).
     UpstreamTimeout(std::time::Duration),
+    /// A decision endpoint on a listener with `--client-ca`, over a connection without a client
+    /// certificate (401).
+    ClientCertificateMissing,
+    /// The client certificate carries none of the allowed SAN names (403).
+    ClientCertificateNotAllowed(Vec<String>),
 }
 
 /// A deny as a proxied or forward-auth request sees it.
@@ -776,8 +844,10 @@ impl ApiError {
             Self::Unauthenticated(AuthError::Unavailable(_)) | Self::PolicyFailure(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) | Self::BodyUnavailable(_) => StatusCode::FORBIDDEN,
+            Self::Unauthenticated(_) | Self::ClientCertificateMissing => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_)
+            | Self::BodyUnavailable(_)
+            | Self::ClientCertificateNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::BodyTooLarge { .. } | Self::BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -892,6 +962,20 @@ impl ApiError {
             Self::UpstreamTimeout(after) => (
                 "upstream_timeout",
                 format!("the upstream did not answer within {}", humantime::format_duration(*after)),
+                None,
+            ),
+            Self::ClientCertificateMissing => (
+                "client_certificate_required",
+                "this listener decides only for clients with a certificate from its client CA; connect with one"
+                    .to_owned(),
+                None,
+            ),
+            Self::ClientCertificateNotAllowed(names) => (
+                "client_certificate_not_allowed",
+                format!(
+                    "the client certificate's names ({}) are not on the allow-list (--client-allowed-san)",
+                    if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+                ),
                 None,
             ),
         };

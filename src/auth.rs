@@ -156,6 +156,8 @@ pub struct AuthSettings {
     pub jwks_refresh_interval: Duration,
     /// Keys are re-fetched this often even when every `kid` is known.
     pub jwks_cache_ttl: Duration,
+    /// PEM CA bundle trusted for an `https://` JWKS URL instead of the webpki roots.
+    pub jwks_ca: Option<PathBuf>,
 }
 
 impl AuthSettings {
@@ -172,6 +174,7 @@ impl AuthSettings {
             clock_skew: Duration::from_secs(60),
             jwks_refresh_interval: Duration::from_secs(30),
             jwks_cache_ttl: Duration::from_secs(300),
+            jwks_ca: None,
         }
     }
 
@@ -217,6 +220,18 @@ impl AuthSettings {
                 "FLEX_AUTH_AUDIENCE",
                 "--audience is required: every token's `aud` is checked".to_owned(),
             ));
+        }
+        if let Some(ca) = &self.jwks_ca {
+            if !matches!(self.jwks, Some(JwksSource::Url(_))) {
+                return Err((
+                    "FLEX_AUTH_JWKS_CA",
+                    "--jwks-ca is set but --jwks is not a URL: the CA bundle would trust nothing"
+                        .to_owned(),
+                ));
+            }
+            if let Err(e) = crate::tls::client_config(Some(ca)) {
+                return Err(("FLEX_AUTH_JWKS_CA", e.to_string()));
+            }
         }
         let allowed = self.allowed();
         if allowed.is_empty() {
@@ -409,7 +424,9 @@ impl Authenticator {
     pub async fn new(settings: AuthSettings) -> Result<Self, (&'static str, String)> {
         settings.validate()?;
         let client = match &settings.jwks {
-            Some(JwksSource::Url(_)) => Some(https_client().map_err(|e| ("FLEX_AUTH_JWKS", e))?),
+            Some(JwksSource::Url(_)) => Some(
+                https_client(settings.jwks_ca.as_deref()).map_err(|e| ("FLEX_AUTH_JWKS_CA", e))?,
+            ),
             _ => None,
         };
         let auth = Self {
@@ -934,9 +951,10 @@ fn parse_jwks(bytes: &[u8], allowed: &[Alg]) -> Result<(Vec<Key>, Vec<String>), 
     Ok((keys, refused))
 }
 
-fn https_client() -> Result<HttpsClient, String> {
+fn https_client(ca: Option<&std::path::Path>) -> Result<HttpsClient, String> {
+    let tls = crate::tls::client_config(ca).map_err(|e| e.to_string())?;
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
+        .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .build();

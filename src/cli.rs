@@ -22,7 +22,7 @@ use crate::config::{
 };
 use crate::decision::{CheckRequest, ResourceRef, SubjectRef};
 use crate::reload::{self, ReloadConfig};
-use crate::server::{shutdown_signal, Server};
+use crate::server::{shutdown_signal, Drain, Server};
 use crate::state::{self, State, Trigger};
 use crate::suite;
 
@@ -37,12 +37,13 @@ pub const EXIT_CONFIG: u8 = 78;
 
 /// `BOOT_FAIL` problems that only start-up reports (besides `boot-` + each of
 /// [`crate::state::PROBLEMS`]); each is an anchor in `docs/runbook.md`.
-pub const BOOT_ONLY_PROBLEMS: [&str; 5] = [
+pub const BOOT_ONLY_PROBLEMS: [&str; 6] = [
     ADMIN_TOKEN_INVALID,
     crate::audit::PROBLEM,
     ROUTES_INVALID,
     UPSTREAM_INVALID,
     crate::auth::PROBLEM,
+    crate::tls::PROBLEM,
 ];
 const ADMIN_TOKEN_INVALID: &str = "admin-token-invalid";
 const ROUTES_INVALID: &str = "routes-invalid";
@@ -110,6 +111,28 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         Ok(config) => config,
         Err(exit) => return exit,
     };
+    let tls = match args.tls.settings().map(crate::tls::Tls::load).transpose() {
+        Ok(tls) => tls.map(Arc::new),
+        Err(e) => {
+            let setting = match &e {
+                crate::tls::TlsError::Read { path, .. }
+                | crate::tls::TlsError::Pem { path, .. }
+                    if Some(path) == args.tls.client_ca.as_ref() =>
+                {
+                    "FLEX_AUTH_CLIENT_CA"
+                }
+                crate::tls::TlsError::Read { path, .. }
+                | crate::tls::TlsError::Pem { path, .. }
+                    if Some(path) == args.tls.tls_key.as_ref() =>
+                {
+                    "FLEX_AUTH_TLS_KEY"
+                }
+                _ => "FLEX_AUTH_TLS_CERT",
+            };
+            return boot_fail(setting, &e.to_string(), crate::tls::PROBLEM);
+        }
+    };
+    let limits = args.limits();
     let state = Arc::new(State::new(sources));
     match state.reload(Trigger::Startup) {
         Ok(_) => {
@@ -186,13 +209,18 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         }
         None => None,
     };
-    runtime.block_on(async move {
+    let exit = runtime.block_on(async move {
         let _triggers = reload::spawn(state.clone(), &reload_config);
+        let _tls_reload = tls.as_ref().map(crate::tls::Tls::spawn_reload);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         // Signal handlers first: once anything says "listening", SIGTERM means drain.
         let signalled = shutdown_signal();
+        let draining = state.clone();
         tokio::spawn(async move {
             signalled.await;
+            // Readiness fails before the listeners stop accepting.
+            draining.begin_shutdown();
+            tracing::info!("SIGTERM/SIGINT received: readiness fails, listeners stop accepting");
             let _ = stop_tx.send(true);
         });
         let stopped = move || {
@@ -201,15 +229,21 @@ pub fn serve(args: ServeArgs) -> ExitCode {
                 let _ = rx.wait_for(|stop| *stop).await;
             }
         };
-        let server = match Server::bind(args.listen, api, args.shutdown_grace).await {
-            Ok(server) => server,
+        let metrics = api.metrics().clone();
+        let api = api.with_listener(limits.clone(), tls.clone());
+        let server = match Server::bind(args.listen, api, limits.clone()).await {
+            Ok(server) => server.with_metrics(metrics.clone()),
             Err(e) => {
                 eprintln!("error: cannot listen on {}: {e}", args.listen);
                 return ExitCode::from(EXIT_CONFIG);
             }
         };
+        let server = match &tls {
+            Some(tls) => server.with_tls(Arc::clone(tls)),
+            None => server,
+        };
         let admin_task = match admin {
-            Some(admin) => match Server::bind(args.admin_listen, admin, args.shutdown_grace).await {
+            Some(admin) => match Server::bind(args.admin_listen, admin, limits.clone()).await {
                 Ok(admin_server) => {
                     let addr = admin_server
                         .local_addr()
@@ -218,6 +252,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
                     if !args.admin_listen.ip().is_loopback() {
                         tracing::warn!(%addr, "admin API on a non-loopback address; its token travels in cleartext");
                     }
+                    let admin_server = admin_server.with_metrics(metrics.clone());
                     Some(tokio::spawn(admin_server.serve(stopped())))
                 }
                 Err(e) => {
@@ -230,12 +265,16 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         let proxy_task = match proxy {
             Some(proxy) => {
                 let listen = args.proxy.proxy_listen;
-                match Server::bind(listen, proxy, args.shutdown_grace).await {
+                match Server::bind(listen, proxy, limits.clone()).await {
                     Ok(proxy_server) => {
                         let addr = proxy_server
                             .local_addr()
                             .map_or_else(|_| listen.to_string(), |a| a.to_string());
                         tracing::info!(%addr, upstream = ?args.proxy.upstream, "proxy listening");
+                        if !listen.ip().is_loopback() {
+                            tracing::warn!(%addr, "proxy serves plain HTTP on a non-loopback address; bearer tokens travel in cleartext");
+                        }
+                        let proxy_server = proxy_server.with_metrics(metrics.clone());
                         Some(tokio::spawn(proxy_server.serve(stopped())))
                     }
                     Err(e) => {
@@ -249,20 +288,43 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         let addr = server
             .local_addr()
             .map_or_else(|_| args.listen.to_string(), |a| a.to_string());
-        tracing::info!(%addr, "listening");
-        if !args.listen.ip().is_loopback() {
-            tracing::warn!(%addr, "serving plain HTTP on a non-loopback address");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(%addr, scheme, "listening");
+        if tls.is_none() && !args.listen.ip().is_loopback() {
+            tracing::warn!(%addr, "serving plain HTTP on a non-loopback address; requests and tokens travel in cleartext (set --tls-cert/--tls-key)");
         }
-        server.serve(stopped()).await;
+        let mut drains = vec![server.serve(stopped()).await];
         for task in [admin_task, proxy_task].into_iter().flatten() {
-            let _ = task.await;
+            if let Ok(drain) = task.await {
+                drains.push(drain);
+            }
         }
-        ExitCode::SUCCESS
-    })
+        let cut: usize = drains
+            .iter()
+            .map(|d| match d {
+                Drain::Clean => 0,
+                Drain::Cut(n) => *n,
+            })
+            .sum();
+        if cut == 0 {
+            tracing::info!("stopped cleanly");
+            ExitCode::SUCCESS
+        } else {
+            tracing::error!(connections = cut, "stopped with requests cut at the shutdown grace");
+            ExitCode::FAILURE
+        }
+    });
+    // Never wait for stray blocking work past the grace: the hard cap is the point.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    exit
 }
 
-/// The routes and upstream, when `--routes` is set.
-type ProxyConfig = (Arc<crate::proxy::routes::Routes>, Option<http::Uri>);
+/// The routes, and the upstream with the TLS configuration for `--upstream-ca`, when `--routes`
+/// is set.
+type ProxyConfig = (
+    Arc<crate::proxy::routes::Routes>,
+    Option<(http::Uri, Option<rustls::ClientConfig>)>,
+);
 
 /// Check the proxy and authentication flags that no waiting can fix, before anything is logged.
 fn proxy_config(args: &ServeArgs) -> Result<Option<ProxyConfig>, ExitCode> {
@@ -297,6 +359,40 @@ fn proxy_config(args: &ServeArgs) -> Result<Option<ProxyConfig>, ExitCode> {
         },
         None => None,
     };
+    if upstream.is_some() && proxy_args.upstream_timeout >= args.limits.request_timeout {
+        return Err(boot_fail(
+            "FLEX_AUTH_UPSTREAM_TIMEOUT",
+            &format!(
+                "--upstream-timeout ({}) must be shorter than --request-timeout ({}), or the request deadline would answer before the upstream's 504",
+                humantime::format_duration(proxy_args.upstream_timeout),
+                humantime::format_duration(args.limits.request_timeout)
+            ),
+            UPSTREAM_INVALID,
+        ));
+    }
+    let upstream_tls = match (&upstream, &proxy_args.upstream_ca) {
+        (Some(uri), Some(ca)) => {
+            if uri.scheme() != Some(&http::uri::Scheme::HTTPS) {
+                return Err(boot_fail(
+                    "FLEX_AUTH_UPSTREAM_CA",
+                    "--upstream-ca is set but --upstream is not an https:// URL",
+                    UPSTREAM_INVALID,
+                ));
+            }
+            match crate::tls::client_config(Some(ca)) {
+                Ok(config) => Some(config),
+                Err(e) => {
+                    return Err(boot_fail(
+                        "FLEX_AUTH_UPSTREAM_CA",
+                        &e.to_string(),
+                        UPSTREAM_INVALID,
+                    ))
+                }
+            }
+        }
+        _ => None,
+    };
+    let upstream = upstream.map(|uri| (uri, upstream_tls));
     let routes = match crate::proxy::routes::Routes::load(routes_path) {
         Ok(routes) => Arc::new(routes),
         Err(e) => {
@@ -351,8 +447,13 @@ async fn gate_and_proxy(
         api.audit().clone(),
         api.metrics().clone(),
     );
-    let proxy = upstream
-        .map(|uri| crate::proxy::Proxy::new(gate.clone(), uri, args.proxy.upstream_timeout));
+    let proxy = upstream.map(|(uri, tls)| {
+        let proxy = crate::proxy::Proxy::new(gate.clone(), uri, args.proxy.upstream_timeout);
+        match tls {
+            Some(config) => proxy.with_tls(config),
+            None => proxy,
+        }
+    });
     let mut api = api.with_gate(gate);
     if let Some(proxy) = &proxy {
         api = api.with_upstream(proxy.spawn_probe(UPSTREAM_PROBE_EVERY));

@@ -116,9 +116,18 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub max_batch: u64,
 
-    /// How long in-flight requests may take to finish after SIGTERM/SIGINT (e.g. `20s`).
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT (e.g. `20s`); what is
+    /// still running then is cut and the process exits with code 1.
     #[arg(long, env = "FLEX_AUTH_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// TLS on the decision API listener.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
+    /// Connection and request limits of every listener.
+    #[command(flatten)]
+    pub limits: LimitsArgs,
 
     /// `production`: a missing or invalid policy or registry at start-up stops the process with
     /// one `BOOT_FAIL` line and exit code 78. `development`: it starts unready and becomes ready
@@ -187,6 +196,136 @@ pub struct ServeArgs {
     pub admin_max_body_bytes: u64,
 }
 
+/// TLS for the decision API listener (`--listen`).
+#[derive(Debug, Clone, Args)]
+pub struct TlsArgs {
+    /// PEM certificate chain (leaf first) for HTTPS on `--listen`; needs `--tls-key`. Re-read
+    /// every second: a rotated certificate is used by new connections, open ones keep theirs.
+    #[arg(
+        long,
+        env = "FLEX_AUTH_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--tls-cert` (PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "FLEX_AUTH_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle for client certificates (mTLS). A client may connect without one (probes,
+    /// metrics), but the decision endpoints then answer 401 `client_certificate_required`.
+    #[arg(
+        long,
+        env = "FLEX_AUTH_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub client_ca: Option<PathBuf>,
+
+    /// A SAN URI (e.g. a SPIFFE id) or DNS name a client certificate must carry for decisions
+    /// (exact match); repeat or separate with commas. Without it, any certificate the client CA
+    /// signed is accepted. Others get 403 `client_certificate_not_allowed`.
+    #[arg(
+        long = "client-allowed-san",
+        env = "FLEX_AUTH_CLIENT_ALLOWED_SAN",
+        value_delimiter = ',',
+        value_name = "NAME",
+        requires = "client_ca"
+    )]
+    pub client_allowed_sans: Vec<String>,
+}
+
+impl TlsArgs {
+    /// The TLS settings, when `--tls-cert` is set.
+    pub fn settings(&self) -> Option<crate::tls::TlsSettings> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsSettings {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.client_ca.clone(),
+                allowed_sans: self
+                    .client_allowed_sans
+                    .iter()
+                    .filter(|s| !s.is_empty())
+                    .cloned()
+                    .collect(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Connection and request limits (each listener gets its own budget of these).
+#[derive(Debug, Clone, Args)]
+pub struct LimitsArgs {
+    /// Time a client has to finish the TLS handshake and send a request's headers; slower
+    /// clients are disconnected. On HTTP/1.1 the wait for the next request on a kept-alive
+    /// connection counts as header reading too.
+    #[arg(long, env = "FLEX_AUTH_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Largest request head (HTTP/1.1) or header list (h2) in bytes; larger gets 431.
+    #[arg(long, env = "FLEX_AUTH_MAX_HEADER_BYTES", default_value_t = 32 * 1024,
+          value_parser = clap::value_parser!(u64).range(8 * 1024..=1024 * 1024))]
+    pub max_header_bytes: u64,
+
+    /// Time from a request's headers to its response's headers (body reading and the decision
+    /// included); then 503 `deadline_exceeded`. Must be longer than `--upstream-timeout`.
+    #[arg(long, env = "FLEX_AUTH_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
+    pub request_timeout: Duration,
+
+    /// A connection with no request in flight for this long is closed.
+    #[arg(long, env = "FLEX_AUTH_KEEPALIVE_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
+    pub keepalive_timeout: Duration,
+
+    /// Connections one listener serves at once; further ones are closed on accept.
+    #[arg(long, env = "FLEX_AUTH_MAX_CONNECTIONS", default_value_t = 4096,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+
+    /// Requests one listener handles at once; further ones get 503 `overloaded` with
+    /// `Retry-After` at once (never queued). `/healthz` and `/readyz` are exempt.
+    #[arg(long, env = "FLEX_AUTH_MAX_IN_FLIGHT", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_in_flight: u64,
+
+    /// Concurrent streams one HTTP/2 connection may open.
+    #[arg(long = "h2-max-concurrent-streams", env = "FLEX_AUTH_H2_MAX_CONCURRENT_STREAMS", default_value_t = 128,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub h2_max_concurrent_streams: u32,
+}
+
+impl ServeArgs {
+    /// The limits every listener applies.
+    pub fn limits(&self) -> crate::server::Limits {
+        let l = &self.limits;
+        crate::server::Limits {
+            header_read_timeout: l.header_read_timeout,
+            max_header_bytes: usize::try_from(l.max_header_bytes).unwrap_or(usize::MAX),
+            request_timeout: l.request_timeout,
+            keepalive_timeout: l.keepalive_timeout,
+            max_connections: usize::try_from(l.max_connections).unwrap_or(usize::MAX),
+            max_in_flight: usize::try_from(l.max_in_flight).unwrap_or(usize::MAX),
+            h2_max_concurrent_streams: l.h2_max_concurrent_streams,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+}
+
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d.is_zero() {
+        return Err(format!("`{text}` must be longer than zero"));
+    }
+    Ok(d)
+}
+
 /// The reverse proxy (`--upstream`) and the routes it and the forward-auth endpoints use.
 #[derive(Debug, Clone, Args)]
 pub struct ProxyArgs {
@@ -209,6 +348,15 @@ pub struct ProxyArgs {
     /// How long the upstream may take to send its response headers before the proxy answers 504.
     #[arg(long, env = "FLEX_AUTH_UPSTREAM_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
+
+    /// PEM CA bundle trusted for an `https://` upstream instead of the public webpki roots.
+    #[arg(
+        long,
+        env = "FLEX_AUTH_UPSTREAM_CA",
+        value_name = "FILE",
+        requires = "upstream"
+    )]
+    pub upstream_ca: Option<PathBuf>,
 }
 
 /// How bearer credentials are verified.
@@ -257,6 +405,10 @@ pub struct AuthArgs {
     /// Re-fetch the JWKS this often even when every `kid` is known.
     #[arg(long, env = "FLEX_AUTH_JWKS_CACHE_TTL", default_value = "5m", value_parser = parse_duration)]
     pub jwks_cache_ttl: Duration,
+
+    /// PEM CA bundle trusted for an `https://` `--jwks` URL instead of the public webpki roots.
+    #[arg(long, env = "FLEX_AUTH_JWKS_CA", value_name = "FILE")]
+    pub jwks_ca: Option<PathBuf>,
 }
 
 impl AuthArgs {
@@ -278,6 +430,7 @@ impl AuthArgs {
             clock_skew: self.jwt_clock_skew,
             jwks_refresh_interval: self.jwks_refresh_interval,
             jwks_cache_ttl: self.jwks_cache_ttl,
+            jwks_ca: self.jwks_ca.clone(),
         }
     }
 }

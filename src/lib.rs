@@ -24,6 +24,7 @@ pub mod server;
 pub mod state;
 pub mod suite;
 pub mod telemetry;
+pub mod tls;
 
 use std::process::ExitCode;
 

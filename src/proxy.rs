@@ -337,6 +337,15 @@ pub struct UpstreamError {
     problem: String,
 }
 
+fn upstream_client(
+    tls: hyper_rustls::HttpsConnectorBuilder<hyper_rustls::builderstates::WantsSchemes>,
+) -> UpstreamClient {
+    let connector = tls.https_or_http().enable_http1().build();
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector)
+}
+
 /// Check an `--upstream` URL: `http://` or `https://`, a host, no query.
 pub fn parse_upstream(url: &str) -> Result<Uri, UpstreamError> {
     let err = |problem: &str| UpstreamError {
@@ -401,24 +410,32 @@ impl Proxy {
         health
     }
 
-    /// A proxy to `upstream` (see [`parse_upstream`]) that answers 504 after `timeout`.
+    /// A proxy to `upstream` (see [`parse_upstream`]) that answers 504 after `timeout`. An
+    /// `https://` upstream is verified against the webpki roots; see [`Proxy::with_tls`].
     pub fn new(gate: Gate, upstream: Uri, timeout: Duration) -> Self {
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
-                .build(connector);
+        let tls = hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots();
         Self {
             gate,
             upstream: Arc::new(Upstream {
                 base: upstream,
-                client,
+                client: upstream_client(tls),
                 timeout,
             }),
+        }
+    }
+
+    /// Verify an `https://` upstream with `config` (e.g. from [`crate::tls::client_config`] with
+    /// `--upstream-ca`) instead of the webpki roots.
+    pub fn with_tls(self, config: rustls::ClientConfig) -> Self {
+        let tls = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config);
+        let upstream = Upstream {
+            base: self.upstream.base.clone(),
+            client: upstream_client(tls),
+            timeout: self.upstream.timeout,
+        };
+        Self {
+            gate: self.gate,
+            upstream: Arc::new(upstream),
         }
     }
 

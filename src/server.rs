@@ -1,34 +1,42 @@
-//! Listeners and connections: accept TCP, serve HTTP/1.1 and h2 with hyper, wrap the API in
-//! tower layers, and drain in-flight requests on shutdown within a bounded grace.
+//! Listeners and connections: accept TCP (and TLS), serve HTTP/1.1 and h2 with hyper, enforce the
+//! connection and request [`Limits`], and drain in-flight requests on shutdown within a bounded
+//! grace. Every refusal here is a fail-closed 503 with `Retry-After` or a closed connection;
+//! nothing reaches a handler past a limit.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::api::Api;
+use crate::telemetry::Metrics;
+use crate::tls::{ClientCert, Tls};
 
 /// Something that answers HTTP requests: the decision API, the admin API or the proxy.
 pub trait Handler: Clone + Send + Sync + 'static {
     /// The response body (a buffered JSON answer, or an upstream's streamed body).
-    type Body: hyper::body::Body<Data = Bytes, Error = Self::BodyError> + Send + 'static;
+    type Body: hyper::body::Body<Data = Bytes, Error = Self::BodyError> + Send + Unpin + 'static;
     /// Its error type.
     type BodyError: Into<Box<dyn std::error::Error + Send + Sync>>;
 
     /// Answer one request. Never fails: every error is a response. The request carries the
-    /// client's address as a [`PeerAddr`] extension.
+    /// client's address as a [`PeerAddr`] extension and its certificate as a [`ClientCert`].
     fn handle(
         &self,
         request: Request<Incoming>,
@@ -50,27 +58,122 @@ impl Handler for Api {
     }
 }
 
+/// Connection and request limits of one listener (every one a flag; shown in `/v1/status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Time for a client to finish the TLS handshake and send a request's headers (slowloris).
+    /// For HTTP/1.1 the wait for the next request on a kept-alive connection counts too.
+    pub header_read_timeout: Duration,
+    /// Largest request head (HTTP/1.1) or header list (h2); larger gets 431.
+    pub max_header_bytes: usize,
+    /// Time from a request's headers to its response's headers; then 503 `deadline_exceeded`.
+    pub request_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub keepalive_timeout: Duration,
+    /// Connections served at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Requests handled at once; more get 503 `overloaded` with `Retry-After` at once.
+    pub max_in_flight: usize,
+    /// Concurrent streams one h2 connection may open.
+    pub h2_max_concurrent_streams: u32,
+    /// How long in-flight requests may take to finish after shutdown begins.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 32 * 1024,
+            request_timeout: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+            max_in_flight: 1024,
+            h2_max_concurrent_streams: 128,
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// hyper refuses HTTP/1.1 read buffers smaller than this.
+const MIN_HEADER_BYTES: usize = 8 * 1024;
+
+impl Limits {
+    /// The `limits` of `/v1/status` (durations written like the flags).
+    pub fn status(&self) -> serde_json::Value {
+        let d = |d: Duration| humantime::format_duration(d).to_string();
+        serde_json::json!({
+            "header_read_timeout": d(self.header_read_timeout),
+            "max_header_bytes": self.max_header_bytes,
+            "request_timeout": d(self.request_timeout),
+            "keepalive_timeout": d(self.keepalive_timeout),
+            "max_connections": self.max_connections,
+            "max_in_flight": self.max_in_flight,
+            "h2_max_concurrent_streams": self.h2_max_concurrent_streams,
+            "shutdown_grace": d(self.shutdown_grace),
+        })
+    }
+}
+
+/// How a listener's shutdown ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// Every connection finished within the grace.
+    Clean,
+    /// The grace ran out; this many connections were cut.
+    Cut(usize),
+}
+
+/// Paths answered even when the in-flight limit is reached: the probes, so that an overloaded
+/// instance is not also restarted by its liveness probe.
+fn exempt_from_shedding(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz")
+}
+
 /// A bound listener, not yet serving.
 #[derive(Debug)]
 pub struct Server<H> {
     listener: TcpListener,
     handler: H,
-    shutdown_grace: Duration,
+    limits: Limits,
+    tls: Option<Arc<Tls>>,
+    metrics: Option<Metrics>,
+}
+
+/// What every connection task of one listener shares.
+struct Shared<H> {
+    handler: H,
+    limits: Limits,
+    tls: Option<Arc<Tls>>,
+    metrics: Option<Metrics>,
+    builder: auto::Builder<TokioExecutor>,
+    in_flight: Arc<Semaphore>,
+    closing: watch::Receiver<bool>,
 }
 
 impl<H: Handler> Server<H> {
     /// Bind `addr` (port 0 picks a free port).
-    pub async fn bind(
-        addr: SocketAddr,
-        handler: H,
-        shutdown_grace: Duration,
-    ) -> std::io::Result<Self> {
+    pub async fn bind(addr: SocketAddr, handler: H, limits: Limits) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         Ok(Self {
             listener,
             handler,
-            shutdown_grace,
+            limits,
+            tls: None,
+            metrics: None,
         })
+    }
+
+    /// Serve HTTPS with `tls` (ALPN h2 and http/1.1) instead of plain HTTP.
+    pub fn with_tls(mut self, tls: Arc<Tls>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Count shed requests, refused connections, deadlines and TLS handshake failures.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The address actually bound.
@@ -78,22 +181,35 @@ impl<H: Handler> Server<H> {
         self.listener.local_addr()
     }
 
-    /// Serve until `shutdown` completes, then stop accepting and let in-flight requests finish,
-    /// for at most the shutdown grace.
-    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
-        let graceful = GracefulShutdown::new();
-        let builder = auto::Builder::new(TokioExecutor::new());
-        let handler = self.handler;
-        let make_service = |peer: SocketAddr| {
-            let handler = handler.clone();
-            ServiceBuilder::new()
-                .layer(CatchPanicLayer::custom(panic_response))
-                .service_fn(move |mut request: Request<Incoming>| {
-                    let handler = handler.clone();
-                    request.extensions_mut().insert(PeerAddr(peer));
-                    async move { Ok::<_, Infallible>(handler.handle(request).await) }
-                })
-        };
+    /// Serve until `shutdown` completes, then stop accepting, close idle connections, let
+    /// in-flight requests finish for at most the shutdown grace, and cut what remains.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Drain {
+        let limits = self.limits.clone();
+        let max_connections = limits.max_connections.clamp(1, MAX_PERMITS);
+        let connections = Arc::new(Semaphore::new(max_connections));
+        let (close_tx, close_rx) = watch::channel(false);
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_pending_accept_reset_streams(Some(64));
+        let shared = Arc::new(Shared {
+            handler: self.handler,
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight.clamp(1, MAX_PERMITS))),
+            limits,
+            tls: self.tls,
+            metrics: self.metrics,
+            builder,
+            closing: close_rx,
+        });
+        let mut refused_logged: Option<Instant> = None;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -107,30 +223,298 @@ impl<H: Handler> Server<H> {
                             continue;
                         }
                     };
-                    let _ = stream.set_nodelay(true);
-                    let connection = builder.serve_connection(
-                        TokioIo::new(stream),
-                        TowerToHyperService::new(make_service(peer)),
-                    );
-                    let connection = graceful.watch(connection.into_owned());
-                    tokio::spawn(async move {
-                        if let Err(e) = connection.await {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+                        // Over the connection limit: close at once rather than queue.
+                        drop(stream);
+                        if let Some(metrics) = &shared.metrics {
+                            metrics.connection_refused();
                         }
-                    });
+                        if refused_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                            refused_logged = Some(Instant::now());
+                            tracing::warn!(max = max_connections, %peer, "connection limit reached; closing new connections");
+                        }
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(connection(Arc::clone(&shared), stream, peer, permit));
                 }
                 () = &mut shutdown => break,
             }
         }
         drop(self.listener);
-        tracing::info!("shutting down: draining in-flight requests");
-        tokio::select! {
-            () = graceful.shutdown() => tracing::info!("drained"),
-            () = tokio::time::sleep(self.shutdown_grace) => {
-                tracing::warn!(grace = ?self.shutdown_grace, "shutdown grace elapsed with requests in flight");
+        let _ = close_tx.send(true);
+        let open = max_connections - connections.available_permits();
+        tracing::info!(
+            connections = open,
+            "shutting down: stopped accepting, closing idle connections, draining in-flight requests"
+        );
+        let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+        let drained = tokio::time::timeout(
+            shared.limits.shutdown_grace,
+            Arc::clone(&connections).acquire_many_owned(all),
+        )
+        .await;
+        match drained {
+            Ok(_) => {
+                tracing::info!("drained");
+                Drain::Clean
+            }
+            Err(_) => {
+                let cut = max_connections - connections.available_permits();
+                tracing::error!(
+                    grace = %humantime::format_duration(shared.limits.shutdown_grace),
+                    connections = cut,
+                    "shutdown grace elapsed with requests in flight; cutting them"
+                );
+                Drain::Cut(cut)
             }
         }
     }
+}
+
+/// Semaphores hold at most this many permits (tokio's limit is larger; this keeps `u32` math exact).
+const MAX_PERMITS: usize = 1 << 24;
+
+/// One accepted connection: TLS handshake within the header timeout, then HTTP until the client
+/// leaves, the connection idles past the keep-alive timeout, or shutdown closes it.
+async fn connection<H: Handler>(
+    shared: Arc<Shared<H>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) {
+    let _permit = permit;
+    let Some(tls) = shared.tls.clone() else {
+        serve_http(shared, stream, peer, ClientCert::NotRequired).await;
+        return;
+    };
+    let handshake = tokio::time::timeout(
+        shared.limits.header_read_timeout,
+        tls.acceptor().accept(stream),
+    );
+    match handshake.await {
+        Ok(Ok(stream)) => {
+            let client = tls.identify(stream.get_ref().1.peer_certificates());
+            serve_http(shared, stream, peer, client).await;
+        }
+        Ok(Err(e)) => {
+            if let Some(metrics) = &shared.metrics {
+                metrics.tls_handshake_failed();
+            }
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            if let Some(metrics) = &shared.metrics {
+                metrics.tls_handshake_failed();
+            }
+            tracing::debug!(%peer, "TLS handshake timed out");
+        }
+    }
+}
+
+/// Requests in flight on one connection, and when the last one ended.
+#[derive(Debug)]
+struct Activity {
+    started: Instant,
+    in_flight: AtomicUsize,
+    idle_since_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// When the connection will have idled for `timeout`, or `None` while a request is in flight.
+    fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+        Some(self.started + since + timeout)
+    }
+}
+
+/// Held while a request is in flight (until its response body is fully sent): marks the
+/// connection busy and holds an in-flight permit.
+struct InFlight {
+    activity: Arc<Activity>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl InFlight {
+    fn new(activity: Arc<Activity>, permit: Option<OwnedSemaphorePermit>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self {
+            activity,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.activity
+            .idle_since_ms
+            .store(self.activity.now_ms(), Ordering::Release);
+        self.activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request counted in flight until hyper has sent (or dropped) it.
+struct Tracked<B> {
+    body: B,
+    _in_flight: InFlight,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+type ServerBody<B> = Either<Tracked<B>, Full<Bytes>>;
+
+async fn serve_http<H, I>(shared: Arc<Shared<H>>, io: I, peer: SocketAddr, client: ClientCert)
+where
+    H: Handler,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let service = {
+        let shared = Arc::clone(&shared);
+        let activity = Arc::clone(&activity);
+        ServiceBuilder::new()
+            .layer(CatchPanicLayer::custom(panic_response))
+            .service_fn(move |request: Request<Incoming>| {
+                answer(
+                    Arc::clone(&shared),
+                    Arc::clone(&activity),
+                    request,
+                    peer,
+                    client.clone(),
+                )
+            })
+    };
+    let connection = shared
+        .builder
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+    tokio::pin!(connection);
+    let mut closing = shared.closing.clone();
+    let keepalive = shared.limits.keepalive_timeout;
+    let mut shutting_down = false;
+    loop {
+        let idle_at = activity
+            .idle_deadline(keepalive)
+            .unwrap_or_else(|| Instant::now() + keepalive);
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = closing.wait_for(|closing| *closing), if !shutting_down => {
+                // Idle connections close now; busy ones after their in-flight requests.
+                connection.as_mut().graceful_shutdown();
+                shutting_down = true;
+            }
+            () = tokio::time::sleep_until(idle_at.into()), if !shutting_down => {
+                if activity.idle_deadline(keepalive).is_some_and(|at| at <= Instant::now()) {
+                    tracing::debug!(%peer, "closing a connection idle past the keep-alive timeout");
+                    connection.as_mut().graceful_shutdown();
+                    shutting_down = true;
+                }
+            }
+        }
+    }
+}
+
+/// Admission (in-flight limit), the request deadline, and the handler.
+async fn answer<H: Handler>(
+    shared: Arc<Shared<H>>,
+    activity: Arc<Activity>,
+    mut request: Request<Incoming>,
+    peer: SocketAddr,
+    client: ClientCert,
+) -> Result<Response<ServerBody<H::Body>>, Infallible> {
+    let permit = if exempt_from_shedding(request.uri().path()) {
+        None
+    } else {
+        match Arc::clone(&shared.in_flight).try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                if let Some(metrics) = &shared.metrics {
+                    metrics.request_shed();
+                }
+                return Ok(refusal(
+                    "overloaded",
+                    "too many requests in flight; retry shortly (treat as deny)",
+                ));
+            }
+        }
+    };
+    let in_flight = InFlight::new(activity, permit);
+    request.extensions_mut().insert(PeerAddr(peer));
+    request.extensions_mut().insert(client);
+    let deadline = shared.limits.request_timeout;
+    match tokio::time::timeout(deadline, shared.handler.handle(request)).await {
+        Ok(response) => Ok(response.map(|body| {
+            Either::Left(Tracked {
+                body,
+                _in_flight: in_flight,
+            })
+        })),
+        Err(_) => {
+            if let Some(metrics) = &shared.metrics {
+                metrics.deadline_exceeded();
+            }
+            tracing::warn!(%peer, deadline = %humantime::format_duration(deadline), "request deadline exceeded; answered 503");
+            Ok(refusal(
+                "deadline_exceeded",
+                "no answer within the request deadline (treat as deny)",
+            ))
+        }
+    }
+}
+
+/// A fail-closed 503 with `Retry-After` from the connection layer.
+fn refusal<B>(code: &str, message: &str) -> Response<Either<B, Full<Bytes>>> {
+    let body = serde_json::json!({
+        "error": {"code": code, "message": message},
+        "fail_closed": true,
+    });
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response<Full<Bytes>> {

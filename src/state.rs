@@ -293,6 +293,7 @@ pub struct State {
     /// the admin API stays until the file on disk actually changes.
     reload_lock: Mutex<Option<(ContentHash, ContentHash)>>,
     counters: ReloadCounters,
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 impl State {
@@ -304,7 +305,20 @@ impl State {
             last_error: ArcSwapOption::empty(),
             reload_lock: Mutex::new(None),
             counters: ReloadCounters::default(),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Mark the process as shutting down: readiness fails from now on.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Where the state is loaded from.

@@ -65,7 +65,16 @@ pub struct Metrics {
     auth_failures: IntCounterVec,
     upstream_seconds: Histogram,
     upstream_responses: IntCounterVec,
+    refused: IntCounterVec,
 }
+
+/// Label values of `flex_auth_refused_total`, all exported from the start.
+const REFUSALS: [&str; 4] = [
+    "connection_limit",
+    "overloaded",
+    "deadline_exceeded",
+    "tls_handshake",
+];
 
 /// Metrics could not be set up (a programming error: duplicate or malformed metric names).
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +172,16 @@ impl Metrics {
             ),
             &["class"],
         )?;
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "refused_total",
+                "Connections and requests refused by a limit before any decision: `connection_limit`, `overloaded` (in-flight limit), `deadline_exceeded`, `tls_handshake` (failed or timed out).",
+            ),
+            &["reason"],
+        )?;
+        for reason in REFUSALS {
+            refused.with_label_values(&[reason]);
+        }
         let build = IntGaugeVec::new(
             Opts::new("build_info", "Build information (value 1)."),
             &["version"],
@@ -183,6 +202,7 @@ impl Metrics {
             Box::new(auth_failures.clone()),
             Box::new(upstream_seconds.clone()),
             Box::new(upstream_responses.clone()),
+            Box::new(refused.clone()),
             Box::new(build),
         ] {
             registry.register(collector)?;
@@ -205,6 +225,7 @@ impl Metrics {
             auth_failures,
             upstream_seconds,
             upstream_responses,
+            refused,
         })
     }
 
@@ -217,6 +238,26 @@ impl Metrics {
     pub fn observe_upstream(&self, elapsed: Duration, class: &str) {
         self.upstream_seconds.observe(elapsed.as_secs_f64());
         self.upstream_responses.with_label_values(&[class]).inc();
+    }
+
+    /// A connection closed at once because the listener is at its connection limit.
+    pub fn connection_refused(&self) {
+        self.refused.with_label_values(&["connection_limit"]).inc();
+    }
+
+    /// A request answered 503 `overloaded` (in-flight limit).
+    pub fn request_shed(&self) {
+        self.refused.with_label_values(&["overloaded"]).inc();
+    }
+
+    /// A request answered 503 `deadline_exceeded`.
+    pub fn deadline_exceeded(&self) {
+        self.refused.with_label_values(&["deadline_exceeded"]).inc();
+    }
+
+    /// A TLS handshake that failed or timed out.
+    pub fn tls_handshake_failed(&self) {
+        self.refused.with_label_values(&["tls_handshake"]).inc();
     }
 
     /// Count one decision.

@@ -412,6 +412,7 @@ fn every_problem_anchor_the_code_prints_is_in_the_runbook() {
         flex_auth::auth::PROBLEM,
         flex_auth::audit::PROBLEM,
         flex_auth::proxy::UPSTREAM_PROBLEM,
+        flex_auth::api::SHUTTING_DOWN,
     ] {
         assert!(headings.contains(&anchor), "runbook lacks `### {anchor}`");
     }

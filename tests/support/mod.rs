@@ -19,6 +19,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 pub mod jwt;
+pub mod tls;
 
 /// How long any single HTTP exchange in a test may take.
 pub const DEADLINE: Duration = Duration::from_secs(10);
@@ -171,22 +172,30 @@ impl Drop for TestServer {
     }
 }
 
+/// The default limits with a 5 s shutdown grace.
+pub fn test_limits() -> flex_auth::server::Limits {
+    flex_auth::server::Limits {
+        shutdown_grace: Duration::from_secs(5),
+        ..flex_auth::server::Limits::default()
+    }
+}
+
 /// Serve any handler (the API, the proxy) on `127.0.0.1:0` until the sender is used or dropped.
 pub async fn serve_handler<H: flex_auth::server::Handler>(
     handler: H,
 ) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let server = Server::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        handler,
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("bind 127.0.0.1:0");
+    let server = Server::bind("127.0.0.1:0".parse().unwrap(), handler, test_limits())
+        .await
+        .expect("bind 127.0.0.1:0");
     let addr = server.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(server.serve(async {
-        let _ = rx.await;
-    }));
+    let handle = tokio::spawn(async move {
+        server
+            .serve(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
     (addr, tx, handle)
 }
 
@@ -337,13 +346,9 @@ impl TestServer {
         let admin =
             flex_auth::admin::Admin::new(self.state.clone(), api, token_file, 1 << 20, true)
                 .unwrap();
-        let server = Server::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            admin,
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+        let server = Server::bind("127.0.0.1:0".parse().unwrap(), admin, test_limits())
+            .await
+            .unwrap();
         let addr = server.local_addr().unwrap();
         tokio::spawn(server.serve(std::future::pending()));
         addr

@@ -1,0 +1,669 @@
+//! Production hardening over real sockets: HTTPS with certificates made in the test (h2 and
+//! http/1.1, rotation on disk), mTLS with a SAN allow-list, slowloris and size limits, load
+//! shedding, the request deadline, keep-alive idling, and graceful shutdown of the real binary.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "integration tests fail by panicking"
+)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flex_auth::api::{Api, ApiConfig};
+use flex_auth::server::{Limits, Server};
+use flex_auth::tls::{Tls, TlsSettings};
+use flex_auth::State;
+use http::{Method, StatusCode};
+use serde_json::{json, Value};
+use support::tls::{client_config, connect, install, Ca};
+use support::{ops_warden, send, spawn_binary, DEADLINE};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+fn check_body() -> Value {
+    support::sign_request(
+        "agt-state-hub-bridge",
+        "agt-state-hub-bridge",
+        1,
+        &["state-hub"],
+    )
+}
+
+/// The API over the shipped package, served with `limits` (and `tls`) on `127.0.0.1:0`.
+async fn serve(limits: Limits, tls: Option<Arc<Tls>>) -> SocketAddr {
+    let state = Arc::new(State::new(ops_warden()));
+    state.reload(flex_auth::state::Trigger::Startup).unwrap();
+    let api = Api::new(state, ApiConfig::default())
+        .unwrap()
+        .with_listener(limits.clone(), tls.clone());
+    let metrics = api.metrics().clone();
+    let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), api, limits)
+        .await
+        .unwrap()
+        .with_metrics(metrics);
+    if let Some(tls) = tls {
+        tls.spawn_reload();
+        server = server.with_tls(tls);
+    }
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.serve(std::future::pending()));
+    addr
+}
+
+fn limits() -> Limits {
+    Limits {
+        shutdown_grace: Duration::from_secs(5),
+        ..Limits::default()
+    }
+}
+
+/// Wait (bounded) until `condition` holds.
+async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Read until the peer closes (or errors); `true` when it closed within `within`.
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0_u8; 4096];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, read_all).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_negotiates_h2_and_http1_and_new_connections_see_a_rotated_certificate() {
+    let ca = Ca::new("test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let first = ca.server();
+    let (cert, key) = install(dir.path(), &first);
+    let tls = Arc::new(
+        Tls::load(TlsSettings {
+            cert,
+            key,
+            client_ca: None,
+            allowed_sans: Vec::new(),
+        })
+        .unwrap(),
+    );
+    let addr = serve(limits(), Some(tls)).await;
+
+    let mut h2 = connect(addr, client_config(&ca, None, &[b"h2", b"http/1.1"]))
+        .await
+        .unwrap();
+    assert_eq!(h2.alpn, "h2");
+    let (status, body) = h2
+        .request(Method::POST, "/v1/check", &check_body())
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["decision_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("decision:"));
+
+    let mut h1 = connect(addr, client_config(&ca, None, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    assert_eq!(h1.alpn, "http/1.1");
+    let (status, body) = h1
+        .request(Method::POST, "/v1/check", &check_body())
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(h1.server_cert, first.der);
+
+    // Plain HTTP on the TLS port is not served.
+    let mut plain = TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, plain.read_to_end(&mut reply)).await;
+    assert!(!String::from_utf8_lossy(&reply).contains("\"ok\""));
+
+    // cert-manager rotates the Secret: new connections get the new certificate.
+    let second = ca.server();
+    install(dir.path(), &second);
+    eventually(
+        "a new connection presents the rotated certificate",
+        async || {
+            let fresh = connect(addr, client_config(&ca, None, &[b"h2"]))
+                .await
+                .unwrap();
+            fresh.server_cert == second.der
+        },
+    )
+    .await;
+    // Connections opened before the rotation keep working.
+    let (status, _) = h2
+        .request(Method::POST, "/v1/check", &check_body())
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+
+    // A broken rotation (key of another certificate) keeps the current one in force.
+    let third = ca.server();
+    std::fs::write(dir.path().join("tls.key"), &third.key_pem).unwrap();
+    let status = async || {
+        let mut c = connect(addr, client_config(&ca, None, &[b"http/1.1"]))
+            .await
+            .unwrap();
+        let (_, status) = c
+            .request(Method::GET, "/v1/status", &json!({}))
+            .await
+            .unwrap();
+        (c.server_cert.clone(), status)
+    };
+    eventually("the failed reload is reported", async || {
+        status().await.1["tls"]["last_reload_error"].is_string()
+    })
+    .await;
+    let (served, body) = status().await;
+    assert_eq!(
+        served, second.der,
+        "the previous certificate stays in force"
+    );
+    assert_eq!(body["tls"]["reloads"]["ok"], 1, "{body}");
+    assert_eq!(body["tls"]["enabled"], true);
+    assert_eq!(body["limits"]["header_read_timeout"], "10s");
+    assert_eq!(body["limits"]["max_in_flight"], 1024);
+}
+
+#[test]
+fn mtls_refuses_missing_foreign_and_unlisted_client_certificates() {
+    let ca = Ca::new("test CA");
+    let clients = Ca::new("client CA");
+    let stranger = Ca::new("another CA");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = install(dir.path(), &ca.server());
+    let client_ca = dir.path().join("client-ca.crt");
+    std::fs::write(&client_ca, clients.pem()).unwrap();
+    let allowed = "spiffe://cluster.local/ns/ops/sa/warden";
+    let (child, addr) = spawn_binary(&[
+        "--policy",
+        "policies/ops-warden/policy_package.md",
+        "--registry",
+        "registry/ops-warden/production_registry_snapshot.json",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--client-ca",
+        client_ca.to_str().unwrap(),
+        "--client-allowed-san",
+        allowed,
+    ]);
+    let addr: SocketAddr = addr.parse().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        // No client certificate: the handshake succeeds (probes need it), decisions do not.
+        let mut anonymous = connect(addr, client_config(&ca, None, &[b"http/1.1"]))
+            .await
+            .unwrap();
+        let (status, body) = anonymous
+            .request(Method::POST, "/v1/check", &check_body())
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert_eq!(body["error"]["code"], "client_certificate_required");
+        let (status, _) = anonymous
+            .request(Method::GET, "/readyz", &json!({}))
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::OK);
+
+        // Signed by the client CA but not on the allow-list.
+        let other = clients.client("spiffe://cluster.local/ns/ops/sa/intruder");
+        let mut unlisted = connect(addr, client_config(&ca, Some(&other), &[b"h2"]))
+            .await
+            .unwrap();
+        let (status, body) = unlisted
+            .request(
+                Method::POST,
+                "/v1/check/batch",
+                &json!({"checks": [check_body()]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert_eq!(body["error"]["code"], "client_certificate_not_allowed");
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("spiffe://cluster.local/ns/ops/sa/intruder"));
+
+        // A certificate from a CA flex-auth does not trust fails the handshake.
+        let foreign = stranger.client(allowed);
+        let refused = async {
+            let mut c = connect(addr, client_config(&ca, Some(&foreign), &[b"http/1.1"])).await?;
+            // TLS 1.3 reports a refused client certificate on the first read.
+            c.request(Method::GET, "/healthz", &json!({}))
+                .await
+                .map_err(std::io::Error::other)
+        };
+        assert!(
+            refused.await.is_err(),
+            "a foreign client certificate must be refused"
+        );
+
+        // The allowed identity gets decisions, on h2 and http/1.1.
+        let identity = clients.client(allowed);
+        for alpn in [&b"h2"[..], &b"http/1.1"[..]] {
+            let mut c = connect(addr, client_config(&ca, Some(&identity), &[alpn]))
+                .await
+                .unwrap();
+            let (status, body) = c
+                .request(Method::POST, "/v1/check", &check_body())
+                .await
+                .unwrap();
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert!(body["decision"].is_string());
+        }
+        let (_, status) = anonymous
+            .request(Method::GET, "/v1/status", &json!({}))
+            .await
+            .unwrap();
+        assert_eq!(status["tls"]["client_allowed_sans"], json!([allowed]));
+    });
+    support::stop_binary(child);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_is_cut_by_the_header_timeout_while_others_are_served() {
+    let addr = serve(
+        Limits {
+            header_read_timeout: Duration::from_millis(800),
+            ..limits()
+        },
+        None,
+    )
+    .await;
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    let request = b"POST /v1/check HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
+    let mut cut = false;
+    for byte in request.iter().take(100) {
+        if slow.write_all(&[*byte]).await.is_err() {
+            cut = true;
+            break;
+        }
+        // Meanwhile, other clients are answered normally.
+        let reply = send(addr, Method::GET, "/healthz", &[], "").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if started.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+    }
+    let closed = cut || closed_within(&mut slow, Duration::from_secs(3)).await;
+    assert!(closed, "the slow client was not cut off");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "cut after {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_get_431_and_oversized_bodies_413() {
+    let addr = serve(
+        Limits {
+            max_header_bytes: 16 * 1024,
+            ..limits()
+        },
+        None,
+    )
+    .await;
+    let big = "a".repeat(20 * 1024);
+    let reply = send(addr, Method::GET, "/healthz", &[("x-big", &big)], "").await;
+    assert_eq!(reply.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let small = "a".repeat(8 * 1024);
+    let reply = send(addr, Method::GET, "/healthz", &[("x-big", &small)], "").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let body = format!(r#"{{"pad":"{}"}}"#, "a".repeat(100 * 1024));
+    let reply = send(
+        addr,
+        Method::POST,
+        "/v1/check",
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(reply.error_code(), "body_too_large");
+}
+
+/// A `POST /v1/check` whose body stays incomplete: it holds an in-flight slot until finished.
+async fn start_slow_request(addr: SocketAddr, body: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/check HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+        .write_all(&body.as_bytes()[..body.len() / 2])
+        .await
+        .unwrap();
+    stream
+}
+
+async fn finish_slow_request(stream: &mut TcpStream, body: &str) -> String {
+    stream
+        .write_all(&body.as_bytes()[body.len() / 2..])
+        .await
+        .unwrap();
+    let mut reply = vec![0_u8; 8192];
+    let n = tokio::time::timeout(DEADLINE, stream.read(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&reply[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_in_flight_limit_requests_are_shed_with_503_and_none_hangs() {
+    let addr = serve(
+        Limits {
+            max_in_flight: 4,
+            ..limits()
+        },
+        None,
+    )
+    .await;
+    let body = check_body().to_string();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(start_slow_request(addr, &body).await);
+    }
+    // Give the server the four requests' heads (bounded wait: until shedding starts).
+    let started = Instant::now();
+    let mut replies = Vec::new();
+    eventually("requests beyond the limit are shed", async || {
+        let reply = send(
+            addr,
+            Method::POST,
+            "/v1/check",
+            &[("content-type", "application/json")],
+            body.clone(),
+        )
+        .await;
+        let shed = reply.status == StatusCode::SERVICE_UNAVAILABLE;
+        replies.push(reply);
+        shed
+    })
+    .await;
+    // A burst of 200 more: every one answered at once with 503 + Retry-After, none queued.
+    let burst: Vec<_> = (0..200)
+        .map(|_| {
+            let body = body.clone();
+            tokio::spawn(async move {
+                send(
+                    addr,
+                    Method::POST,
+                    "/v1/check",
+                    &[("content-type", "application/json")],
+                    body,
+                )
+                .await
+            })
+        })
+        .collect();
+    for task in burst {
+        let reply = task.await.unwrap();
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(reply.headers["retry-after"], "1");
+        assert_eq!(reply.error_code(), "overloaded");
+        assert_eq!(reply.json()["fail_closed"], true);
+    }
+    assert!(started.elapsed() < DEADLINE);
+    // The probes are never shed.
+    assert_eq!(
+        send(addr, Method::GET, "/healthz", &[], "").await.status,
+        StatusCode::OK
+    );
+    // The held requests complete with decisions, and capacity comes back.
+    for stream in &mut held {
+        let reply = finish_slow_request(stream, &body).await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    }
+    let reply = send(
+        addr,
+        Method::POST,
+        "/v1/check",
+        &[("content-type", "application/json")],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let metrics = send(addr, Method::GET, "/metrics", &[], "").await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("flex_auth_refused_total{reason=\"overloaded\"}")
+                && !l.ends_with(" 0")
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_deadline_answers_503_and_idle_connections_are_closed() {
+    let addr = serve(
+        Limits {
+            request_timeout: Duration::from_millis(500),
+            keepalive_timeout: Duration::from_millis(700),
+            ..limits()
+        },
+        None,
+    )
+    .await;
+    let body = check_body().to_string();
+    let mut stream = start_slow_request(addr, &body).await;
+    let mut reply = vec![0_u8; 4096];
+    let n = tokio::time::timeout(DEADLINE, stream.read(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply[..n]);
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    assert!(reply.contains("deadline_exceeded"), "{reply}");
+    assert!(
+        reply.to_ascii_lowercase().contains("retry-after: 1"),
+        "{reply}"
+    );
+
+    // A kept-alive connection with nothing in flight is closed after the keep-alive timeout.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    assert!(closed_within(&mut idle, Duration::from_secs(5)).await);
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_are_closed_at_once() {
+    let addr = serve(
+        Limits {
+            max_connections: 2,
+            ..limits()
+        },
+        None,
+    )
+    .await;
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0_u8; 512];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        open.push(s);
+    }
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    let _ = third
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    assert!(closed_within(&mut third, Duration::from_secs(5)).await);
+    drop(open);
+    eventually("a slot frees when a connection leaves", async || {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let _ = s
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await;
+        let mut buf = [0_u8; 512];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await,
+            Ok(Ok(n)) if n > 0
+        )
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_once_shutdown_begins() {
+    let state = Arc::new(State::new(ops_warden()));
+    state.reload(flex_auth::state::Trigger::Startup).unwrap();
+    let server = support::TestServer::start_api(
+        state.clone(),
+        Api::new(state.clone(), ApiConfig::default()).unwrap(),
+    )
+    .await;
+    assert_eq!(server.get("/readyz").await.status, StatusCode::OK);
+    state.begin_shutdown();
+    let reply = server.get("/readyz").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    let checks = reply.json()["checks"].clone();
+    assert!(
+        checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "shutdown" && c["docs"] == "docs/runbook.md#shutting-down"),
+        "{checks}"
+    );
+}
+
+fn sigterm(child: &std::process::Child) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not exit within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+const SHIPPED: [&str; 4] = [
+    "--policy",
+    "policies/ops-warden/policy_package.md",
+    "--registry",
+    "registry/ops-warden/production_registry_snapshot.json",
+];
+
+#[test]
+fn sigterm_drains_in_flight_requests_closes_idle_ones_and_refuses_new_connections() {
+    let mut args = SHIPPED.to_vec();
+    args.extend(["--shutdown-grace", "8s"]);
+    let (mut child, addr) = spawn_binary(&args);
+    let addr: SocketAddr = addr.parse().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let body = check_body().to_string();
+    let (mut slow, mut idle) = runtime.block_on(async {
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0_u8; 512];
+        let n = idle.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        let slow = start_slow_request(addr, &body).await;
+        // The slow request's head has reached the handler once /v1/status shows it is serving.
+        assert_eq!(
+            send(addr, Method::GET, "/readyz", &[], "").await.status,
+            StatusCode::OK
+        );
+        (slow, idle)
+    });
+    let signalled = Instant::now();
+    sigterm(&child);
+    runtime.block_on(async {
+        // The idle keep-alive connection is closed at once; it does not hold the process.
+        assert!(closed_within(&mut idle, Duration::from_secs(3)).await);
+        // New connections are refused.
+        eventually("new connections are refused", async || {
+            TcpStream::connect(addr).await.is_err()
+        })
+        .await;
+        // The in-flight request still completes with its decision.
+        let reply = finish_slow_request(&mut slow, &body).await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        assert!(reply.contains("decision_id"), "{reply}");
+    });
+    let status = wait_exit(&mut child, Duration::from_secs(8));
+    assert_eq!(status.code(), Some(0), "a clean drain exits 0");
+    assert!(signalled.elapsed() < Duration::from_secs(8));
+}
+
+#[test]
+fn a_hung_request_is_cut_at_the_shutdown_grace() {
+    let mut args = SHIPPED.to_vec();
+    args.extend(["--shutdown-grace", "1s"]);
+    let (mut child, addr) = spawn_binary(&args);
+    let addr: SocketAddr = addr.parse().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let body = check_body().to_string();
+    let _hung = runtime.block_on(async {
+        let slow = start_slow_request(addr, &body).await;
+        assert_eq!(
+            send(addr, Method::GET, "/readyz", &[], "").await.status,
+            StatusCode::OK
+        );
+        slow
+    });
+    let signalled = Instant::now();
+    sigterm(&child);
+    let status = wait_exit(&mut child, Duration::from_secs(5));
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(1), "requests cut at the grace: exit 1");
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+    assert!(took < Duration::from_secs(4), "{took:?}");
+}
