@@ -1,7 +1,9 @@
 //! Property tests for everything that parses untrusted input: arbitrary bytes and arbitrary JSON
-//! into the check and batch API never panic and never get a 5xx; arbitrary registry bytes and
-//! Markdown never panic the loaders; arbitrary bearer credentials are refused without panic; routes
-//! files and request paths never panic the router.
+//! into the check and batch API never panic and never get a 5xx; arbitrary bytes on a real
+//! server's socket get a 4xx, a decision or a closed connection, and the server keeps serving;
+//! arbitrary registry bytes and Markdown never panic the loaders; arbitrary bearer credentials and
+//! correctly signed tokens with arbitrary claims are refused without panic; routes files and
+//! request paths never panic the router.
 
 #![allow(
     clippy::unwrap_used,
@@ -232,5 +234,164 @@ proptest! {
     #[test]
     fn routes_files_never_panic_the_parser(text in "(routes:\n|  - \\{|method: (GET|\\*|get)|, path: '/(a|\\{x\\}|\\{\\*r\\}|\\.\\.)'|, public: true|, action: a|, resource: \\{type: T, id: \\{(path|query|body|claim): [a-z/]{0,4}\\}\\}|\\}\n|.{0,10}){0,12}") {
         let _ = flex_auth::proxy::routes::Routes::parse(&text);
+    }
+}
+
+const SECRET: &[u8] = b"property-test-secret-property-test-secret";
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Correctly signed tokens whose header and claims are arbitrary JSON: the claims parser
+    /// never panics, and nothing without the configured `iss`, `aud` and a live `exp` passes.
+    #[test]
+    fn signed_tokens_with_arbitrary_claims_are_refused_without_panic(
+        header in json_value(), claims in json_value(), keep_alg in any::<bool>(),
+    ) {
+        let mut header = header;
+        if keep_alg {
+            header = json!({"alg": "HS256", "typ": "JWT", "extra": header});
+        }
+        let token = support::jwt::TestKey::hs256(SECRET).sign_with_header(&header, &claims);
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
+        let result = runtime().block_on(authenticator().authenticate(&headers));
+        prop_assert!(result.is_err(), "accepted claims {claims}");
+    }
+
+    /// Batches mixing valid checks with arbitrary items: one answer per item, in order.
+    #[test]
+    fn batches_of_mixed_items_answer_every_item(items in prop::collection::vec(
+        prop_oneof![near_valid_request(), json_value(), Just(support::sign_request(
+            "agt-state-hub-bridge", "agt-state-hub-bridge", 1, &["state-hub"]))],
+        0..12,
+    )) {
+        let batch = json!({"checks": items});
+        let (status, body) = post("/v1/check/batch", serde_json::to_vec(&batch).unwrap());
+        assert_decision_or_4xx(status, &body);
+        if status == 200 {
+            prop_assert_eq!(body["results"].as_array().unwrap().len(), items.len());
+        }
+    }
+}
+
+/// The real server on `127.0.0.1:0` in a runtime of its own, for raw-socket properties.
+fn raw_server() -> std::net::SocketAddr {
+    static SERVER: OnceLock<(tokio::runtime::Runtime, std::net::SocketAddr)> = OnceLock::new();
+    SERVER
+        .get_or_init(|| {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let addr = rt.block_on(async {
+                let limits = flex_auth::server::Limits {
+                    header_read_timeout: std::time::Duration::from_secs(2),
+                    ..flex_auth::server::Limits::default()
+                };
+                let server = flex_auth::server::Server::bind(
+                    "127.0.0.1:0".parse().unwrap(),
+                    api().clone(),
+                    limits,
+                )
+                .await
+                .unwrap();
+                let addr = server.local_addr().unwrap();
+                tokio::spawn(server.serve(std::future::pending()));
+                addr
+            });
+            (rt, addr)
+        })
+        .1
+}
+
+/// Send `bytes`, close the write side when `half_close` (so that an incomplete request ends),
+/// read whatever comes back (bounded). hyper treats a half-closed client as gone and may close
+/// without answering; a well-formed request is sent without it.
+fn exchange(bytes: &[u8], half_close: bool) -> Vec<u8> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(raw_server()).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    // The server may close early (e.g. after a 400); later writes can then fail.
+    let _ = stream.write_all(bytes);
+    if half_close {
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+    }
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    reply
+}
+
+/// Request-shaped bytes: a request line, headers and a body, each part possibly garbage.
+fn raw_request() -> impl Strategy<Value = Vec<u8>> {
+    let structured = (
+        "(GET|POST|PUT|HEAD|OPTIONS|PRI|[A-Z]{1,8})",
+        prop_oneof![
+            Just("/v1/check".to_owned()),
+            Just("/v1/check/batch".to_owned()),
+            Just("/v1/authz/nginx".to_owned()),
+            "/[ -~]{0,40}",
+            "[ -~]{0,20}"
+        ],
+        "HTTP/(1\\.[01]|2\\.0|[0-9]\\.[0-9])",
+        prop::collection::vec(
+            (
+                prop_oneof![
+                    Just("content-length".to_owned()),
+                    Just("transfer-encoding".to_owned()),
+                    Just("content-type".to_owned()),
+                    Just("expect".to_owned()),
+                    "[!-9;-~]{1,12}"
+                ],
+                prop_oneof![
+                    Just("application/json".to_owned()),
+                    Just("chunked".to_owned()),
+                    Just("100-continue".to_owned()),
+                    "[0-9]{1,6}",
+                    "[ -~]{0,30}"
+                ],
+            ),
+            0..6,
+        ),
+        prop::collection::vec(any::<u8>(), 0..300),
+    )
+        .prop_map(|(method, path, version, headers, body)| {
+            let mut raw = format!("{method} {path} {version}\r\nhost: x\r\n").into_bytes();
+            for (name, value) in headers {
+                raw.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+            }
+            raw.extend_from_slice(b"\r\n");
+            raw.extend_from_slice(&body);
+            raw
+        });
+    prop_oneof![prop::collection::vec(any::<u8>(), 0..512), structured]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// Whatever bytes arrive on the socket, every response is a 4xx or a success (a decision,
+    /// or a probe the path happened to name) — never a 5xx — or the connection is closed; and
+    /// the server keeps serving.
+    #[test]
+    fn arbitrary_bytes_on_the_socket_get_a_4xx_a_decision_or_a_close(bytes in raw_request()) {
+        let reply = exchange(&bytes, true);
+        let text = String::from_utf8_lossy(&reply);
+        for status_line in text.split("HTTP/1.1 ").skip(1) {
+            let code: u16 = status_line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+            prop_assert!(
+                (100..500).contains(&code),
+                "status {code} for {:?}: {text}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        let health = exchange(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n", false);
+        prop_assert!(health.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&health));
     }
 }
