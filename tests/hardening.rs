@@ -667,3 +667,265 @@ fn a_hung_request_is_cut_at_the_shutdown_grace() {
     assert!(took >= Duration::from_millis(900), "{took:?}");
     assert!(took < Duration::from_secs(4), "{took:?}");
 }
+
+/// An HTTPS server with `leaf`: `/jwks.json` answers `jwks`, anything else 200 `{"upstream":"tls"}`.
+async fn tls_upstream(leaf: &support::tls::Leaf, jwks: Value) -> SocketAddr {
+    use rustls::pki_types::pem::PemObject as _;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der.clone()],
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let jwks = jwks.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    move |request: http::Request<hyper::body::Incoming>| {
+                        let body = if request.uri().path() == "/jwks.json" {
+                            jwks.to_string()
+                        } else {
+                            json!({"upstream": "tls", "path": request.uri().path()}).to_string()
+                        };
+                        async move {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from(body)),
+                            ))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_and_the_jwks_client_trust_a_private_ca_only_when_told() {
+    use flex_auth::auth::{AuthSettings, Authenticator, JwksSource};
+    use flex_auth::proxy::{routes::Routes, Gate, Proxy};
+    let ca = Ca::new("private CA");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.crt");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let key = support::jwt::TestKey::ed25519("ed-1");
+    let upstream = tls_upstream(&ca.server(), support::jwt::jwks(&[&key])).await;
+    let jwks: JwksSource = format!("https://127.0.0.1:{}/jwks.json", upstream.port())
+        .parse()
+        .unwrap();
+
+    let sources = flex_auth::Sources {
+        policy: support::repo_path("deploy/examples/broker/policy.cedar"),
+        registry: flex_auth::RegistrySource::Snapshot(support::repo_path(
+            "deploy/examples/broker/registry.json",
+        )),
+    };
+    let start = async |trust: bool| {
+        let state = Arc::new(State::new(sources.clone()));
+        state.reload(flex_auth::state::Trigger::Startup).unwrap();
+        let mut settings = AuthSettings::new("https://issuer.example", &["broker"]);
+        settings.jwks = Some(jwks.clone());
+        settings.jwks_ca = trust.then(|| ca_file.clone());
+        let auth = Arc::new(Authenticator::new(settings).await.unwrap());
+        let routes =
+            Routes::load(&support::repo_path("deploy/examples/broker/routes.yaml")).unwrap();
+        let api = Api::new(state.clone(), ApiConfig::default()).unwrap();
+        let gate = Gate::new(
+            state,
+            Arc::new(routes),
+            auth.clone(),
+            api.audit().clone(),
+            api.metrics().clone(),
+        );
+        let mut proxy = Proxy::new(
+            gate,
+            format!("https://127.0.0.1:{}", upstream.port())
+                .parse()
+                .unwrap(),
+            Duration::from_secs(2),
+        );
+        if trust {
+            proxy = proxy.with_tls(flex_auth::tls::client_config(Some(&ca_file)).unwrap());
+        }
+        let (addr, stop, _) = support::serve_handler(proxy).await;
+        (addr, stop, auth)
+    };
+    let token = key.sign(&support::jwt::claims(
+        "agent-demo",
+        "https://issuer.example",
+        "broker",
+    ));
+    let bearer = format!("Bearer {token}");
+    let mint = async |addr: SocketAddr| {
+        send(
+            addr,
+            Method::POST,
+            "/v1/mint-aws-creds",
+            &[
+                ("content-type", "application/json"),
+                ("authorization", bearer.as_str()),
+            ],
+            json!({"role": "aws:demo-readonly", "ttl_hours": 1}).to_string(),
+        )
+        .await
+    };
+
+    // With the CA bundle: keys are fetched over HTTPS and the request reaches the TLS upstream.
+    let (addr, _stop, auth) = start(true).await;
+    assert!(auth.readiness().is_ok(), "{:?}", auth.readiness());
+    let reply = mint(addr).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.json()["upstream"], "tls");
+
+    // Without it (public roots only) the private CA is not trusted: keys do not load, so the
+    // request is refused 503 and nothing is forwarded.
+    let (addr, _stop, auth) = start(false).await;
+    assert!(auth.readiness().is_err());
+    let reply = mint(addr).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{:?}",
+        reply.body
+    );
+    assert_eq!(reply.error_code(), "auth_unavailable");
+}
+
+#[test]
+fn tls_and_limit_settings_that_cannot_work_fail_boot_with_their_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("test CA");
+    let (cert, key) = install(dir.path(), &ca.server());
+    let other_key = dir.path().join("other.key");
+    std::fs::write(&other_key, ca.server().key_pem).unwrap();
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    let (cert, key, other_key, garbage) = (
+        cert.to_str().unwrap().to_owned(),
+        key.to_str().unwrap().to_owned(),
+        other_key.to_str().unwrap().to_owned(),
+        garbage.to_str().unwrap().to_owned(),
+    );
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_flex-auth"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(SHIPPED)
+            .args(extra)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let routes = "deploy/examples/broker/routes.yaml";
+    let secret = "deploy/examples/broker/demo-hs256.secret";
+    let proxy = [
+        "--routes",
+        routes,
+        "--hs256-secret-file",
+        secret,
+        "--issuer",
+        "i",
+        "--audience",
+        "a",
+        "--proxy-listen",
+        "127.0.0.1:0",
+    ];
+    let with_proxy = |extra: &[&'static str]| {
+        let mut args = proxy.to_vec();
+        args.extend_from_slice(extra);
+        args
+    };
+    let cases: Vec<(Vec<&str>, &str, &str)> = vec![
+        (
+            vec!["--tls-cert", &garbage, "--tls-key", &key],
+            "FLEX_AUTH_TLS_CERT",
+            "tls-invalid",
+        ),
+        (
+            vec!["--tls-cert", &cert, "--tls-key", &garbage],
+            "FLEX_AUTH_TLS_KEY",
+            "tls-invalid",
+        ),
+        (
+            vec!["--tls-cert", &cert, "--tls-key", &other_key],
+            "FLEX_AUTH_TLS_CERT",
+            "tls-invalid",
+        ),
+        (
+            vec![
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &key,
+                "--client-ca",
+                &garbage,
+            ],
+            "FLEX_AUTH_CLIENT_CA",
+            "tls-invalid",
+        ),
+        (
+            with_proxy(&[
+                "--upstream",
+                "http://127.0.0.1:9",
+                "--upstream-ca",
+                "README.md",
+            ]),
+            "FLEX_AUTH_UPSTREAM_CA",
+            "upstream-invalid",
+        ),
+        (
+            with_proxy(&[
+                "--upstream",
+                "http://127.0.0.1:9",
+                "--upstream-timeout",
+                "30s",
+            ]),
+            "FLEX_AUTH_UPSTREAM_TIMEOUT",
+            "upstream-invalid",
+        ),
+    ];
+    for (extra, setting, problem) in cases {
+        let (code, stderr) = run(&extra);
+        assert_eq!(code, Some(78), "{extra:?}: {stderr}");
+        let line = stderr.lines().last().unwrap_or("");
+        assert!(
+            line.starts_with(&format!("BOOT_FAIL setting={setting} "))
+                && line.ends_with(&format!("docs=docs/runbook.md#boot-{problem}")),
+            "{extra:?}: {stderr}"
+        );
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "the BOOT_FAIL is the only line: {stderr}"
+        );
+    }
+    // Flags that need another flag are refused by the parser (exit 2, usage).
+    let (code, stderr) = run(&["--client-ca", &cert]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--tls-cert"), "{stderr}");
+    let (code, stderr) = run(&["--request-timeout", "0s"]);
+    assert_eq!(code, Some(2), "{stderr}");
+}
