@@ -233,3 +233,7 @@ EOF2
 # 6. Proxy overhead: direct vs flex-auth proxy vs nginx auth_request → flex-auth.
 echo
 DURATION="$DURATION" CONNECTIONS="$CONNECTIONS" scripts/load-proxy.sh
+
+# 7. TLS vs plain (HTTP/1.1 and h2) and an overload run past --max-in-flight.
+echo
+DURATION="$DURATION" scripts/load-tls.sh
