@@ -975,3 +975,14 @@ fn print_pretty(record: &str) {
         Err(_) => println!("{record}"),
     }
 }
+
+/// `flex-auth config reference [--markdown]`.
+pub fn config_reference(markdown: bool) -> ExitCode {
+    let text = if markdown {
+        crate::reference::markdown()
+    } else {
+        crate::reference::text()
+    };
+    print!("{text}");
+    ExitCode::from(EXIT_OK)
+}

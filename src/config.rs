@@ -51,6 +51,21 @@ pub enum Command {
     /// Validate a registry snapshot, then install it atomically where a server watches
     /// (`--target`) or push it to a running server's admin API (`--url`).
     LoadRegistry(LoadRegistryArgs),
+    /// Show the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `flex-auth config …`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print every flag and `FLEX_AUTH_*` variable with its default and meaning (the source of
+    /// `docs/configuration.md`).
+    Reference {
+        /// Print the Markdown of `docs/configuration.md` instead of plain text.
+        #[arg(long, env = "FLEX_AUTH_REFERENCE_MARKDOWN")]
+        markdown: bool,
+    },
 }
 
 /// Where the policy package and the registry come from.
@@ -103,83 +118,102 @@ pub struct ServeArgs {
     pub sources: SourceArgs,
 
     /// Address the decision API listens on.
-    #[arg(long, env = "FLEX_AUTH_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "FLEX_AUTH_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
     pub listen: SocketAddr,
 
     /// Largest request body accepted, in bytes; larger bodies get 413.
-    #[arg(long, env = "FLEX_AUTH_MAX_BODY_BYTES", default_value_t = 64 * 1024,
+    #[arg(long, env = "FLEX_AUTH_MAX_BODY_BYTES", value_name = "BYTES", default_value_t = 64 * 1024,
           value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
     pub max_body_bytes: u64,
 
     /// Most checks one `POST /v1/check/batch` may carry.
-    #[arg(long, env = "FLEX_AUTH_MAX_BATCH", default_value_t = 100,
+    #[arg(long, env = "FLEX_AUTH_MAX_BATCH", value_name = "N", default_value_t = 100,
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub max_batch: u64,
 
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT (e.g. `20s`); what is
     /// still running then is cut and the process exits with code 1.
-    #[arg(long, env = "FLEX_AUTH_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, env = "FLEX_AUTH_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
-
-    /// TLS on the decision API listener.
-    #[command(flatten)]
-    pub tls: TlsArgs,
-
-    /// Connection and request limits of every listener.
-    #[command(flatten)]
-    pub limits: LimitsArgs,
 
     /// `production`: a missing or invalid policy or registry at start-up stops the process with
     /// one `BOOT_FAIL` line and exit code 78. `development`: it starts unready and becomes ready
     /// when valid files appear.
-    #[arg(long, env = "FLEX_AUTH_MODE", value_enum, default_value_t = Mode::Development)]
+    #[arg(long, env = "FLEX_AUTH_MODE", help_heading = "Loading and reload", value_enum, default_value_t = Mode::Development)]
     pub mode: Mode,
 
     /// Behave like production mode at start-up, whatever `--mode` says.
-    #[arg(long, env = "FLEX_AUTH_STRICT")]
+    #[arg(long, env = "FLEX_AUTH_STRICT", help_heading = "Loading and reload")]
     pub strict: bool,
 
     /// Re-read the policy and registry this often and reload when their content changed, for file
     /// systems without change events (`0` disables polling).
-    #[arg(long, env = "FLEX_AUTH_POLL_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "FLEX_AUTH_POLL_INTERVAL", value_name = "DURATION", help_heading = "Loading and reload", default_value = "10s", value_parser = parse_duration)]
     pub poll_interval: Duration,
 
     /// Do not watch the policy and registry directories for changes (polling and SIGHUP remain).
-    #[arg(long, env = "FLEX_AUTH_NO_WATCH")]
+    #[arg(long, env = "FLEX_AUTH_NO_WATCH", help_heading = "Loading and reload")]
     pub no_watch: bool,
 
     /// Address of the admin API (`POST /v1/admin/reload`, `PUT /v1/admin/registry`). It listens
     /// only when `--admin-token-file` is set.
-    #[arg(long, env = "FLEX_AUTH_ADMIN_LISTEN", default_value = "127.0.0.1:9901")]
+    #[arg(
+        long,
+        env = "FLEX_AUTH_ADMIN_LISTEN",
+        value_name = "ADDR",
+        help_heading = "Admin API and metrics",
+        default_value = "127.0.0.1:9901"
+    )]
     pub admin_listen: SocketAddr,
 
     /// File holding the admin bearer token (re-read on every admin request, so it may rotate).
     /// Without it the admin API is off.
-    #[arg(long, env = "FLEX_AUTH_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    #[arg(
+        long,
+        env = "FLEX_AUTH_ADMIN_TOKEN_FILE",
+        help_heading = "Admin API and metrics",
+        value_name = "FILE"
+    )]
     pub admin_token_file: Option<PathBuf>,
+
+    /// Largest registry the admin API accepts in one `PUT`, in bytes.
+    #[arg(long, env = "FLEX_AUTH_ADMIN_MAX_BODY_BYTES", value_name = "BYTES", help_heading = "Admin API and metrics", default_value_t = 64 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1024 * 1024 * 1024))]
+    pub admin_max_body_bytes: u64,
 
     /// Where `GET /metrics` is served: `both` listeners, only the `main` one, or only the `admin`
     /// one (behind its token; without an admin API, nowhere).
-    #[arg(long, env = "FLEX_AUTH_METRICS_LISTENER", value_enum, default_value_t = MetricsListener::Both)]
+    #[arg(long, env = "FLEX_AUTH_METRICS_LISTENER", help_heading = "Admin API and metrics", value_enum, default_value_t = MetricsListener::Both)]
     pub metrics_listener: MetricsListener,
 
     /// Decision log sink: `stdout` or `file:PATH` (JSON lines), or `sqlite:PATH` (a SQLite
     /// database, created if missing; WAL, `synchronous=FULL`, indexed by decision id).
-    #[arg(long, env = "FLEX_AUTH_DECISION_LOG", value_name = "SINK", value_parser = parse_sink)]
+    #[arg(long, env = "FLEX_AUTH_DECISION_LOG", help_heading = "Decision log", value_name = "SINK", value_parser = parse_sink)]
     pub decision_log: Option<crate::audit::Sink>,
 
     /// `off`, `best-effort` (never delays an answer; drops and counts what cannot be written) or
     /// `required` (a decision is answered only once its record is durable; else 503).
-    #[arg(long, env = "FLEX_AUTH_DECISION_LOG_MODE", value_enum, default_value_t = crate::audit::Mode::Off)]
+    #[arg(long, env = "FLEX_AUTH_DECISION_LOG_MODE", help_heading = "Decision log", value_enum, default_value_t = crate::audit::Mode::Off)]
     pub decision_log_mode: crate::audit::Mode,
 
     /// Rotate a `file:` decision log when it reaches this many bytes.
-    #[arg(long, env = "FLEX_AUTH_DECISION_LOG_MAX_BYTES", default_value_t = 100 * 1024 * 1024,
+    #[arg(long, env = "FLEX_AUTH_DECISION_LOG_MAX_BYTES", value_name = "BYTES", help_heading = "Decision log", default_value_t = 100 * 1024 * 1024,
           value_parser = clap::value_parser!(u64).range(1024..))]
     pub decision_log_max_bytes: u64,
 
     /// Rotated `file:` decision logs to keep (`PATH.1` … `PATH.N`).
-    #[arg(long, env = "FLEX_AUTH_DECISION_LOG_KEEP", default_value_t = 5)]
+    #[arg(
+        long,
+        env = "FLEX_AUTH_DECISION_LOG_KEEP",
+        value_name = "N",
+        help_heading = "Decision log",
+        default_value_t = 5
+    )]
     pub decision_log_keep: usize,
 
     /// Reverse proxy and forward-auth.
@@ -190,14 +224,18 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub auth: AuthArgs,
 
-    /// Largest registry the admin API accepts in one `PUT`, in bytes.
-    #[arg(long, env = "FLEX_AUTH_ADMIN_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024,
-          value_parser = clap::value_parser!(u64).range(1..=1024 * 1024 * 1024))]
-    pub admin_max_body_bytes: u64,
+    /// TLS on the decision API listener.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
+    /// Connection and request limits of every listener.
+    #[command(flatten)]
+    pub limits: LimitsArgs,
 }
 
 /// TLS for the decision API listener (`--listen`).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "TLS")]
 pub struct TlsArgs {
     /// PEM certificate chain (leaf first) for HTTPS on `--listen`; needs `--tls-key`. Re-read
     /// every second: a rotated certificate is used by new connections, open ones keep theirs.
@@ -263,40 +301,41 @@ impl TlsArgs {
 
 /// Connection and request limits (each listener gets its own budget of these).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Limits")]
 pub struct LimitsArgs {
     /// Time a client has to finish the TLS handshake and send a request's headers; slower
     /// clients are disconnected. On HTTP/1.1 the wait for the next request on a kept-alive
     /// connection counts as header reading too.
-    #[arg(long, env = "FLEX_AUTH_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    #[arg(long, env = "FLEX_AUTH_HEADER_READ_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
     pub header_read_timeout: Duration,
 
     /// Largest request head (HTTP/1.1) or header list (h2) in bytes; larger gets 431.
-    #[arg(long, env = "FLEX_AUTH_MAX_HEADER_BYTES", default_value_t = 32 * 1024,
+    #[arg(long, env = "FLEX_AUTH_MAX_HEADER_BYTES", value_name = "BYTES", default_value_t = 32 * 1024,
           value_parser = clap::value_parser!(u64).range(8 * 1024..=1024 * 1024))]
     pub max_header_bytes: u64,
 
     /// Time from a request's headers to its response's headers (body reading and the decision
     /// included); then 503 `deadline_exceeded`. Must be longer than `--upstream-timeout`.
-    #[arg(long, env = "FLEX_AUTH_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
+    #[arg(long, env = "FLEX_AUTH_REQUEST_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]
     pub request_timeout: Duration,
 
     /// A connection with no request in flight for this long is closed.
-    #[arg(long, env = "FLEX_AUTH_KEEPALIVE_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
+    #[arg(long, env = "FLEX_AUTH_KEEPALIVE_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_positive_duration)]
     pub keepalive_timeout: Duration,
 
     /// Connections one listener serves at once; further ones are closed on accept.
-    #[arg(long, env = "FLEX_AUTH_MAX_CONNECTIONS", default_value_t = 4096,
+    #[arg(long, env = "FLEX_AUTH_MAX_CONNECTIONS", value_name = "N", default_value_t = 4096,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections: u64,
 
     /// Requests one listener handles at once; further ones get 503 `overloaded` with
     /// `Retry-After` at once (never queued). `/healthz` and `/readyz` are exempt.
-    #[arg(long, env = "FLEX_AUTH_MAX_IN_FLIGHT", default_value_t = 1024,
+    #[arg(long, env = "FLEX_AUTH_MAX_IN_FLIGHT", value_name = "N", default_value_t = 1024,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_in_flight: u64,
 
     /// Concurrent streams one HTTP/2 connection may open.
-    #[arg(long = "h2-max-concurrent-streams", env = "FLEX_AUTH_H2_MAX_CONCURRENT_STREAMS", default_value_t = 128,
+    #[arg(long = "h2-max-concurrent-streams", env = "FLEX_AUTH_H2_MAX_CONCURRENT_STREAMS", value_name = "N", default_value_t = 128,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub h2_max_concurrent_streams: u32,
 }
@@ -328,6 +367,7 @@ fn parse_positive_duration(text: &str) -> Result<Duration, String> {
 
 /// The reverse proxy (`--upstream`) and the routes it and the forward-auth endpoints use.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Proxy and forward-auth")]
 pub struct ProxyArgs {
     /// URL of the service to protect (`http://…` or `https://…`, optionally with a path prefix).
     /// Turns on the reverse proxy on `--proxy-listen`; needs `--routes` and `--jwks` or
@@ -342,11 +382,16 @@ pub struct ProxyArgs {
     pub routes: Option<PathBuf>,
 
     /// Address the reverse proxy listens on (with `--upstream`).
-    #[arg(long, env = "FLEX_AUTH_PROXY_LISTEN", default_value = "127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "FLEX_AUTH_PROXY_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8081"
+    )]
     pub proxy_listen: SocketAddr,
 
     /// How long the upstream may take to send its response headers before the proxy answers 504.
-    #[arg(long, env = "FLEX_AUTH_UPSTREAM_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "FLEX_AUTH_UPSTREAM_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
 
     /// PEM CA bundle trusted for an `https://` upstream instead of the public webpki roots.
@@ -361,6 +406,7 @@ pub struct ProxyArgs {
 
 /// How bearer credentials are verified.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Bearer credentials")]
 pub struct AuthArgs {
     /// JWKS for EdDSA / ES256 / RS256 tokens: a file, or an `https://` URL (`http://` only for a
     /// loopback host). Re-read every `--jwks-cache-ttl` and on an unknown `kid`.
@@ -395,15 +441,15 @@ pub struct AuthArgs {
     pub subject_prefix: String,
 
     /// Clock skew allowed for `exp`, `nbf` and `iat` (at most 5m).
-    #[arg(long, env = "FLEX_AUTH_JWT_CLOCK_SKEW", default_value = "60s", value_parser = parse_skew)]
+    #[arg(long, env = "FLEX_AUTH_JWT_CLOCK_SKEW", value_name = "DURATION", default_value = "60s", value_parser = parse_skew)]
     pub jwt_clock_skew: Duration,
 
     /// At most one JWKS refresh per this interval when a token names an unknown `kid`.
-    #[arg(long, env = "FLEX_AUTH_JWKS_REFRESH_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "FLEX_AUTH_JWKS_REFRESH_INTERVAL", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub jwks_refresh_interval: Duration,
 
     /// Re-fetch the JWKS this often even when every `kid` is known.
-    #[arg(long, env = "FLEX_AUTH_JWKS_CACHE_TTL", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "FLEX_AUTH_JWKS_CACHE_TTL", value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub jwks_cache_ttl: Duration,
 
     /// PEM CA bundle trusted for an `https://` `--jwks` URL instead of the public webpki roots.
@@ -490,7 +536,7 @@ pub struct CheckArgs {
     pub url: Option<String>,
 
     /// How long to wait for the server before giving up (exit 2).
-    #[arg(long, env = "FLEX_AUTH_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "FLEX_AUTH_TIMEOUT", value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
     pub timeout: Duration,
 
     /// The whole request as JSON (design §3), from a file or `-` for stdin. Overrides the
@@ -557,7 +603,13 @@ pub enum DecisionsCommand {
         #[arg(long, env = "FLEX_AUTH_DECISION_LOG", value_parser = parse_sink)]
         log: crate::audit::Sink,
         /// How many records.
-        #[arg(short = 'n', long, env = "FLEX_AUTH_TAIL_LINES", default_value_t = 20)]
+        #[arg(
+            short = 'n',
+            long,
+            env = "FLEX_AUTH_TAIL_LINES",
+            value_name = "N",
+            default_value_t = 20
+        )]
         lines: usize,
     },
 }
@@ -600,7 +652,7 @@ pub struct LoadRegistryArgs {
     pub token_file: Option<PathBuf>,
 
     /// How long to wait for the server, with `--url`.
-    #[arg(long, env = "FLEX_AUTH_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "FLEX_AUTH_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub timeout: Duration,
 }
 

@@ -18,6 +18,7 @@ pub mod forward_auth;
 pub mod hash;
 pub mod policy;
 pub mod proxy;
+pub mod reference;
 pub mod registry;
 pub mod reload;
 pub mod server;
@@ -41,5 +42,8 @@ pub fn run(cli: Cli) -> ExitCode {
         config::Command::Test(args) => cli::test(&args),
         config::Command::LoadRegistry(args) => cli::load_registry(&args),
         config::Command::Decisions(command) => cli::decisions(&command),
+        config::Command::Config(config::ConfigCommand::Reference { markdown }) => {
+            cli::config_reference(markdown)
+        }
     }
 }
