@@ -259,7 +259,7 @@ mod tests {
                     assert!(doc.contains(&format!("`{env}`")), "{env} missing");
                 }
                 if let Some(long) = arg.get_long() {
-                    assert!(doc.contains(&format!("`--{long}")), "--{long} missing");
+                    assert!(doc.contains(&format!("--{long}")), "--{long} missing");
                 }
                 seen += 1;
             }
