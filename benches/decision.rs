@@ -1,5 +1,5 @@
-//! In-process decision latency and registry load+compile time over registries of 10, 1,000 and
-//! 100,000 generated actors. Results: docs/benchmarks.md. Run: `cargo bench --bench decision`.
+//! In-process decision latency (plain, and with AuthZEN-style resource properties) and registry
+//! load+compile time over registries of 10, 1,000 and 100,000 generated actors. Results: docs/benchmarks.md. Run: `cargo bench --bench decision`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "benchmark setup")]
 
@@ -53,6 +53,28 @@ fn decide(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("deny", size), &deny, |b, r| {
             b.iter(|| engine.decide(black_box(r)).unwrap())
         });
+        // AuthZEN `properties`: the resource's attributes overridden for this request, evaluated
+        // on the slice of the registry the request reaches (cost must not grow with `size`).
+        let properties: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_value(serde_json::json!({"max_ttl_hours": 6})).unwrap();
+        assert_eq!(
+            engine
+                .decide_with_properties(&request, None, Some(&properties))
+                .unwrap()
+                .decision,
+            Decision::Allow
+        );
+        group.bench_with_input(
+            BenchmarkId::new("allow_with_properties", size),
+            &request,
+            |b, r| {
+                b.iter(|| {
+                    engine
+                        .decide_with_properties(black_box(r), None, Some(&properties))
+                        .unwrap()
+                })
+            },
+        );
     }
     group.finish();
 }

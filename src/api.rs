@@ -14,6 +14,8 @@ use serde::Serialize;
 use serde_json::Value;
 use tracing::Instrument as _;
 
+mod authzen_http;
+
 use crate::audit::{AuditLog, Mode as AuditMode};
 use crate::auth::AuthError;
 use crate::decision::{
@@ -40,6 +42,9 @@ fn client_allowed(client: Option<&ClientCert>) -> Result<(), ApiError> {
 /// Readiness check name and runbook anchor while the process drains after SIGTERM.
 pub const SHUTTING_DOWN: &str = "shutting-down";
 
+/// Request correlation header, echoed on every response.
+const X_REQUEST_ID: &str = "x-request-id";
+
 /// Reason a batch item reports when it could not be evaluated.
 pub const REASON_INVALID_REQUEST: &str = "invalid_request";
 
@@ -52,6 +57,8 @@ pub struct ApiConfig {
     pub max_batch: usize,
     /// Serve `GET /metrics` on this listener.
     pub metrics: bool,
+    /// AuthZEN answers.
+    pub authzen: crate::authzen::AuthZenConfig,
 }
 
 impl Default for ApiConfig {
@@ -60,6 +67,7 @@ impl Default for ApiConfig {
             max_body_bytes: 64 * 1024,
             max_batch: 100,
             metrics: true,
+            authzen: crate::authzen::AuthZenConfig::default(),
         }
     }
 }
@@ -139,8 +147,22 @@ impl Api {
         response
     }
 
-    /// Answer one HTTP request. Never fails: every error is a JSON response.
+    /// Answer one HTTP request. Never fails: every error is a JSON response. An `X-Request-ID`
+    /// the caller sent is echoed on the response.
     pub async fn handle<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let request_id = request.headers().get(X_REQUEST_ID).cloned();
+        let mut response = self.route(request).await;
+        if let Some(id) = request_id {
+            response.headers_mut().insert(X_REQUEST_ID, id);
+        }
+        response
+    }
+
+    async fn route<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<BoxError>,
@@ -148,13 +170,15 @@ impl Api {
         let endpoint = match request.uri().path() {
             "/v1/check" => Endpoint::Check,
             "/v1/check/batch" => Endpoint::Batch,
+            crate::authzen::EVALUATION_PATH | crate::authzen::EVALUATIONS_PATH => Endpoint::AuthZen,
+            crate::authzen::CONFIGURATION_PATH => Endpoint::Operations,
             "/healthz" | "/readyz" | "/v1/status" | "/metrics" => Endpoint::Operations,
             path if is_forward_auth(path) => Endpoint::ForwardAuth,
             _ => Endpoint::Other,
         };
         if matches!(
             endpoint,
-            Endpoint::Check | Endpoint::Batch | Endpoint::ForwardAuth
+            Endpoint::Check | Endpoint::Batch | Endpoint::AuthZen | Endpoint::ForwardAuth
         ) {
             if let Err(refusal) = client_allowed(request.extensions().get::<ClientCert>()) {
                 let response = refusal.into_response();
@@ -191,6 +215,21 @@ impl Api {
         let result = match (request.uri().path(), request.method()) {
             ("/v1/check", &Method::POST) => self.check(request).await,
             ("/v1/check/batch", &Method::POST) => self.check_batch(request).await,
+            (crate::authzen::EVALUATION_PATH, &Method::POST) => {
+                self.authzen_evaluation(request).await
+            }
+            (crate::authzen::EVALUATIONS_PATH, &Method::POST) => {
+                self.authzen_evaluations(request).await
+            }
+            (crate::authzen::CONFIGURATION_PATH, &Method::GET | &Method::HEAD) => {
+                self.authzen_configuration(&request)
+            }
+            (crate::authzen::EVALUATION_PATH | crate::authzen::EVALUATIONS_PATH, _) => {
+                Err(ApiError::MethodNotAllowed { allow: "POST" })
+            }
+            (crate::authzen::CONFIGURATION_PATH, _) => {
+                Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" })
+            }
             ("/healthz", &Method::GET | &Method::HEAD) => Ok(json_response(
                 StatusCode::OK,
                 &serde_json::json!({"status": "ok"}),

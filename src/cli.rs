@@ -165,6 +165,10 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         max_body_bytes: usize::try_from(args.max_body_bytes).unwrap_or(usize::MAX),
         max_batch: usize::try_from(args.max_batch).unwrap_or(usize::MAX),
         metrics: args.metrics_listener != MetricsListener::Admin,
+        authzen: crate::authzen::AuthZenConfig {
+            base_url: args.authzen_base_url.clone(),
+            decision_only: args.authzen_decision_only,
+        },
     };
     let reload_config = ReloadConfig {
         watch: !args.no_watch,

@@ -216,6 +216,21 @@ pub struct ServeArgs {
     )]
     pub decision_log_keep: usize,
 
+    /// Public base URL of this PDP (e.g. `https://pdp.example.com`) for the AuthZEN metadata
+    /// at `/.well-known/authzen-configuration`, when flex-auth sits behind a proxy or load
+    /// balancer. Unset: built from each request's `Host` and the listener's scheme.
+    #[arg(long, env = "FLEX_AUTH_AUTHZEN_BASE_URL", help_heading = "AuthZEN", value_name = "URL", value_parser = crate::authzen::parse_base_url)]
+    pub authzen_base_url: Option<String>,
+
+    /// AuthZEN answers carry only `decision` (no `context` with the decision id and reasons), for
+    /// strict clients such as the AuthZEN interop runner. Decisions are logged either way.
+    #[arg(
+        long,
+        env = "FLEX_AUTH_AUTHZEN_DECISION_ONLY",
+        help_heading = "AuthZEN"
+    )]
+    pub authzen_decision_only: bool,
+
     /// Reverse proxy and forward-auth.
     #[command(flatten)]
     pub proxy: ProxyArgs,

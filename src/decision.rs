@@ -5,12 +5,12 @@
 //! deny with reason `policy_error` (Cedar alone would skip the erroring policy and might allow);
 //! a deny with no determining `forbid` reports `no_matching_permit`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 
 use cedar_policy::{
-    Authorizer, Context, EntityId, EntityTypeName, EntityUid, PolicyId, Request,
+    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId, Request,
     RequestValidationError,
 };
 use rand::Rng;
@@ -165,6 +165,8 @@ pub struct Engine {
     actions: HashMap<String, EntityUid>,
     default_subject_type: EntityTypeName,
     action_type: EntityTypeName,
+    /// Entity uids the policies name literally (`Team::"ops"`): seeds of every slice.
+    literals: Vec<EntityUid>,
 }
 
 impl Engine {
@@ -194,6 +196,13 @@ impl Engine {
             let t = uid.type_name();
             types.entry(t.to_string()).or_insert_with(|| t.clone());
         }
+        let mut literals: Vec<EntityUid> = policy
+            .policies()
+            .policies()
+            .flat_map(cedar_policy::Policy::entity_literals)
+            .collect();
+        literals.sort_unstable_by_key(ToString::to_string);
+        literals.dedup();
         Ok(Self {
             policy,
             registry,
@@ -202,6 +211,7 @@ impl Engine {
             actions,
             default_subject_type,
             action_type,
+            literals,
         })
     }
 
@@ -237,6 +247,111 @@ impl Engine {
     /// Decide one request (borrowed: callers keep it to log it). `Err` only for requests that are malformed for this package (bad type
     /// names, a context or entity types the schema rejects); every evaluation outcome is `Ok`.
     pub fn decide(&self, request: &CheckRequest) -> Result<Outcome, RequestError> {
+        let cedar_request = self.cedar_request(request)?;
+        Ok(self.evaluate(&cedar_request, self.registry.entities()))
+    }
+
+    /// Decide one request in which the subject and/or the resource carry attributes of their own
+    /// (AuthZEN `properties`): for this request they are merged over the attributes the loaded
+    /// registry or entities hold for that entity (an entity the registry does not hold exists
+    /// with just these). The loaded entities are not touched: the request is evaluated against
+    /// the slice of them it can reach (see [`Engine::slice`]) with the merged entities in it.
+    pub fn decide_with_properties(
+        &self,
+        request: &CheckRequest,
+        subject_properties: Option<&Map<String, Value>>,
+        resource_properties: Option<&Map<String, Value>>,
+    ) -> Result<Outcome, RequestError> {
+        if subject_properties.is_none() && resource_properties.is_none() {
+            return self.decide(request);
+        }
+        let cedar_request = self.cedar_request(request)?;
+        let mut overrides = Vec::new();
+        if let (Some(props), Some(uid)) = (subject_properties, cedar_request.principal()) {
+            overrides.push(("subject.properties", uid.clone(), props));
+        }
+        if let (Some(props), Some(uid)) = (resource_properties, cedar_request.resource()) {
+            overrides.push(("resource.properties", uid.clone(), props));
+        }
+        let seeds: Vec<EntityUid> = [
+            cedar_request.principal(),
+            cedar_request.action(),
+            cedar_request.resource(),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+        let context = request.context.clone().unwrap_or_default();
+        let entities = self.slice(&overrides, seeds, &Value::Object(context))?;
+        Ok(self.evaluate(&cedar_request, &entities))
+    }
+
+    /// The entities a request can reach, with `overrides` merged in: the overridden entities,
+    /// the request's principal, action and resource (`seeds`), every entity the policies name
+    /// literally, the context's entity references, and —
+    /// transitively — the ancestors and attribute/tag references of all of these. Cedar reads
+    /// entities only along those paths, so evaluating against the slice gives the same answer as
+    /// evaluating against the whole store with the overrides applied, at a cost that depends on
+    /// the slice, not on the registry's size.
+    fn slice(
+        &self,
+        overrides: &[(&'static str, EntityUid, &Map<String, Value>)],
+        seeds: Vec<EntityUid>,
+        context: &Value,
+    ) -> Result<Entities, RequestError> {
+        let store = self.registry.entities();
+        let schema = self.policy.schema();
+        let mut seen: HashSet<EntityUid> = HashSet::new();
+        let mut queue: Vec<EntityUid> = seeds;
+        queue.extend(self.literals.iter().cloned());
+        let mut slice: Vec<Entity> = Vec::new();
+        for (field, uid, props) in overrides {
+            let mut json = match store.get(uid) {
+                Some(entity) => entity
+                    .to_json_value()
+                    .map_err(|e| RequestError::new(field, e.to_string()))?,
+                None => serde_json::json!({
+                    "uid": {"type": uid.type_name().to_string(), "id": uid.id().unescaped()},
+                    "attrs": {},
+                    "parents": [],
+                }),
+            };
+            if let Some(attrs) = json.get_mut("attrs").and_then(Value::as_object_mut) {
+                for (name, value) in *props {
+                    attrs.insert(name.clone(), value.clone());
+                }
+            }
+            entity_refs(&json, &mut queue);
+            let entity = Entity::from_json_value(json, schema)
+                .map_err(|e| RequestError::new(field, error_chain(&e)))?;
+            seen.insert(uid.clone());
+            slice.push(entity);
+        }
+        entity_refs(context, &mut queue);
+        // Bounded: every uid is expanded at most once, and only uids the store holds are.
+        while let Some(uid) = queue.pop() {
+            if !seen.insert(uid.clone()) {
+                continue;
+            }
+            // With a schema, Cedar adds the schema's action entities itself.
+            if schema.is_some() && uid.type_name() == &self.action_type {
+                continue;
+            }
+            let Some(entity) = store.get(&uid) else {
+                continue;
+            };
+            if let Ok(json) = entity.to_json_value() {
+                entity_refs(&json, &mut queue);
+            }
+            slice.push(entity.clone());
+        }
+        Entities::from_entities(slice, schema)
+            .map_err(|e| RequestError::new("request", e.to_string()))
+    }
+
+    /// The Cedar request for a check, validated against the schema when there is one.
+    fn cedar_request(&self, request: &CheckRequest) -> Result<Request, RequestError> {
         let principal_type = match &request.subject.entity_type {
             Some(t) => self.entity_type("subject.type", t)?,
             None => self.default_subject_type.clone(),
@@ -274,24 +389,20 @@ impl Engine {
                 fast,
                 schema,
             ) {
-                return Ok(self.evaluate(&cedar_request));
+                return Ok(cedar_request);
             }
         }
         // Cedar's reader: escapes, schema-directed conversions, and the precise error messages.
         let context =
             Context::from_json_value(Value::Object(context.clone()), schema.map(|s| (s, &action)))
                 .map_err(|e| RequestError::new("context", e.to_string()))?;
-        let cedar_request = Request::new(principal, action, resource, context, schema)
-            .map_err(request_validation_error)?;
-        Ok(self.evaluate(&cedar_request))
+        Request::new(principal, action, resource, context, schema).map_err(request_validation_error)
     }
 
-    fn evaluate(&self, request: &Request) -> Outcome {
-        let response = self.authorizer.is_authorized(
-            request,
-            self.policy.policies(),
-            self.registry.entities(),
-        );
+    fn evaluate(&self, request: &Request, entities: &Entities) -> Outcome {
+        let response = self
+            .authorizer
+            .is_authorized(request, self.policy.policies(), entities);
         self.outcome(response)
     }
 
@@ -346,6 +457,49 @@ impl Engine {
             policies,
             errors,
         }
+    }
+}
+
+/// An error with its causes, `outer: inner: innermost` (Cedar's messages are terse at the top).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    // Bounded: error chains are short, and a cycle would be a bug elsewhere.
+    for _ in 0..8 {
+        let Some(cause) = source else { break };
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+/// Every entity uid `value` refers to: `{"__entity": {"type", "id"}}` escapes, and objects with
+/// exactly string `type` and `id` (parents, and schema-directed references in a context).
+fn entity_refs(value: &Value, out: &mut Vec<EntityUid>) {
+    match value {
+        Value::Object(map) => {
+            let reference = map.get("__entity").unwrap_or(value);
+            if let (Some(Value::String(t)), Some(Value::String(id))) =
+                (reference.get("type"), reference.get("id"))
+            {
+                if let Ok(type_name) = EntityTypeName::from_str(t) {
+                    out.push(EntityUid::from_type_name_and_id(
+                        type_name,
+                        EntityId::new(id),
+                    ));
+                }
+            }
+            for v in map.values() {
+                entity_refs(v, out);
+            }
+        }
+        Value::Array(items) => {
+            for v in items {
+                entity_refs(v, out);
+            }
+        }
+        _ => {}
     }
 }
 

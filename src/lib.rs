@@ -10,6 +10,7 @@ pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod authzen;
 pub mod cedar_json;
 pub mod cli;
 pub mod config;

@@ -8,6 +8,10 @@
 //!               resource: {type: Actor, id: agt-state-hub-bridge},
 //!               context: {ttl_hours: 4, principals: [state-hub]}}
 //!     expect: {decision: allow, reasons: []}
+//!   - name: an AuthZEN request, mapped as /access/v1/evaluation maps it
+//!     authzen: {subject: {type: user, id: alice}, action: {name: read},
+//!               resource: {type: note, id: n9, properties: {owner: {type: user, id: alice}}}}
+//!     expect: {decision: allow}
 //! ```
 
 use std::fmt;
@@ -31,8 +35,12 @@ pub struct CaseFile {
 pub struct Case {
     /// What the case shows.
     pub name: String,
-    /// The request.
-    pub request: CheckRequest,
+    /// The request, in `/v1/check` form.
+    #[serde(default)]
+    pub request: Option<CheckRequest>,
+    /// Or the request in AuthZEN form (`/access/v1/evaluation`), properties included.
+    #[serde(default)]
+    pub authzen: Option<crate::authzen::Evaluation>,
     /// What must come back.
     pub expect: Expectation,
 }
@@ -108,7 +116,19 @@ pub fn run_cases(engine: &Engine, file: CaseFile) -> Vec<CaseResult> {
     file.cases
         .into_iter()
         .map(|case| {
-            let failure = match engine.decide(&case.request) {
+            let decided = match (&case.request, &case.authzen) {
+                (Some(request), None) => engine.decide(request),
+                (None, Some(evaluation)) => engine.decide_with_properties(
+                    &evaluation.check(),
+                    evaluation.subject.properties.as_ref(),
+                    evaluation.resource.properties.as_ref(),
+                ),
+                _ => Err(crate::decision::RequestError {
+                    field: "case",
+                    message: "give exactly one of `request` and `authzen`".to_owned(),
+                }),
+            };
+            let failure = match decided {
                 Err(e) => Some(format!(
                     "      expected: {}\n      got:      invalid request: {e}",
                     describe(case.expect.decision, case.expect.reasons.as_deref())

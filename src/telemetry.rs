@@ -21,6 +21,8 @@ pub enum Endpoint {
     Check,
     /// `POST /v1/check/batch`.
     Batch,
+    /// `POST /access/v1/evaluation`, `POST /access/v1/evaluations` (AuthZEN).
+    AuthZen,
     /// `/healthz`, `/readyz`, `/v1/status`, `/metrics`.
     Operations,
     /// The reverse proxy listener.
@@ -36,6 +38,7 @@ impl Endpoint {
         match self {
             Self::Check => "check",
             Self::Batch => "batch",
+            Self::AuthZen => "authzen",
             Self::Operations => "operations",
             Self::Proxy => "proxy",
             Self::ForwardAuth => "forward_auth",
@@ -108,8 +111,11 @@ impl Metrics {
             &["endpoint"],
         )?;
         let batch_size = Histogram::with_opts(
-            HistogramOpts::new("batch_size", "Checks per /v1/check/batch request.")
-                .buckets(vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0]),
+            HistogramOpts::new(
+                "batch_size",
+                "Checks per batch request (/v1/check/batch, /access/v1/evaluations).",
+            )
+            .buckets(vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0]),
         )?;
         let responses = IntCounterVec::new(
             Opts::new(

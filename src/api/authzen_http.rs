@@ -1,0 +1,233 @@
+//! The AuthZEN endpoints of the decision API (the wire format is [`crate::authzen`]): the same
+//! readiness, engine, decision ids, decision log and metrics as `/v1/check`.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::HOST;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Body;
+
+use super::{
+    classify_json_error, json_response, parse_json, read_json_body, Api, ApiError, BoxError,
+    REASON_INVALID_REQUEST,
+};
+use crate::authzen::{
+    configuration, Evaluation, EvaluationResponse, EvaluationsRequest, EvaluationsResponse,
+};
+use crate::decision::{Decision, DecisionId, Engine, Outcome};
+// Latency is observed as `check` (one evaluation) or `batch` (an evaluations array), like the
+// /v1 endpoints; responses are counted under the `authzen` endpoint label.
+use crate::telemetry::Endpoint;
+
+/// A decision-log line: `None` when the log is off, `Some(None)` when the record could not be
+/// serialized (unavailable in required mode).
+type Line = Option<Option<Vec<u8>>>;
+
+/// Decision-log origin of AuthZEN decisions.
+const ORIGIN: &str = "api:authzen";
+
+impl Api {
+    /// `POST /access/v1/evaluation`.
+    pub(super) async fn authzen_evaluation<B>(
+        &self,
+        request: Request<B>,
+    ) -> Result<Response<Full<Bytes>>, ApiError>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let body = read_json_body(request, self.config.max_body_bytes).await?;
+        let evaluation: Evaluation = parse_json(&body)?;
+        let (response, line) = {
+            let loaded = self.state.current();
+            let loaded = loaded.as_ref().ok_or_else(|| self.not_ready())?;
+            let engine = &loaded.engine;
+            let started = Instant::now();
+            let (outcome, line) = self.evaluate(engine, &evaluation, started)?;
+            self.metrics
+                .observe_check(Endpoint::Check, started.elapsed());
+            (
+                json_response(StatusCode::OK, &self.decided(engine, &outcome)),
+                line,
+            )
+        };
+        self.log_or_refuse(line.into_iter().collect()).await?;
+        Ok(response)
+    }
+
+    /// `POST /access/v1/evaluations`.
+    pub(super) async fn authzen_evaluations<B>(
+        &self,
+        request: Request<B>,
+    ) -> Result<Response<Full<Bytes>>, ApiError>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let body = read_json_body(request, self.config.max_body_bytes).await?;
+        let batch: EvaluationsRequest = parse_json(&body)?;
+        let items = batch.evaluations.as_deref().unwrap_or_default();
+        if items.len() > self.config.max_batch {
+            return Err(ApiError::BatchTooLarge {
+                max: self.config.max_batch,
+                got: items.len(),
+            });
+        }
+        let semantic = batch
+            .options
+            .as_ref()
+            .map(|o| o.evaluations_semantic)
+            .unwrap_or_default();
+        let (response, lines) = {
+            let loaded = self.state.current();
+            let loaded = loaded.as_ref().ok_or_else(|| self.not_ready())?;
+            let engine = &loaded.engine;
+            let started = Instant::now();
+            if items.is_empty() {
+                // No `evaluations`: the top level is one evaluation, answered as one.
+                let evaluation: Evaluation = serde_path_to_error::deserialize(batch.top_level())
+                    .map_err(|e| classify_json_error(e.path().to_string(), e.into_inner()))?;
+                let (outcome, line) = self.evaluate(engine, &evaluation, started)?;
+                self.metrics
+                    .observe_check(Endpoint::Check, started.elapsed());
+                (
+                    json_response(StatusCode::OK, &self.decided(engine, &outcome)),
+                    line.into_iter().collect(),
+                )
+            } else {
+                self.metrics.observe_batch(items.len());
+                let mut lines = Vec::new();
+                let mut evaluations = Vec::with_capacity(items.len());
+                for (index, item) in items.iter().enumerate() {
+                    let item_started = Instant::now();
+                    let (answer, line) =
+                        self.evaluate_item(engine, index, &batch.item(item), item_started);
+                    lines.extend(line);
+                    let stop = semantic.stops_after(answer.decision);
+                    evaluations.push(answer);
+                    if stop {
+                        break;
+                    }
+                }
+                self.metrics
+                    .observe_check(Endpoint::Batch, started.elapsed());
+                (
+                    json_response(StatusCode::OK, &EvaluationsResponse { evaluations }),
+                    lines,
+                )
+            }
+        };
+        self.log_or_refuse(lines).await?;
+        Ok(response)
+    }
+
+    /// `GET /.well-known/authzen-configuration`.
+    pub(super) fn authzen_configuration<B>(
+        &self,
+        request: &Request<B>,
+    ) -> Result<Response<Full<Bytes>>, ApiError> {
+        let base = match &self.config.authzen.base_url {
+            Some(base) => base.clone(),
+            None => {
+                // h2 carries the authority in the URI, HTTP/1.1 in Host.
+                let host = request
+                    .uri()
+                    .authority()
+                    .map(|a| a.as_str().to_owned())
+                    .or_else(|| {
+                        request
+                            .headers()
+                            .get(HOST)
+                            .and_then(|h| h.to_str().ok())
+                            .map(str::to_owned)
+                    })
+                    .filter(|h| h.parse::<http::uri::Authority>().is_ok())
+                    .ok_or_else(|| ApiError::InvalidField {
+                        field: "host".to_owned(),
+                        message: "no valid Host to build the endpoint URLs from; send one, or \
+                                  start flex-auth with --authzen-base-url"
+                            .to_owned(),
+                    })?;
+                let tls = self.listener.as_ref().is_some_and(|l| l.1.is_some());
+                format!("{}://{host}", if tls { "https" } else { "http" })
+            }
+        };
+        Ok(json_response(StatusCode::OK, &configuration(&base)))
+    }
+
+    /// Decide one evaluation; with the decision log on, also its record line.
+    fn evaluate(
+        &self,
+        engine: &Engine,
+        evaluation: &Evaluation,
+        started: Instant,
+    ) -> Result<(Outcome, Line), ApiError> {
+        let check = evaluation.check();
+        let outcome = engine
+            .decide_with_properties(
+                &check,
+                evaluation.subject.properties.as_ref(),
+                evaluation.resource.properties.as_ref(),
+            )
+            .map_err(ApiError::Request)?;
+        self.metrics.record_decision(&outcome);
+        let line = self
+            .audit
+            .record_line(engine, ORIGIN, Some(&check), &outcome, started, None);
+        Ok((outcome, line))
+    }
+
+    /// One item of an evaluations request: a decision, or — when it cannot be evaluated — a
+    /// deny with its own decision id that carries the error, logged like any other.
+    fn evaluate_item(
+        &self,
+        engine: &Engine,
+        index: usize,
+        item: &serde_json::Value,
+        started: Instant,
+    ) -> (EvaluationResponse, Line) {
+        let parsed: Result<Evaluation, ApiError> = serde_path_to_error::deserialize(item)
+            .map_err(|e| classify_json_error(e.path().to_string(), e.into_inner()));
+        let (error, check) = match parsed {
+            Ok(evaluation) => match self.evaluate(engine, &evaluation, started) {
+                Ok((outcome, line)) => return (self.decided(engine, &outcome), line),
+                Err(e) => (e, Some(evaluation.check())),
+            },
+            Err(e) => (e, None),
+        };
+        self.metrics.record_invalid_item();
+        let outcome = Outcome {
+            decision: Decision::Deny,
+            id: DecisionId::generate(),
+            reasons: vec![REASON_INVALID_REQUEST.to_owned()],
+            policies: Vec::new(),
+            errors: Vec::new(),
+        };
+        let line = self
+            .audit
+            .record_line(engine, ORIGIN, check.as_ref(), &outcome, started, None);
+        let body = error.body_with_field_prefix(&format!("evaluations[{index}]"));
+        let message = match &body.field {
+            Some(field) => format!("{field}: {}", body.message),
+            None => body.message.clone(),
+        };
+        let answer = EvaluationResponse::failed(
+            &outcome,
+            error.status().as_u16(),
+            message,
+            self.config.authzen.decision_only,
+        );
+        (answer, line)
+    }
+
+    fn decided(&self, engine: &Engine, outcome: &Outcome) -> EvaluationResponse {
+        EvaluationResponse::decided(
+            outcome,
+            engine.policy().hash().as_str(),
+            engine.registry().hash().as_str(),
+            self.config.authzen.decision_only,
+        )
+    }
+}
