@@ -1,5 +1,5 @@
 //! Property tests for everything that parses untrusted input: arbitrary bytes and arbitrary JSON
-//! into the check and batch API never panic and never get a 5xx; arbitrary bytes on a real
+//! into the check, batch and AuthZEN APIs never panic and never get a 5xx; arbitrary bytes on a real
 //! server's socket get a 4xx, a decision or a closed connection, and the server keeps serving;
 //! arbitrary registry bytes and Markdown never panic the loaders; arbitrary bearer credentials and
 //! correctly signed tokens with arbitrary claims are refused without panic; routes files and
@@ -275,6 +275,105 @@ proptest! {
         if status == 200 {
             prop_assert_eq!(body["results"].as_array().unwrap().len(), items.len());
         }
+    }
+}
+
+fn assert_authzen_or_4xx(status: u16, body: &Value) {
+    match status {
+        200 => {
+            let answers: Vec<&Value> = match body.get("evaluations") {
+                Some(items) => items.as_array().unwrap().iter().collect(),
+                None => vec![body],
+            };
+            for a in answers {
+                assert!(a["decision"].is_boolean(), "{a}");
+                if a["decision"] == true {
+                    assert!(
+                        a["context"].get("error").is_none(),
+                        "an error is never a permit: {a}"
+                    );
+                }
+            }
+        }
+        400..=499 => assert!(body["error"]["code"].is_string(), "{body}"),
+        _ => panic!("status {status}: {body}"),
+    }
+}
+
+/// AuthZEN-shaped evaluations, every part either well formed or arbitrary, with arbitrary
+/// properties and contexts.
+fn authzen_evaluation() -> impl Strategy<Value = Value> {
+    let entity = |types: &'static [&'static str]| {
+        (
+            prop::sample::select(types.to_vec()),
+            "[a-z:-]{0,24}",
+            prop::option::of(json_value()),
+        )
+            .prop_map(|(t, id, props)| {
+                let mut e = json!({"type": t, "id": id});
+                if let Some(p) = props {
+                    e["properties"] = p;
+                }
+                e
+            })
+    };
+    (
+        prop_oneof![
+            entity(&["Subject", "Actor", "user", "Bad Type"]),
+            json_value()
+        ],
+        prop_oneof![
+            prop::sample::select(vec!["sign", "read", ""]).prop_map(|n| json!({"name": n})),
+            json_value()
+        ],
+        prop_oneof![entity(&["Actor", "Subject", "Team", ""]), json_value()],
+        prop::option::of(json_value()),
+    )
+        .prop_map(|(subject, action, resource, context)| {
+            let mut e = json!({"subject": subject, "action": action, "resource": resource});
+            if let Some(c) = context {
+                e["context"] = c;
+            }
+            e
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Arbitrary AuthZEN evaluations — properties, contexts and types included — get a boolean
+    /// decision or a 4xx, never a 5xx or a panic.
+    #[test]
+    fn authzen_evaluations_get_a_decision_or_a_4xx(value in authzen_evaluation()) {
+        let (status, body) = post("/access/v1/evaluation", serde_json::to_vec(&value).unwrap());
+        assert_authzen_or_4xx(status, &body);
+    }
+
+    /// Boxcarred evaluations with arbitrary defaults and items: with `execute_all`, one answer
+    /// per item, in order.
+    #[test]
+    fn authzen_batches_answer_every_item(
+        defaults in authzen_evaluation(),
+        items in prop::collection::vec(prop_oneof![authzen_evaluation(), json_value()], 0..8),
+    ) {
+        let mut batch = defaults;
+        batch["evaluations"] = json!(items);
+        let (status, body) = post("/access/v1/evaluations", serde_json::to_vec(&batch).unwrap());
+        assert_authzen_or_4xx(status, &body);
+        if status == 200 && !items.is_empty() {
+            prop_assert_eq!(body["evaluations"].as_array().unwrap().len(), items.len());
+        }
+    }
+
+    /// Arbitrary bytes to the AuthZEN endpoints: a decision or a 4xx.
+    #[test]
+    fn arbitrary_bytes_to_authzen_get_a_decision_or_a_4xx(
+        body in prop::collection::vec(any::<u8>(), 0..256),
+        many in any::<bool>(),
+    ) {
+        let path = if many { "/access/v1/evaluations" } else { "/access/v1/evaluation" };
+        let (status, value) = post(path, body);
+        assert_authzen_or_4xx(status, &value);
     }
 }
 
