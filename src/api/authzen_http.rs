@@ -40,12 +40,17 @@ impl Api {
     {
         let body = read_json_body(request, self.config.max_body_bytes).await?;
         let evaluation: Evaluation = parse_json(&body)?;
+        self.answer_one(&evaluation).await
+    }
+
+    /// Decide one evaluation, log it (waiting for durability in required mode) and answer it.
+    async fn answer_one(&self, evaluation: &Evaluation) -> Result<Response<Full<Bytes>>, ApiError> {
         let (response, line) = {
             let loaded = self.state.current();
             let loaded = loaded.as_ref().ok_or_else(|| self.not_ready())?;
             let engine = &loaded.engine;
             let started = Instant::now();
-            let (outcome, line) = self.evaluate(engine, &evaluation, started)?;
+            let (outcome, line) = self.evaluate(engine, evaluation, started)?;
             self.metrics
                 .observe_check(Endpoint::Check, started.elapsed());
             (
@@ -53,6 +58,7 @@ impl Api {
                 line,
             )
         };
+        // The engine is released before waiting on the log.
         self.log_or_refuse(line.into_iter().collect()).await?;
         Ok(response)
     }
@@ -75,6 +81,12 @@ impl Api {
                 got: items.len(),
             });
         }
+        if items.is_empty() {
+            // No `evaluations`: the top level is one evaluation, answered as one.
+            let evaluation: Evaluation = serde_path_to_error::deserialize(batch.top_level())
+                .map_err(|e| classify_json_error(e.path().to_string(), e.into_inner()))?;
+            return self.answer_one(&evaluation).await;
+        }
         let semantic = batch
             .options
             .as_ref()
@@ -85,39 +97,26 @@ impl Api {
             let loaded = loaded.as_ref().ok_or_else(|| self.not_ready())?;
             let engine = &loaded.engine;
             let started = Instant::now();
-            if items.is_empty() {
-                // No `evaluations`: the top level is one evaluation, answered as one.
-                let evaluation: Evaluation = serde_path_to_error::deserialize(batch.top_level())
-                    .map_err(|e| classify_json_error(e.path().to_string(), e.into_inner()))?;
-                let (outcome, line) = self.evaluate(engine, &evaluation, started)?;
-                self.metrics
-                    .observe_check(Endpoint::Check, started.elapsed());
-                (
-                    json_response(StatusCode::OK, &self.decided(engine, &outcome)),
-                    line.into_iter().collect(),
-                )
-            } else {
-                self.metrics.observe_batch(items.len());
-                let mut lines = Vec::new();
-                let mut evaluations = Vec::with_capacity(items.len());
-                for (index, item) in items.iter().enumerate() {
-                    let item_started = Instant::now();
-                    let (answer, line) =
-                        self.evaluate_item(engine, index, &batch.item(item), item_started);
-                    lines.extend(line);
-                    let stop = semantic.stops_after(answer.decision);
-                    evaluations.push(answer);
-                    if stop {
-                        break;
-                    }
+            self.metrics.observe_batch(items.len());
+            let mut lines = Vec::new();
+            let mut evaluations = Vec::with_capacity(items.len());
+            for (index, item) in items.iter().enumerate() {
+                let item_started = Instant::now();
+                let (answer, line) =
+                    self.evaluate_item(engine, index, &batch.item(item), item_started);
+                lines.extend(line);
+                let stop = semantic.stops_after(answer.decision);
+                evaluations.push(answer);
+                if stop {
+                    break;
                 }
-                self.metrics
-                    .observe_check(Endpoint::Batch, started.elapsed());
-                (
-                    json_response(StatusCode::OK, &EvaluationsResponse { evaluations }),
-                    lines,
-                )
             }
+            self.metrics
+                .observe_check(Endpoint::Batch, started.elapsed());
+            (
+                json_response(StatusCode::OK, &EvaluationsResponse { evaluations }),
+                lines,
+            )
         };
         self.log_or_refuse(lines).await?;
         Ok(response)
