@@ -334,10 +334,6 @@ impl Engine {
             if !seen.insert(uid.clone()) {
                 continue;
             }
-            // With a schema, Cedar adds the schema's action entities itself.
-            if schema.is_some() && uid.type_name() == &self.action_type {
-                continue;
-            }
             let Some(entity) = store.get(&uid) else {
                 continue;
             };
@@ -346,8 +342,11 @@ impl Engine {
             }
             slice.push(entity.clone());
         }
-        Entities::from_entities(slice, schema)
-            .map_err(|e| RequestError::new("request", e.to_string()))
+        // Everything taken from the store was validated against the schema when it was loaded
+        // (action entities included), and the merged entities just now; the slice needs only
+        // its transitive closure, which is small.
+        Entities::from_entities(slice, None)
+            .map_err(|e| RequestError::new("request", error_chain(&e)))
     }
 
     /// The Cedar request for a check, validated against the schema when there is one.
