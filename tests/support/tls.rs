@@ -198,9 +198,18 @@ impl Connected {
             .body(Full::new(Bytes::from(body.to_string())))
             .unwrap();
         let exchange = async {
+            // Wait until the connection can take the next request: right after a response the
+            // HTTP/1.1 dispatcher may still be finishing the previous exchange, and sending then
+            // fails with "connection was not ready".
             let response = match &mut self.sender {
-                Sender::H1(s) => s.send_request(request).await?,
-                Sender::H2(s) => s.send_request(request).await?,
+                Sender::H1(s) => {
+                    s.ready().await?;
+                    s.send_request(request).await?
+                }
+                Sender::H2(s) => {
+                    s.ready().await?;
+                    s.send_request(request).await?
+                }
             };
             let status = response.status();
             let bytes = response.into_body().collect().await?.to_bytes();
