@@ -366,16 +366,7 @@ impl Api {
             },
             Err(e) => (e, None),
         };
-        // An item that cannot be evaluated is a deny with its own id, logged like any other.
-        self.metrics.record_invalid_item();
-        let outcome = Outcome {
-            decision: Decision::Deny,
-            id: DecisionId::generate(),
-            reasons: vec![REASON_INVALID_REQUEST.to_owned()],
-            policies: Vec::new(),
-            errors: Vec::new(),
-        };
-        let line = self.record_line(engine, "api:batch", check.as_ref(), &outcome, started);
+        let (outcome, line) = self.invalid_item(engine, "api:batch", check.as_ref(), started);
         let id = outcome.id;
         let body = error.body_with_field_prefix(&format!("checks[{index}]"));
         let item = BatchItem::Failed {
@@ -390,6 +381,27 @@ impl Api {
             error: body,
         };
         (item, line)
+    }
+
+    /// An item of a batch that cannot be evaluated: a deny (`invalid_request`) with its own id,
+    /// counted and logged like any other decision.
+    fn invalid_item(
+        &self,
+        engine: &Engine,
+        origin: &'static str,
+        check: Option<&CheckRequest>,
+        started: Instant,
+    ) -> (Outcome, Option<Option<Vec<u8>>>) {
+        self.metrics.record_invalid_item();
+        let outcome = Outcome {
+            decision: Decision::Deny,
+            id: DecisionId::generate(),
+            reasons: vec![REASON_INVALID_REQUEST.to_owned()],
+            policies: Vec::new(),
+            errors: Vec::new(),
+        };
+        let line = self.record_line(engine, origin, check, &outcome, started);
+        (outcome, line)
     }
 
     fn not_ready(&self) -> ApiError {

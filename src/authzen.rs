@@ -10,7 +10,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::decision::{CheckRequest, Decision, Outcome, ResourceRef, SubjectRef};
+use crate::decision::{
+    CheckRequest, Decision, Engine, Outcome, RequestError, ResourceRef, SubjectRef,
+};
 
 /// `POST /access/v1/evaluation`.
 pub const EVALUATION_PATH: &str = "/access/v1/evaluation";
@@ -68,20 +70,47 @@ pub struct Evaluation {
 }
 
 impl Evaluation {
-    /// The flex-auth check this evaluation asks for (what the decision log records).
-    pub fn check(&self) -> CheckRequest {
-        CheckRequest {
-            subject: SubjectRef {
-                entity_type: Some(self.subject.entity_type.clone()),
-                id: self.subject.id.clone(),
+    /// The mapping to flex-auth: the check (what the decision log records) and the properties
+    /// that are merged over the stored entities for this request. Moves, never copies.
+    pub fn into_mapped(self) -> Mapped {
+        Mapped {
+            check: CheckRequest {
+                subject: SubjectRef {
+                    entity_type: Some(self.subject.entity_type),
+                    id: self.subject.id,
+                },
+                action: self.action.name,
+                resource: ResourceRef {
+                    entity_type: self.resource.entity_type,
+                    id: self.resource.id,
+                },
+                context: self.context,
             },
-            action: self.action.name.clone(),
-            resource: ResourceRef {
-                entity_type: self.resource.entity_type.clone(),
-                id: self.resource.id.clone(),
-            },
-            context: self.context.clone(),
+            subject_properties: self.subject.properties,
+            resource_properties: self.resource.properties,
         }
+    }
+}
+
+/// An evaluation mapped onto the engine's terms.
+#[derive(Debug, Clone)]
+pub struct Mapped {
+    /// Subject, action, resource and context.
+    pub check: CheckRequest,
+    /// `subject.properties`.
+    pub subject_properties: Option<Map<String, Value>>,
+    /// `resource.properties`.
+    pub resource_properties: Option<Map<String, Value>>,
+}
+
+impl Mapped {
+    /// Decide it on `engine` (the one place an AuthZEN request meets the engine).
+    pub fn decide(&self, engine: &Engine) -> Result<Outcome, RequestError> {
+        engine.decide_with_properties(
+            &self.check,
+            self.subject_properties.as_ref(),
+            self.resource_properties.as_ref(),
+        )
     }
 }
 

@@ -118,11 +118,7 @@ pub fn run_cases(engine: &Engine, file: CaseFile) -> Vec<CaseResult> {
         .map(|case| {
             let decided = match (&case.request, &case.authzen) {
                 (Some(request), None) => engine.decide(request),
-                (None, Some(evaluation)) => engine.decide_with_properties(
-                    &evaluation.check(),
-                    evaluation.subject.properties.as_ref(),
-                    evaluation.resource.properties.as_ref(),
-                ),
+                (None, Some(evaluation)) => evaluation.clone().into_mapped().decide(engine),
                 _ => Err(crate::decision::RequestError {
                     field: "case",
                     message: "give exactly one of `request` and `authzen`".to_owned(),

@@ -11,12 +11,11 @@ use hyper::body::Body;
 
 use super::{
     classify_json_error, json_response, parse_json, read_json_body, Api, ApiError, BoxError,
-    REASON_INVALID_REQUEST,
 };
 use crate::authzen::{
-    configuration, Evaluation, EvaluationResponse, EvaluationsRequest, EvaluationsResponse,
+    configuration, Evaluation, EvaluationResponse, EvaluationsRequest, EvaluationsResponse, Mapped,
 };
-use crate::decision::{Decision, DecisionId, Engine, Outcome};
+use crate::decision::{Engine, Outcome};
 // Latency is observed as `check` (one evaluation) or `batch` (an evaluations array), like the
 // /v1 endpoints; responses are counted under the `authzen` endpoint label.
 use crate::telemetry::Endpoint;
@@ -40,17 +39,17 @@ impl Api {
     {
         let body = read_json_body(request, self.config.max_body_bytes).await?;
         let evaluation: Evaluation = parse_json(&body)?;
-        self.answer_one(&evaluation).await
+        self.answer_one(evaluation.into_mapped()).await
     }
 
     /// Decide one evaluation, log it (waiting for durability in required mode) and answer it.
-    async fn answer_one(&self, evaluation: &Evaluation) -> Result<Response<Full<Bytes>>, ApiError> {
+    async fn answer_one(&self, evaluation: Mapped) -> Result<Response<Full<Bytes>>, ApiError> {
         let (response, line) = {
             let loaded = self.state.current();
             let loaded = loaded.as_ref().ok_or_else(|| self.not_ready())?;
             let engine = &loaded.engine;
             let started = Instant::now();
-            let (outcome, line) = self.evaluate(engine, evaluation, started)?;
+            let (outcome, line) = self.evaluate(engine, &evaluation, started)?;
             self.metrics
                 .observe_check(Endpoint::Check, started.elapsed());
             (
@@ -85,7 +84,7 @@ impl Api {
             // No `evaluations`: the top level is one evaluation, answered as one.
             let evaluation: Evaluation = serde_path_to_error::deserialize(batch.top_level())
                 .map_err(|e| classify_json_error(e.path().to_string(), e.into_inner()))?;
-            return self.answer_one(&evaluation).await;
+            return self.answer_one(evaluation.into_mapped()).await;
         }
         let semantic = batch
             .options
@@ -160,21 +159,12 @@ impl Api {
     fn evaluate(
         &self,
         engine: &Engine,
-        evaluation: &Evaluation,
+        evaluation: &Mapped,
         started: Instant,
     ) -> Result<(Outcome, Line), ApiError> {
-        let check = evaluation.check();
-        let outcome = engine
-            .decide_with_properties(
-                &check,
-                evaluation.subject.properties.as_ref(),
-                evaluation.resource.properties.as_ref(),
-            )
-            .map_err(ApiError::Request)?;
+        let outcome = evaluation.decide(engine).map_err(ApiError::Request)?;
         self.metrics.record_decision(&outcome);
-        let line = self
-            .audit
-            .record_line(engine, ORIGIN, Some(&check), &outcome, started, None);
+        let line = self.record_line(engine, ORIGIN, Some(&evaluation.check), &outcome, started);
         Ok((outcome, line))
     }
 
@@ -190,23 +180,16 @@ impl Api {
         let parsed: Result<Evaluation, ApiError> = serde_path_to_error::deserialize(item)
             .map_err(|e| classify_json_error(e.path().to_string(), e.into_inner()));
         let (error, check) = match parsed {
-            Ok(evaluation) => match self.evaluate(engine, &evaluation, started) {
-                Ok((outcome, line)) => return (self.decided(engine, &outcome), line),
-                Err(e) => (e, Some(evaluation.check())),
-            },
+            Ok(evaluation) => {
+                let evaluation = evaluation.into_mapped();
+                match self.evaluate(engine, &evaluation, started) {
+                    Ok((outcome, line)) => return (self.decided(engine, &outcome), line),
+                    Err(e) => (e, Some(evaluation.check)),
+                }
+            }
             Err(e) => (e, None),
         };
-        self.metrics.record_invalid_item();
-        let outcome = Outcome {
-            decision: Decision::Deny,
-            id: DecisionId::generate(),
-            reasons: vec![REASON_INVALID_REQUEST.to_owned()],
-            policies: Vec::new(),
-            errors: Vec::new(),
-        };
-        let line = self
-            .audit
-            .record_line(engine, ORIGIN, check.as_ref(), &outcome, started, None);
+        let (outcome, line) = self.invalid_item(engine, ORIGIN, check.as_ref(), started);
         let body = error.body_with_field_prefix(&format!("evaluations[{index}]"));
         let message = match &body.field {
             Some(field) => format!("{field}: {}", body.message),
