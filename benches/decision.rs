@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
+use flex_auth::decision::PropertiesMode;
 use flex_auth::policy::load_package;
 use flex_auth::registry::parse_snapshot;
 use flex_auth::{CheckRequest, Decision, Engine};
@@ -59,7 +60,7 @@ fn decide(c: &mut Criterion) {
             serde_json::from_value(serde_json::json!({"max_ttl_hours": 6})).unwrap();
         assert_eq!(
             engine
-                .decide_with_properties(&request, None, Some(&properties))
+                .decide_with_properties(&request, None, Some(&properties), PropertiesMode::Override)
                 .unwrap()
                 .decision,
             Decision::Allow
@@ -70,7 +71,12 @@ fn decide(c: &mut Criterion) {
             |b, r| {
                 b.iter(|| {
                     engine
-                        .decide_with_properties(black_box(r), None, Some(&properties))
+                        .decide_with_properties(
+                            black_box(r),
+                            None,
+                            Some(&properties),
+                            PropertiesMode::Override,
+                        )
                         .unwrap()
                 })
             },

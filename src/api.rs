@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use hyper::body::Body;
 use serde::Serialize;
 use serde_json::Value;
@@ -22,7 +22,7 @@ use crate::decision::{
     CheckRequest, Decision, DecisionId, Engine, Outcome, PolicyError, RequestError,
 };
 use crate::registry::RegistryKind;
-use crate::server::Limits;
+use crate::server::{Admission, BodyError, Limits};
 use crate::state::State;
 use crate::telemetry::{Endpoint, Metrics, MetricsError};
 use crate::tls::{ClientCert, Tls};
@@ -272,7 +272,7 @@ impl Api {
                 .observe_check(Endpoint::Check, started.elapsed());
             self.metrics.record_decision(&outcome);
             tracing::debug!(decision_id = %outcome.id, decision = outcome.decision.as_str(), "decided");
-            let line = self.record_line(engine, "api:check", Some(&check), &outcome, started);
+            let line = self.record_line(engine, "api:check", Some(&check), &outcome, started, None);
             let response = json_response(StatusCode::OK, &CheckResponse::new(engine, outcome));
             (response, line)
         };
@@ -288,9 +288,14 @@ impl Api {
         check: Option<&CheckRequest>,
         outcome: &Outcome,
         started: Instant,
+        properties: Option<&Value>,
     ) -> Option<Option<Vec<u8>>> {
+        let extra = crate::audit::Extra {
+            credential_sha256: None,
+            properties,
+        };
         self.audit
-            .record_line(engine, origin, check, outcome, started, None)
+            .record_line(engine, origin, check, outcome, started, extra)
     }
 
     async fn log_or_refuse(&self, lines: Vec<Option<Vec<u8>>>) -> Result<(), ApiError> {
@@ -355,8 +360,14 @@ impl Api {
             Ok(check) => match engine.decide(&check) {
                 Ok(outcome) => {
                     self.metrics.record_decision(&outcome);
-                    let line =
-                        self.record_line(engine, "api:batch", Some(&check), &outcome, started);
+                    let line = self.record_line(
+                        engine,
+                        "api:batch",
+                        Some(&check),
+                        &outcome,
+                        started,
+                        None,
+                    );
                     return (
                         BatchItem::Decided(CheckResponse::new(engine, outcome)),
                         line,
@@ -400,7 +411,7 @@ impl Api {
             policies: Vec::new(),
             errors: Vec::new(),
         };
-        let line = self.record_line(engine, origin, check, &outcome, started);
+        let line = self.record_line(engine, origin, check, &outcome, started, None);
         (outcome, line)
     }
 
@@ -650,20 +661,29 @@ where
             ));
         }
     }
-    let declared = request
-        .headers()
+    let declared = declared_length(request.headers());
+    let admission = request.extensions().get::<Arc<Admission>>().cloned();
+    crate::server::read_body(request.into_body(), declared, limit, admission.as_deref())
+        .await
+        .map_err(ApiError::from)
+}
+
+/// The `Content-Length` a request declares, if it is a number.
+pub(crate) fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(ApiError::BodyTooLarge { limit });
-    }
-    match Limited::new(request.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ApiError::BodyTooLarge { limit })
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+impl From<BodyError> for ApiError {
+    fn from(error: BodyError) -> Self {
+        match error {
+            BodyError::TooLarge { limit } => Self::BodyTooLarge { limit },
+            BodyError::Timeout(after) => Self::BodyTimeout(after),
+            BodyError::Read(message) => Self::BodyRead(message),
+            BodyError::Overloaded => Self::Overloaded,
         }
-        Err(e) => Err(ApiError::BodyRead(e.to_string())),
     }
 }
 
@@ -675,7 +695,7 @@ fn is_forward_auth(path: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('/'))
 }
 
-fn is_json(content_type: &HeaderValue) -> bool {
+pub(crate) fn is_json(content_type: &HeaderValue) -> bool {
     let Ok(text) = content_type.to_str() else {
         return false;
     };
@@ -775,6 +795,8 @@ impl Check {
 pub enum ApiError {
     /// The body is not JSON.
     InvalidJson(String),
+    /// An object in the body names a key twice (the JSON path of the second one).
+    DuplicateKey(String),
     /// A required field is absent.
     MissingField(String),
     /// A field the API does not know.
@@ -804,6 +826,10 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     /// The body could not be read.
     BodyRead(String),
+    /// The body did not arrive within the body-read timeout (408).
+    BodyTimeout(std::time::Duration),
+    /// The in-flight limit is reached (503 with `Retry-After`).
+    Overloaded,
     /// No such path.
     NotFound(String),
     /// Path exists, method does not.
@@ -885,6 +911,7 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             Self::InvalidJson(_)
+            | Self::DuplicateKey(_)
             | Self::MissingField(_)
             | Self::UnknownField(_)
             | Self::InvalidField { .. }
@@ -903,6 +930,8 @@ impl ApiError {
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::BodyTooLarge { .. } | Self::BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotReady(_) | Self::AdminUnavailable(_) | Self::AuditUnavailable => {
@@ -919,6 +948,11 @@ impl ApiError {
                 "invalid_json",
                 format!("request body is not valid JSON: {m}"),
                 None,
+            ),
+            Self::DuplicateKey(path) => (
+                "duplicate_key",
+                format!("duplicate key `{path}`: an object may name a key only once"),
+                Some(path.clone()),
             ),
             Self::MissingField(f) => (
                 "missing_field",
@@ -950,6 +984,11 @@ impl ApiError {
                 format!("batch holds {got} checks; at most {max} are accepted"),
                 Some("checks".to_owned()),
             ),
+            Self::UnsupportedMediaType(ct) if ct.is_empty() => (
+                "unsupported_media_type",
+                "the body is read as JSON only when it says so: send `Content-Type: application/json`".to_owned(),
+                None,
+            ),
             Self::UnsupportedMediaType(ct) => (
                 "unsupported_media_type",
                 format!("content type `{ct}` is not supported; send `application/json`"),
@@ -958,6 +997,19 @@ impl ApiError {
             Self::BodyRead(m) => (
                 "body_read_error",
                 format!("could not read the request body: {m}"),
+                None,
+            ),
+            Self::BodyTimeout(after) => (
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {}",
+                    humantime::format_duration(*after)
+                ),
+                None,
+            ),
+            Self::Overloaded => (
+                "overloaded",
+                "too many requests in flight; retry shortly (treat as deny)".to_owned(),
                 None,
             ),
             Self::NotFound(p) => ("not_found", format!("no endpoint at `{p}`"), None),
@@ -1104,6 +1156,7 @@ impl ApiError {
 
 /// Parse a JSON body into `T`, naming the field at fault.
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    reject_duplicate_keys(body)?;
     let mut de = serde_json::Deserializer::from_slice(body);
     let parsed: Result<T, (String, serde_json::Error)> = serde_path_to_error::deserialize(&mut de)
         .map_err(|e| (e.path().to_string(), e.into_inner()))
@@ -1132,6 +1185,20 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
                 });
             }
             Err(classify_json_error(path, error))
+        }
+    }
+}
+
+/// Refuse a body that is not JSON or whose objects name a key twice, at any depth.
+pub(crate) fn reject_duplicate_keys(body: &[u8]) -> Result<(), ApiError> {
+    crate::json::check_unique_keys(body).map_err(ApiError::from)
+}
+
+impl From<crate::json::JsonError> for ApiError {
+    fn from(error: crate::json::JsonError) -> Self {
+        match error {
+            crate::json::JsonError::Syntax(e) => Self::InvalidJson(e.to_string()),
+            crate::json::JsonError::DuplicateKey { path } => Self::DuplicateKey(path),
         }
     }
 }

@@ -86,6 +86,13 @@ pub struct Record<'a> {
     pub action: Option<&'a str>,
     /// Resource type and id.
     pub resource: Option<&'a ResourceRef>,
+    /// The request's context, as evaluated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    /// AuthZEN `subject.properties` / `resource.properties` the request sent, as sent (what the
+    /// engine made of them depends on `--authzen-properties`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub properties: Option<&'a serde_json::Value>,
     /// `allow` or `deny`.
     pub decision: &'a str,
     /// Reason codes.
@@ -102,6 +109,15 @@ pub struct Record<'a> {
     /// credential itself.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credential_sha256: Option<&'a str>,
+}
+
+/// What a surface adds to a record beyond the check and its outcome.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extra<'a> {
+    /// sha256 (hex) of the bearer credential (proxy, forward-auth).
+    pub credential_sha256: Option<&'a str>,
+    /// AuthZEN properties as sent.
+    pub properties: Option<&'a serde_json::Value>,
 }
 
 /// Rotation of a file sink.
@@ -218,7 +234,7 @@ impl AuditLog {
         check: Option<&CheckRequest>,
         outcome: &Outcome,
         started: std::time::Instant,
-        credential_sha256: Option<&str>,
+        extra: Extra<'_>,
     ) -> Option<Option<Vec<u8>>> {
         self.enabled().then(|| {
             self.line(&Record {
@@ -228,13 +244,15 @@ impl AuditLog {
                 subject: check.map(|c| &c.subject),
                 action: check.map(|c| c.action.as_str()),
                 resource: check.map(|c| &c.resource),
+                context: check.and_then(|c| c.context.as_ref()),
+                properties: extra.properties,
                 decision: outcome.decision.as_str(),
                 reasons: &outcome.reasons,
                 policies: &outcome.policies,
                 policy_version: engine.policy().hash().as_str(),
                 registry_version: engine.registry().hash().as_str(),
                 latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-                credential_sha256,
+                credential_sha256: extra.credential_sha256,
             })
         })
     }
@@ -309,14 +327,66 @@ enum Output {
     Stdout(std::io::Stdout),
     File {
         path: PathBuf,
-        file: Option<File>,
+        /// The open file and which file it is; `None` until (re)opened.
+        file: Option<(File, Identity)>,
         size: u64,
         rotation: Rotation,
     },
     Sqlite {
         path: PathBuf,
-        conn: Option<rusqlite::Connection>,
+        conn: Option<(rusqlite::Connection, Identity)>,
     },
+}
+
+/// Which file a path named when it was opened (device and inode). A record is durable only in
+/// the file the configured path names *now*: a deleted, moved or replaced file keeps taking
+/// writes through the old descriptor, and those records would be lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    dev: u64,
+    ino: u64,
+}
+
+impl Identity {
+    #[cfg(unix)]
+    fn of(metadata: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn of(_: &std::fs::Metadata) -> Self {
+        Self { dev: 0, ino: 0 }
+    }
+
+    /// Whether `path` still names the file this identity was taken from (and, for an open
+    /// file, whether that file still has a name at all).
+    fn still_named(self, path: &Path, open: Option<&File>) -> bool {
+        let Ok(now) = std::fs::metadata(path) else {
+            return false;
+        };
+        #[cfg(unix)]
+        if let Some(file) = open {
+            use std::os::unix::fs::MetadataExt;
+            if file.metadata().map_or(true, |m| m.nlink() == 0) {
+                return false;
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = open;
+        Self::of(&now) == self
+    }
+}
+
+/// The path no longer names the file records were written to.
+fn moved(path: &Path) -> std::io::Error {
+    std::io::Error::other(format!(
+        "`{}` was deleted, moved or replaced while records were written to it",
+        path.display()
+    ))
 }
 
 struct Writer {
@@ -330,17 +400,16 @@ impl Writer {
         let output = match sink {
             Sink::Stdout => Output::Stdout(std::io::stdout()),
             Sink::File(path) => {
-                let file = open_append(&path)?;
-                let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                let (file, identity, size) = open_log_file(&path)?;
                 Output::File {
                     path,
-                    file: Some(file),
+                    file: Some((file, identity)),
                     size,
                     rotation,
                 }
             }
             Sink::Sqlite(path) => {
-                let conn = sqlite::open(&path).map_err(std::io::Error::other)?;
+                let conn = open_database(&path)?;
                 Output::Sqlite {
                     path,
                     conn: Some(conn),
@@ -358,23 +427,25 @@ impl Writer {
         written: &AtomicU64,
     ) {
         loop {
-            let first = if healthy.load(Ordering::Relaxed) {
-                match rx.recv() {
-                    Ok(job) => job,
-                    Err(_) => return,
-                }
-            } else {
-                match rx.recv_timeout(PROBE_EVERY) {
-                    Ok(job) => job,
-                    Err(RecvTimeoutError::Timeout) => {
-                        if self.probe().is_ok() {
+            // Idle or not, the sink is looked at every PROBE_EVERY: a log directory removed while
+            // no decision is asked for turns readiness unready before the next decision does.
+            let first = match rx.recv_timeout(PROBE_EVERY) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => {
+                    match (self.probe(), healthy.load(Ordering::Relaxed)) {
+                        (Ok(()), false) => {
                             tracing::info!("decision log writable again");
                             healthy.store(true, Ordering::Relaxed);
                         }
-                        continue;
+                        (Err(e), true) => {
+                            healthy.store(false, Ordering::Relaxed);
+                            tracing::error!(error = %e, "decision log unusable; required-mode decisions answer 503 until it recovers");
+                        }
+                        _ => {}
                     }
-                    Err(RecvTimeoutError::Disconnected) => return,
+                    continue;
                 }
+                Err(RecvTimeoutError::Disconnected) => return,
             };
             let mut batch = vec![first];
             while batch.len() < GROUP {
@@ -383,14 +454,20 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let ok = self.write_durably(&batch).is_ok();
-            if ok {
-                written.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                healthy.store(true, Ordering::Relaxed);
-            } else {
-                failures.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                if healthy.swap(false, Ordering::Relaxed) {
-                    tracing::error!("decision log write failed; required-mode decisions answer 503 until it recovers");
+            let result = self.write_durably(&batch);
+            let ok = result.is_ok();
+            match result {
+                Ok(()) => {
+                    written.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    if !healthy.swap(true, Ordering::Relaxed) {
+                        tracing::info!("decision log writable again");
+                    }
+                }
+                Err(e) => {
+                    failures.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    if healthy.swap(false, Ordering::Relaxed) {
+                        tracing::error!(error = %e, records = batch.len(), "decision log write failed; required-mode decisions answer 503 until it recovers");
+                    }
                 }
             }
             for job in batch {
@@ -401,8 +478,11 @@ impl Writer {
         }
     }
 
-    /// Write every line, then make them durable with one flush / fsync.
+    /// Write every line, then make them durable with one flush / fsync. On success every line
+    /// is whole, in the file (or database) the configured path names now; on failure none of
+    /// the group is left behind in the file.
     fn write_durably(&mut self, batch: &[Job]) -> std::io::Result<()> {
+        let sync = self.sync;
         match &mut self.output {
             Output::Stdout(out) => {
                 let mut lock = out.lock();
@@ -417,54 +497,153 @@ impl Writer {
                 size,
                 rotation,
             } => {
+                if file
+                    .as_ref()
+                    .is_some_and(|(f, id)| !id.still_named(path, Some(f)))
+                {
+                    tracing::warn!(path = %path.display(), "decision log file was deleted, moved or replaced; reopening it");
+                    *file = None;
+                }
                 if *size >= rotation.max_bytes {
                     *file = None;
                     rotate(path, rotation.keep)?;
                     *size = 0;
                 }
                 if file.is_none() {
-                    *file = Some(open_append(path)?);
+                    let (f, id, len) = open_log_file(path)?;
+                    *file = Some((f, id));
+                    *size = len;
                 }
-                let Some(f) = file.as_mut() else {
+                let Some((f, identity)) = file.as_mut() else {
                     return Err(std::io::Error::other("decision log file is not open"));
                 };
+                if batch.is_empty() {
+                    return Ok(());
+                }
                 let mut buffer = Vec::with_capacity(batch.iter().map(|j| j.line.len()).sum());
                 for job in batch {
                     buffer.extend_from_slice(&job.line);
                 }
-                let sync = self.sync;
-                let result =
-                    f.write_all(&buffer)
-                        .and_then(|()| if sync { f.sync_data() } else { Ok(()) });
-                if result.is_err() {
-                    // Reopen on the next attempt: the file may have been removed or replaced.
-                    *file = None;
-                } else {
-                    *size += buffer.len() as u64;
+                let before = f.metadata().map_or(*size, |m| m.len());
+                let result = f
+                    .write_all(&buffer)
+                    .and_then(|()| if sync { f.sync_data() } else { Ok(()) })
+                    .and_then(|()| {
+                        // Deleted between the check above and the fsync: not durable where
+                        // anyone will look.
+                        if identity.still_named(path, Some(f)) {
+                            Ok(())
+                        } else {
+                            Err(moved(path))
+                        }
+                    });
+                match result {
+                    Ok(()) => {
+                        *size = before + buffer.len() as u64;
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // A group that failed half-way (ENOSPC, EIO) must not leave a fragment
+                        // for the next record to be glued onto: cut the file back to where the
+                        // group began. If even that fails, the file is closed and repaired when
+                        // it is reopened (see `open_log_file`).
+                        let repaired =
+                            f.set_len(before)
+                                .and_then(|()| if sync { f.sync_data() } else { Ok(()) });
+                        if let Err(cut) = repaired {
+                            tracing::error!(error = %cut, path = %path.display(), "cannot cut a failed write back out of the decision log; it is repaired when reopened");
+                            *file = None;
+                        } else if !identity.still_named(path, Some(f)) {
+                            *file = None;
+                        }
+                        Err(e)
+                    }
                 }
-                result
             }
             Output::Sqlite { path, conn } => {
-                if conn.is_none() {
-                    *conn = Some(sqlite::open(path).map_err(std::io::Error::other)?);
+                if conn
+                    .as_ref()
+                    .is_some_and(|(_, id)| !id.still_named(path, None))
+                {
+                    tracing::warn!(path = %path.display(), "decision log database was deleted, moved or replaced; reopening it");
+                    *conn = None;
                 }
-                let Some(c) = conn.as_mut() else {
+                if conn.is_none() {
+                    *conn = Some(open_database(path)?);
+                }
+                let Some((c, identity)) = conn.as_mut() else {
                     return Err(std::io::Error::other("decision log database is not open"));
                 };
-                let result = sqlite::insert(c, batch.iter().map(|job| job.line.as_slice()));
+                if batch.is_empty() {
+                    return Ok(());
+                }
+                let result = sqlite::insert(c, batch.iter().map(|job| job.line.as_slice()))
+                    .map_err(std::io::Error::other)
+                    .and_then(|()| {
+                        if identity.still_named(path, None) {
+                            Ok(())
+                        } else {
+                            Err(moved(path))
+                        }
+                    });
                 if result.is_err() {
                     // Reopen on the next attempt: the database may have been replaced.
                     *conn = None;
                 }
-                result.map_err(std::io::Error::other)
+                result
             }
         }
     }
 
-    /// Can the sink take a durable write again?
+    /// Can the sink take a durable write (to the file its path names now)? Reopens it if not.
     fn probe(&mut self) -> std::io::Result<()> {
         self.write_durably(&[])
     }
+}
+
+/// Open (creating) a decision-log file for appending. A last line without its newline — a
+/// write torn by a crash or a full disk that could not be cut back — is removed first, so the
+/// next record starts on a line of its own and every line in the file is a whole record.
+fn open_log_file(path: &Path) -> std::io::Result<(File, Identity, u64)> {
+    let file = open_append(path)?;
+    let metadata = file.metadata()?;
+    let mut len = metadata.len();
+    if len > 0 {
+        let keep = whole_lines_len(path, len)?;
+        if keep < len {
+            tracing::warn!(path = %path.display(), bytes = len - keep, "removing a partial last line from the decision log");
+            file.set_len(keep)?;
+            file.sync_data()?;
+            len = keep;
+        }
+    }
+    Ok((file, Identity::of(&metadata), len))
+}
+
+/// The length of `path` up to and including its last newline.
+fn whole_lines_len(path: &Path, len: u64) -> std::io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut reader = File::open(path)?;
+    let mut end = len;
+    let mut chunk = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let want = usize::try_from(end - start).unwrap_or(chunk.len());
+        let buf = chunk.get_mut(..want).unwrap_or_default();
+        reader.seek(SeekFrom::Start(start))?;
+        reader.read_exact(buf)?;
+        if let Some(i) = buf.iter().rposition(|&b| b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+fn open_database(path: &Path) -> std::io::Result<(rusqlite::Connection, Identity)> {
+    let conn = sqlite::open(path).map_err(std::io::Error::other)?;
+    let identity = Identity::of(&std::fs::metadata(path)?);
+    Ok((conn, identity))
 }
 
 fn open_append(path: &Path) -> std::io::Result<File> {

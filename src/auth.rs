@@ -546,6 +546,7 @@ impl Authenticator {
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation)
             .map_err(|e| classify(&e))?;
         let claims = data.claims;
+        reject_duplicate_claims(token)?;
         match claims.get("iat") {
             None => {}
             Some(Value::Number(n)) => {
@@ -784,6 +785,23 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
     Ok(token)
 }
 
+/// A verified token whose claims name a key twice is refused: the JWT library keeps the last
+/// value, and a service behind flex-auth that reads the token again may keep the first.
+fn reject_duplicate_claims(token: &str) -> Result<(), AuthError> {
+    let payload = token.split('.').nth(1).unwrap_or("");
+    let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| AuthError::Malformed("token claims are not base64url".to_owned()))?;
+    crate::json::check_unique_keys(&decoded).map_err(|e| match e {
+        crate::json::JsonError::DuplicateKey { path } => {
+            AuthError::Malformed(format!("token claims name `{path}` twice"))
+        }
+        crate::json::JsonError::Syntax(_) => {
+            AuthError::Malformed("token claims are not JSON".to_owned())
+        }
+    })
+}
+
 /// The token's algorithm (checked against the allow-list before anything else) and `kid`.
 fn token_header(token: &str, allowed: &[Alg]) -> Result<(Alg, Option<String>), AuthError> {
     let malformed = |what: &str| AuthError::Malformed(format!("token is not a JWT: {what}"));
@@ -796,8 +814,12 @@ fn token_header(token: &str, allowed: &[Alg]) -> Result<(Alg, Option<String>), A
     let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(header)
         .map_err(|_| malformed("header is not base64url"))?;
-    let header: Value =
-        serde_json::from_slice(&decoded).map_err(|_| malformed("header is not JSON"))?;
+    let header = crate::json::parse_value(&decoded).map_err(|e| match e {
+        crate::json::JsonError::DuplicateKey { path } => {
+            malformed(&format!("header names `{path}` twice"))
+        }
+        crate::json::JsonError::Syntax(_) => malformed("header is not JSON"),
+    })?;
     let alg_name = header
         .get("alg")
         .and_then(Value::as_str)

@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use crate::decision::PropertiesMode;
 use crate::decision::{
     CheckRequest, Decision, Engine, Outcome, RequestError, ResourceRef, SubjectRef,
 };
@@ -30,6 +31,8 @@ pub struct AuthZenConfig {
     /// Answer exactly `{"decision": bool}` (no response context), for strict clients such as
     /// the AuthZEN interop runner.
     pub decision_only: bool,
+    /// What `subject.properties` / `resource.properties` may do to the loaded entities.
+    pub properties: PropertiesMode,
 }
 
 /// An AuthZEN subject or resource. Unknown fields are ignored, as the specification asks.
@@ -104,13 +107,31 @@ pub struct Mapped {
 }
 
 impl Mapped {
-    /// Decide it on `engine` (the one place an AuthZEN request meets the engine).
-    pub fn decide(&self, engine: &Engine) -> Result<Outcome, RequestError> {
+    /// Decide it on `engine` (the one place an AuthZEN request meets the engine), with
+    /// properties applied as `mode` says.
+    pub fn decide(&self, engine: &Engine, mode: PropertiesMode) -> Result<Outcome, RequestError> {
         engine.decide_with_properties(
             &self.check,
             self.subject_properties.as_ref(),
             self.resource_properties.as_ref(),
+            mode,
         )
+    }
+
+    /// The properties as the decision log records them: `{"subject": …, "resource": …}` with
+    /// the ones the request sent, or `None` when it sent none.
+    pub fn recorded_properties(&self) -> Option<Value> {
+        if self.subject_properties.is_none() && self.resource_properties.is_none() {
+            return None;
+        }
+        let mut map = Map::new();
+        if let Some(props) = &self.subject_properties {
+            map.insert("subject".to_owned(), Value::Object(props.clone()));
+        }
+        if let Some(props) = &self.resource_properties {
+            map.insert("resource".to_owned(), Value::Object(props.clone()));
+        }
+        Some(Value::Object(map))
     }
 }
 

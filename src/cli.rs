@@ -168,6 +168,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         authzen: crate::authzen::AuthZenConfig {
             base_url: args.authzen_base_url.clone(),
             decision_only: args.authzen_decision_only,
+            properties: args.authzen_properties,
         },
     };
     let reload_config = ReloadConfig {
@@ -452,7 +453,8 @@ async fn gate_and_proxy(
         api.metrics().clone(),
     );
     let proxy = upstream.map(|(uri, tls)| {
-        let proxy = crate::proxy::Proxy::new(gate.clone(), uri, args.proxy.upstream_timeout);
+        let proxy = crate::proxy::Proxy::new(gate.clone(), uri, args.proxy.upstream_timeout)
+            .with_passed_headers(args.proxy.proxy_pass_headers.clone());
         match tls {
             Some(config) => proxy.with_tls(config),
             None => proxy,
@@ -597,6 +599,8 @@ fn build_request(args: &CheckArgs) -> Result<CheckRequest, String> {
             std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?
         };
+        crate::json::check_unique_keys(text.as_bytes())
+            .map_err(|e| format!("invalid request JSON: {e}"))?;
         return serde_json::from_str(&text).map_err(|e| format!("invalid request JSON: {e}"));
     }
     let subject = args
@@ -612,7 +616,7 @@ fn build_request(args: &CheckArgs) -> Result<CheckRequest, String> {
         .clone()
         .unwrap_or_else(|| subject.strip_prefix("iam:").unwrap_or(&subject).to_owned());
     let context = match &args.context {
-        Some(text) => match serde_json::from_str::<Value>(text) {
+        Some(text) => match crate::json::parse_value(text.as_bytes()) {
             Ok(Value::Object(map)) => Some(map),
             Ok(_) => return Err("--context must be a JSON object".to_owned()),
             Err(e) => return Err(format!("--context is not valid JSON: {e}")),

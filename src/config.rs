@@ -231,6 +231,21 @@ pub struct ServeArgs {
     )]
     pub authzen_decision_only: bool,
 
+    /// What AuthZEN `subject.properties` / `resource.properties` may do: `extend` adds
+    /// attributes an entity does not have and describes entities the store does not hold, but
+    /// never replaces a stored attribute and never makes a registry actor exist; `override`
+    /// replaces stored attributes (only for callers trusted with the facts); `ignore` disregards
+    /// them. Properties are recorded in the decision log either way.
+    #[arg(
+        long,
+        env = "FLEX_AUTH_AUTHZEN_PROPERTIES",
+        help_heading = "AuthZEN",
+        value_enum,
+        value_name = "MODE",
+        default_value = "extend"
+    )]
+    pub authzen_properties: crate::authzen::PropertiesMode,
+
     /// Reverse proxy and forward-auth.
     #[command(flatten)]
     pub proxy: ProxyArgs,
@@ -329,6 +344,12 @@ pub struct LimitsArgs {
           value_parser = clap::value_parser!(u64).range(8 * 1024..=1024 * 1024))]
     pub max_header_bytes: u64,
 
+    /// Time a client has to send a whole request body that flex-auth reads before deciding
+    /// (decision API, admin pushes, proxy routes that read the body); slower bodies get 408
+    /// `body_timeout`. A request counts against `--max-in-flight` only once its body is in.
+    #[arg(long, env = "FLEX_AUTH_BODY_READ_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
+    pub body_read_timeout: Duration,
+
     /// Time from a request's headers to its response's headers (body reading and the decision
     /// included); then 503 `deadline_exceeded`. Must be longer than `--upstream-timeout`.
     #[arg(long, env = "FLEX_AUTH_REQUEST_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]
@@ -362,6 +383,7 @@ impl ServeArgs {
         crate::server::Limits {
             header_read_timeout: l.header_read_timeout,
             max_header_bytes: usize::try_from(l.max_header_bytes).unwrap_or(usize::MAX),
+            body_read_timeout: l.body_read_timeout,
             request_timeout: l.request_timeout,
             keepalive_timeout: l.keepalive_timeout,
             max_connections: usize::try_from(l.max_connections).unwrap_or(usize::MAX),
@@ -376,6 +398,12 @@ fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     let d = parse_duration(text)?;
     if d.is_zero() {
         return Err(format!("`{text}` must be longer than zero"));
+    }
+    // Deadlines are added to the current time; an absurd value must not overflow that.
+    if d > Duration::from_secs(24 * 60 * 60) {
+        return Err(format!(
+            "`{text}` is longer than the 24h this setting allows"
+        ));
     }
     Ok(d)
 }
@@ -417,6 +445,33 @@ pub struct ProxyArgs {
         requires = "upstream"
     )]
     pub upstream_ca: Option<PathBuf>,
+
+    /// A forwarding header the proxy lets reach the upstream as the client sent it (by default
+    /// `X-Original-URL`, `X-HTTP-Method-Override`, `X-Forwarded-*`, `Forwarded`, `X-Real-IP`,
+    /// `True-Client-IP` and the like are removed: see docs/security.md). Repeat or separate with
+    /// commas; only for a trusted proxy in front of flex-auth that sets them itself.
+    #[arg(
+        long = "proxy-pass-header",
+        env = "FLEX_AUTH_PROXY_PASS_HEADER",
+        value_delimiter = ',',
+        value_name = "NAME",
+        value_parser = parse_pass_header,
+        requires = "upstream"
+    )]
+    pub proxy_pass_headers: Vec<http::HeaderName>,
+}
+
+fn parse_pass_header(text: &str) -> Result<http::HeaderName, String> {
+    let name = http::HeaderName::from_bytes(text.trim().as_bytes())
+        .map_err(|_| format!("`{text}` is not a header name"))?;
+    if crate::proxy::UNTRUSTED_FORWARDING_HEADERS.contains(&name.as_str()) {
+        Ok(name)
+    } else {
+        Err(format!(
+            "`{text}` is not removed by the proxy, so there is nothing to pass through; the list is {}",
+            crate::proxy::UNTRUSTED_FORWARDING_HEADERS.join(", ")
+        ))
+    }
 }
 
 /// How bearer credentials are verified.
@@ -609,13 +664,13 @@ pub enum DecisionsCommand {
         #[arg(env = "FLEX_AUTH_DECISION_ID")]
         decision_id: String,
         /// The sink to read: `file:PATH` (rotated files included) or `sqlite:PATH`.
-        #[arg(long, env = "FLEX_AUTH_DECISION_LOG", value_parser = parse_sink)]
+        #[arg(long, visible_alias = "decision-log", env = "FLEX_AUTH_DECISION_LOG", value_parser = parse_sink)]
         log: crate::audit::Sink,
     },
     /// Print the newest records.
     Tail {
         /// The sink to read: `file:PATH` (rotated files included) or `sqlite:PATH`.
-        #[arg(long, env = "FLEX_AUTH_DECISION_LOG", value_parser = parse_sink)]
+        #[arg(long, visible_alias = "decision-log", env = "FLEX_AUTH_DECISION_LOG", value_parser = parse_sink)]
         log: crate::audit::Sink,
         /// How many records.
         #[arg(

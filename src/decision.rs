@@ -67,6 +67,20 @@ pub struct ResourceRef {
     pub id: String,
 }
 
+/// What AuthZEN `properties` may do to the entities the registry holds, for one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PropertiesMode {
+    /// Add attributes a stored entity does not have, and describe entities the store does not
+    /// hold, but never replace a stored attribute; an actor of a registry snapshot is never
+    /// made to exist by properties.
+    #[default]
+    Extend,
+    /// Replace stored attributes with the request's (the caller is trusted with the facts).
+    Override,
+    /// Disregard properties; decide on the loaded entities alone.
+    Ignore,
+}
+
 /// Allow or deny. There is no third answer: anything that is not an allow is a deny.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -261,8 +275,11 @@ impl Engine {
         request: &CheckRequest,
         subject_properties: Option<&Map<String, Value>>,
         resource_properties: Option<&Map<String, Value>>,
+        mode: PropertiesMode,
     ) -> Result<Outcome, RequestError> {
-        if subject_properties.is_none() && resource_properties.is_none() {
+        if mode == PropertiesMode::Ignore
+            || (subject_properties.is_none() && resource_properties.is_none())
+        {
             return self.decide(request);
         }
         let cedar_request = self.cedar_request(request)?;
@@ -283,7 +300,7 @@ impl Engine {
         .cloned()
         .collect();
         let context = request.context.clone().unwrap_or_default();
-        let entities = self.slice(&overrides, seeds, &Value::Object(context))?;
+        let entities = self.slice(&overrides, seeds, &Value::Object(context), mode)?;
         Ok(self.evaluate(&cedar_request, &entities))
     }
 
@@ -299,6 +316,7 @@ impl Engine {
         overrides: &[(&'static str, EntityUid, &Map<String, Value>)],
         seeds: Vec<EntityUid>,
         context: &Value,
+        mode: PropertiesMode,
     ) -> Result<Entities, RequestError> {
         let store = self.registry.entities();
         let schema = self.policy.schema();
@@ -307,7 +325,16 @@ impl Engine {
         queue.extend(self.literals.iter().cloned());
         let mut slice: Vec<Entity> = Vec::new();
         for (field, uid, props) in overrides {
-            let mut json = match store.get(uid) {
+            let stored = store.get(uid);
+            if stored.is_none()
+                && mode == PropertiesMode::Extend
+                && self.registry.is_authoritative_for(uid.type_name())
+            {
+                // The registry is the only source of these entities: properties cannot make one
+                // exist (an unknown actor stays unknown, whatever limits the request claims).
+                continue;
+            }
+            let mut json = match stored {
                 Some(entity) => entity
                     .to_json_value()
                     .map_err(|e| RequestError::new(field, e.to_string()))?,
@@ -319,7 +346,15 @@ impl Engine {
             };
             if let Some(attrs) = json.get_mut("attrs").and_then(Value::as_object_mut) {
                 for (name, value) in *props {
-                    attrs.insert(name.clone(), value.clone());
+                    match mode {
+                        PropertiesMode::Override => {
+                            attrs.insert(name.clone(), value.clone());
+                        }
+                        // Never replace what the registry says about an entity.
+                        PropertiesMode::Extend | PropertiesMode::Ignore => {
+                            attrs.entry(name.clone()).or_insert_with(|| value.clone());
+                        }
+                    }
                 }
             }
             entity_refs(&json, &mut queue);

@@ -77,10 +77,17 @@ where
     // Envoy sends the body when `with_request_body` is set; nginx never does.
     let body = match (surface, route.body_limit) {
         (Surface::Envoy, Some(limit)) => {
-            let bytes = crate::proxy::read_limited(body, limit).await?;
+            let declared = crate::api::declared_length(&parts.headers);
+            let admission = crate::proxy::admission(&parts.extensions);
+            let bytes = crate::server::read_body(body, declared, limit, admission.as_deref())
+                .await
+                .map_err(ApiError::from)?;
             (!bytes.is_empty()).then_some(bytes)
         }
-        _ => None,
+        _ => {
+            crate::proxy::admit(&parts.extensions)?;
+            None
+        }
     };
     let allowed = gate
         .authorize(surface, route, &params, &target, body.as_deref())

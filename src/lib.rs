@@ -17,6 +17,7 @@ pub mod config;
 pub mod decision;
 pub mod forward_auth;
 pub mod hash;
+pub mod json;
 pub mod policy;
 pub mod proxy;
 pub mod reference;

@@ -18,16 +18,15 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use serde_json::Value;
 use tracing::Instrument as _;
 
 use crate::api::ApiError;
 use crate::audit::AuditLog;
 use crate::auth::{AuthError, Authenticator};
 use crate::decision::{CheckRequest, Decision, DecisionId, Outcome, ResourceRef, SubjectRef};
-use crate::server::{Handler, PeerAddr};
+use crate::server::{Admission, Handler, PeerAddr};
 use crate::state::State;
 use crate::telemetry::{Endpoint, Metrics};
 use routes::{Inputs, Route, Routes};
@@ -155,9 +154,14 @@ impl Gate {
                 errors: Vec::new(),
             };
             self.metrics.record_decision(&outcome);
-            let line =
-                self.audit
-                    .record_line(engine, surface.as_str(), None, &outcome, started, None);
+            let line = self.audit.record_line(
+                engine,
+                surface.as_str(),
+                None,
+                &outcome,
+                started,
+                crate::audit::Extra::default(),
+            );
             (ApiError::forbidden(engine, &outcome), line)
         };
         match self.audit.commit(line.into_iter().collect()).await {
@@ -192,10 +196,19 @@ impl Gate {
         let parsed_body = match (route.body_limit, body) {
             (None, _) => None,
             (Some(_), None) => return Err(ApiError::BodyUnavailable(route.name.clone())),
-            (Some(_), Some(bytes)) => Some(
-                serde_json::from_slice::<Value>(bytes)
-                    .map_err(|e| ApiError::InvalidJson(e.to_string()))?,
-            ),
+            (Some(_), Some(bytes)) => {
+                // Read the body only as the type it declares: a form (or anything else) that
+                // happens to parse as JSON would be authorized on values the upstream never sees.
+                let declared = target.headers.get(http::header::CONTENT_TYPE);
+                if !declared.is_some_and(crate::api::is_json) {
+                    return Err(ApiError::UnsupportedMediaType(
+                        declared.map_or_else(String::new, |v| {
+                            String::from_utf8_lossy(v.as_bytes()).into_owned()
+                        }),
+                    ));
+                }
+                Some(crate::json::parse_value(bytes).map_err(ApiError::from)?)
+            }
         };
         let inputs = Inputs {
             query: target.query,
@@ -239,7 +252,10 @@ impl Gate {
                 Some(&request),
                 &outcome,
                 started,
-                Some(&principal.credential_sha256),
+                crate::audit::Extra {
+                    credential_sha256: Some(&principal.credential_sha256),
+                    properties: None,
+                },
             );
             tracing::Span::current().record("decision_id", tracing::field::display(&outcome.id));
             let result = match outcome.decision {
@@ -327,6 +343,8 @@ struct Upstream {
     base: Uri,
     client: UpstreamClient,
     timeout: Duration,
+    /// Untrusted forwarding headers the operator lets through.
+    passed_headers: Vec<HeaderName>,
 }
 
 /// Why an upstream URL cannot be used.
@@ -420,6 +438,7 @@ impl Proxy {
                 base: upstream,
                 client: upstream_client(tls),
                 timeout,
+                passed_headers: Vec::new(),
             }),
         }
     }
@@ -432,11 +451,29 @@ impl Proxy {
             base: self.upstream.base.clone(),
             client: upstream_client(tls),
             timeout: self.upstream.timeout,
+            passed_headers: self.upstream.passed_headers.clone(),
         };
         Self {
             gate: self.gate,
             upstream: Arc::new(upstream),
         }
+    }
+
+    /// Let these headers of [`UNTRUSTED_FORWARDING_HEADERS`] reach the upstream as the client
+    /// sent them (for a trusted proxy in front of flex-auth that sets them).
+    pub fn with_passed_headers(mut self, names: Vec<HeaderName>) -> Self {
+        if let Some(upstream) = Arc::get_mut(&mut self.upstream) {
+            upstream.passed_headers = names;
+        } else {
+            let upstream = Upstream {
+                base: self.upstream.base.clone(),
+                client: self.upstream.client.clone(),
+                timeout: self.upstream.timeout,
+                passed_headers: names,
+            };
+            self.upstream = Arc::new(upstream);
+        }
+        self
     }
 
     async fn serve(&self, request: Request<Incoming>) -> Result<Response<ProxyBody>, ApiError> {
@@ -449,14 +486,25 @@ impl Proxy {
         };
         let (route, params) = self.gate.route(Surface::Proxy, &target).await?;
         let Some(_) = &route.check else {
+            admit(&parts.extensions)?;
             let body = body.boxed_unsync();
             return self.forward(&parts, body, None).await;
         };
         // The body is read before deciding only when the route takes values from it; otherwise
         // it streams to the upstream after the decision.
         let (buffered, streamed) = match route.body_limit {
-            Some(limit) => (Some(read_limited(body, limit).await?), None),
-            None => (None, Some(body)),
+            Some(limit) => {
+                let declared = crate::api::declared_length(&parts.headers);
+                let admission = admission(&parts.extensions);
+                let bytes = crate::server::read_body(body, declared, limit, admission.as_deref())
+                    .await
+                    .map_err(ApiError::from)?;
+                (Some(bytes), None)
+            }
+            None => {
+                admit(&parts.extensions)?;
+                (None, Some(body))
+            }
         };
         let allowed = self
             .gate
@@ -487,9 +535,8 @@ impl Proxy {
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
         let headers = request.headers_mut();
-        *headers = forwarded_headers(&parts.headers);
         let peer = parts.extensions.get::<PeerAddr>().map(|p| p.0.ip());
-        append_forwarded_for(headers, peer, &parts.headers);
+        *headers = forwarded_headers(&parts.headers, &upstream.passed_headers, peer);
         if let Some(allowed) = allowed {
             insert_header(headers, DECISION_HEADER, &allowed.decision_id.to_string());
             insert_header(headers, SUBJECT_HEADER, &allowed.subject);
@@ -563,18 +610,16 @@ pub fn request_span(surface: &'static str, method: &Method, path: &str) -> traci
     )
 }
 
-/// Read a body the route needs, at most `limit` bytes (413 beyond).
-pub async fn read_limited<B>(body: B, limit: usize) -> Result<Bytes, ApiError>
-where
-    B: hyper::body::Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ApiError::BodyTooLarge { limit })
-        }
-        Err(e) => Err(ApiError::BodyRead(e.to_string())),
+/// The request's admission (see [`crate::server::Admission`]); in-process callers have none.
+pub fn admission(extensions: &http::Extensions) -> Option<Arc<Admission>> {
+    extensions.get::<Arc<Admission>>().cloned()
+}
+
+/// Take the request's in-flight slot before deciding on a request whose body is not buffered.
+pub fn admit(extensions: &http::Extensions) -> Result<(), ApiError> {
+    match extensions.get::<Arc<Admission>>() {
+        Some(admission) => admission.admit().map_err(|_| ApiError::Overloaded),
+        None => Ok(()),
     }
 }
 
@@ -636,36 +681,67 @@ pub fn strip_spoofed_headers(headers: &mut HeaderMap) {
     }
 }
 
-/// The headers sent upstream: hop-by-hop and spoofed ones removed, `Host` left to the client
-/// (it names the upstream).
-fn forwarded_headers(incoming: &HeaderMap) -> HeaderMap {
+/// Headers that frameworks route, rewrite or authorize on, or read as the client's address or
+/// the original host: a client that sets them can have a request authorized as one thing and
+/// served as another (`GET /healthz` with `X-Original-URL: /admin`). They never reach the
+/// upstream as the client sent them, on any route, unless an operator passes them through
+/// (`--proxy-pass-header`). flex-auth sets `X-Forwarded-For`, `X-Forwarded-Host` and
+/// `X-Forwarded-Proto` itself from the connection.
+pub const UNTRUSTED_FORWARDING_HEADERS: [&str; 20] = [
+    "x-original-url",
+    "x-original-uri",
+    "x-original-method",
+    "x-original-host",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-uri",
+    "forwarded",
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+];
+
+/// The headers sent upstream: hop-by-hop, spoofed and untrusted forwarding ones removed (but
+/// those in `passed`), `Host` left to the client (it names the upstream) and its value sent as
+/// `X-Forwarded-Host`, the client's address appended to `X-Forwarded-For`.
+fn forwarded_headers(
+    incoming: &HeaderMap,
+    passed: &[HeaderName],
+    peer: Option<std::net::IpAddr>,
+) -> HeaderMap {
     let mut headers = incoming.clone();
     strip_hop_by_hop(&mut headers);
     strip_spoofed_headers(&mut headers);
+    for name in UNTRUSTED_FORWARDING_HEADERS {
+        if !passed.iter().any(|p| p.as_str() == name) {
+            headers.remove(name);
+        }
+    }
     if let Some(host) = headers.remove(http::header::HOST) {
         headers.insert(HeaderName::from_static("x-forwarded-host"), host);
     }
-    headers
-}
-
-fn append_forwarded_for(
-    headers: &mut HeaderMap,
-    peer: Option<std::net::IpAddr>,
-    incoming: &HeaderMap,
-) {
-    let Some(peer) = peer else { return };
-    let value = match incoming
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(previous) if !previous.is_empty() => format!("{previous}, {peer}"),
-        _ => peer.to_string(),
-    };
-    insert_header(headers, "x-forwarded-for", &value);
+    if let Some(peer) = peer {
+        // Kept only when passed through: then flex-auth is one more hop of a trusted chain.
+        let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(previous) if !previous.is_empty() => format!("{previous}, {peer}"),
+            _ => peer.to_string(),
+        };
+        insert_header(&mut headers, "x-forwarded-for", &value);
+    }
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static("http"),
     );
+    headers
 }
 
 fn insert_header(headers: &mut HeaderMap, name: &'static str, value: &str) {
@@ -724,11 +800,30 @@ mod tests {
         headers.insert("X-Flex-Auth-Subject", "admin".parse().unwrap());
         headers.insert("authorization", "Bearer t".parse().unwrap());
         headers.insert("host", "client.example".parse().unwrap());
-        let out = forwarded_headers(&headers);
+        headers.insert("x-original-url", "/admin".parse().unwrap());
+        headers.insert("x-http-method-override", "DELETE".parse().unwrap());
+        headers.insert("forwarded", "for=1.2.3.4;host=evil".parse().unwrap());
+        headers.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        headers.insert("x-real-ip", "6.6.6.6".parse().unwrap());
+        let peer = Some("127.0.0.1".parse().unwrap());
+        let out = forwarded_headers(&headers, &[], peer);
+        let mut names: Vec<_> = out.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
         assert_eq!(
-            out.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
-            vec!["authorization", "x-forwarded-host"]
+            names,
+            vec![
+                "authorization",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto"
+            ]
         );
+        assert_eq!(out["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(out["x-forwarded-host"], "client.example");
+        let passed = [HeaderName::from_static("x-forwarded-for")];
+        let out = forwarded_headers(&headers, &passed, peer);
+        assert_eq!(out["x-forwarded-for"], "6.6.6.6, 127.0.0.1");
+        assert!(out.get("x-original-url").is_none());
     }
 
     #[test]

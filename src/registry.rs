@@ -82,6 +82,12 @@ impl Registry {
         &self.kind
     }
 
+    /// Whether this registry is the only source of entities of `type_name`, so that a request
+    /// may not describe one it does not hold (AuthZEN properties): a snapshot's actors.
+    pub fn is_authoritative_for(&self, type_name: &cedar_policy::EntityTypeName) -> bool {
+        matches!(self.kind, RegistryKind::Snapshot { .. }) && type_name.to_string() == ACTOR_TYPE
+    }
+
     /// Content hash of the file.
     pub fn hash(&self) -> &ContentHash {
         &self.hash
@@ -115,6 +121,14 @@ pub enum RegistryError {
         column: usize,
         /// The parser's message.
         message: String,
+    },
+    /// An object names a key twice: which value counts would depend on the reader.
+    #[error("`{path}`: duplicate key `{key_path}`: an object may name a key only once")]
+    DuplicateKey {
+        /// The path.
+        path: String,
+        /// JSON path of the second occurrence (`actors[0].max_ttl_hours`).
+        key_path: String,
     },
     /// JSON that does not fit the snapshot format.
     #[error("`{path}` does not match the registry snapshot schema:\n  {}", .errors.join("\n  "))]
@@ -189,11 +203,17 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 fn parse_json(bytes: &[u8], origin: &str) -> Result<Value, RegistryError> {
-    serde_json::from_slice(bytes).map_err(|e| RegistryError::Json {
-        path: origin.to_owned(),
-        line: e.line(),
-        column: e.column(),
-        message: e.to_string(),
+    crate::json::parse_value(bytes).map_err(|e| match e {
+        crate::json::JsonError::Syntax(e) => RegistryError::Json {
+            path: origin.to_owned(),
+            line: e.line(),
+            column: e.column(),
+            message: e.to_string(),
+        },
+        crate::json::JsonError::DuplicateKey { path } => RegistryError::DuplicateKey {
+            path: origin.to_owned(),
+            key_path: path,
+        },
     })
 }
 

@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -58,6 +58,112 @@ impl Handler for Api {
     }
 }
 
+/// A request's claim on its listener's in-flight budget (`--max-in-flight`), a request
+/// extension. A request without a body is admitted before its handler runs; one with a body is
+/// admitted by the handler once the body is read ([`read_body`]) or, for a body that streams
+/// to an upstream, before it decides — so a client that trickles its body holds a connection,
+/// never a slot that requests which are ready to be decided need.
+///
+/// Architecture invariant: every handler that reads or forwards a request body calls
+/// [`Admission::admit`] before it decides; the server admits every other request itself.
+#[derive(Debug)]
+pub struct Admission {
+    in_flight: Option<Arc<Semaphore>>,
+    permit: std::sync::OnceLock<OwnedSemaphorePermit>,
+    body_read_timeout: Duration,
+    metrics: Option<Metrics>,
+}
+
+/// The in-flight limit is reached: 503 `overloaded`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overloaded;
+
+impl Admission {
+    /// Take a slot of the in-flight budget (once; later calls are free).
+    pub fn admit(&self) -> Result<(), Overloaded> {
+        let Some(in_flight) = &self.in_flight else {
+            return Ok(());
+        };
+        if self.permit.get().is_some() {
+            return Ok(());
+        }
+        match Arc::clone(in_flight).try_acquire_owned() {
+            Ok(permit) => {
+                // A second admit of the same request racing this one keeps one permit.
+                let _ = self.permit.set(permit);
+                Ok(())
+            }
+            Err(_) => {
+                if let Some(metrics) = &self.metrics {
+                    metrics.request_shed();
+                }
+                Err(Overloaded)
+            }
+        }
+    }
+
+    /// How long reading the whole body may take.
+    pub fn body_read_timeout(&self) -> Duration {
+        self.body_read_timeout
+    }
+}
+
+/// Why a body could not be read whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyError {
+    /// Longer than the limit (413).
+    TooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// Not complete within the body-read timeout (408).
+    Timeout(Duration),
+    /// The connection failed while reading it (400).
+    Read(String),
+    /// Read, but the in-flight limit is reached (503).
+    Overloaded,
+}
+
+/// Read a request body whole: at most `limit` bytes (whether or not a `Content-Length` says so),
+/// within the body-read timeout, then take the request's in-flight slot. The one place request
+/// bodies are buffered.
+pub async fn read_body<B>(
+    body: B,
+    declared_length: Option<u64>,
+    limit: usize,
+    admission: Option<&Admission>,
+) -> Result<Bytes, BodyError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::{BodyExt, LengthLimitError, Limited};
+    if declared_length.is_some_and(|len| len > limit as u64) {
+        return Err(BodyError::TooLarge { limit });
+    }
+    let collect = Limited::new(body, limit).collect();
+    // In-process callers (no listener, no admission) hand over bodies that are already whole.
+    let collected = match admission {
+        Some(admission) => tokio::time::timeout(admission.body_read_timeout, collect)
+            .await
+            .map_err(|_| BodyError::Timeout(admission.body_read_timeout))?,
+        None => collect.await,
+    };
+    let collected = match collected {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(BodyError::TooLarge { limit })
+        }
+        Err(e) => return Err(BodyError::Read(e.to_string())),
+    };
+    if let Some(admission) = admission {
+        admission
+            .admit()
+            .map_err(|Overloaded| BodyError::Overloaded)?;
+    }
+    Ok(collected)
+}
+
 /// Connection and request limits of one listener (every one a flag; shown in `/v1/status`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -66,6 +172,9 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Largest request head (HTTP/1.1) or header list (h2); larger gets 431.
     pub max_header_bytes: usize,
+    /// Time from a request's headers to the end of its body, for a handler that reads the body
+    /// whole; then 408 `body_timeout`.
+    pub body_read_timeout: Duration,
     /// Time from a request's headers to its response's headers; then 503 `deadline_exceeded`.
     pub request_timeout: Duration,
     /// A connection with no request in flight for this long is closed.
@@ -85,6 +194,7 @@ impl Default for Limits {
         Self {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 32 * 1024,
+            body_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(60),
             max_connections: 4096,
@@ -105,6 +215,7 @@ impl Limits {
         serde_json::json!({
             "header_read_timeout": d(self.header_read_timeout),
             "max_header_bytes": self.max_header_bytes,
+            "body_read_timeout": d(self.body_read_timeout),
             "request_timeout": d(self.request_timeout),
             "keepalive_timeout": d(self.keepalive_timeout),
             "max_connections": self.max_connections,
@@ -149,7 +260,40 @@ struct Shared<H> {
     builder: auto::Builder<TokioExecutor>,
     in_flight: Arc<Semaphore>,
     closing: watch::Receiver<bool>,
+    /// Every open connection's activity, for eviction at the connection limit. Locked only when
+    /// a connection opens or closes, and when the limit is reached.
+    open: std::sync::Mutex<std::collections::HashMap<u64, Arc<Activity>>>,
+    next_id: AtomicU64,
 }
+
+impl<H> Shared<H> {
+    /// Pick the connection idle the longest (one that never sent a request counts as idle
+    /// since it was accepted), mark it and tell it to close. `false` when every connection has
+    /// a request in flight.
+    fn evict_oldest_idle(&self) -> bool {
+        let Ok(open) = self.open.lock() else {
+            return false;
+        };
+        let victim = open
+            .values()
+            .filter(|a| !a.evicted.load(Ordering::Acquire))
+            .filter_map(|a| a.idle_since().map(|since| (since, a)))
+            .min_by_key(|(since, _)| *since)
+            .map(|(_, a)| Arc::clone(a));
+        drop(open);
+        match victim {
+            Some(activity) => {
+                activity.evicted.store(true, Ordering::Release);
+                activity.evict.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// How long a connection accepted over the limit waits for an evicted one to make room.
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
 
 impl<H: Handler> Server<H> {
     /// Bind `addr` (port 0 picks a free port).
@@ -208,6 +352,8 @@ impl<H: Handler> Server<H> {
             metrics: self.metrics,
             builder,
             closing: close_rx,
+            open: std::sync::Mutex::new(std::collections::HashMap::new()),
+            next_id: AtomicU64::new(0),
         });
         let mut refused_logged: Option<Instant> = None;
         tokio::pin!(shutdown);
@@ -223,20 +369,38 @@ impl<H: Handler> Server<H> {
                             continue;
                         }
                     };
-                    let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
-                        // Over the connection limit: close at once rather than queue.
-                        drop(stream);
-                        if let Some(metrics) = &shared.metrics {
-                            metrics.connection_refused();
-                        }
-                        if refused_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
-                            refused_logged = Some(Instant::now());
-                            tracing::warn!(max = max_connections, %peer, "connection limit reached; closing new connections");
-                        }
-                        continue;
-                    };
+                    let accepted = Instant::now();
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(connection(Arc::clone(&shared), stream, peer, permit));
+                    if let Ok(permit) = Arc::clone(&connections).try_acquire_owned() {
+                        tokio::spawn(connection(Arc::clone(&shared), stream, peer, permit, accepted));
+                        continue;
+                    }
+                    // At the limit: the connection idle the longest makes room (silent sockets
+                    // first), so that probes and real clients get in; only when every connection
+                    // has a request in flight is the new one closed.
+                    if shared.evict_oldest_idle() {
+                        let shared = Arc::clone(&shared);
+                        let connections = Arc::clone(&connections);
+                        tokio::spawn(async move {
+                            match tokio::time::timeout(EVICTION_WAIT, connections.acquire_owned()).await {
+                                Ok(Ok(permit)) => connection(shared, stream, peer, permit, accepted).await,
+                                _ => {
+                                    if let Some(metrics) = &shared.metrics {
+                                        metrics.connection_refused();
+                                    }
+                                }
+                            }
+                        });
+                        continue;
+                    }
+                    drop(stream);
+                    if let Some(metrics) = &shared.metrics {
+                        metrics.connection_refused();
+                    }
+                    if refused_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                        refused_logged = Some(Instant::now());
+                        tracing::warn!(max = max_connections, %peer, "connection limit reached with every connection busy; closing new connections");
+                    }
                 }
                 () = &mut shutdown => break,
             }
@@ -282,28 +446,38 @@ async fn connection<H: Handler>(
     stream: TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
+    accepted: Instant,
 ) {
     let _permit = permit;
+    let activity = Arc::new(Activity::new(accepted));
+    let _registered = Registered::new(Arc::clone(&shared), Arc::clone(&activity));
     let Some(tls) = shared.tls.clone() else {
-        serve_http(shared, stream, peer, ClientCert::NotRequired).await;
+        serve_http(shared, stream, peer, ClientCert::NotRequired, activity).await;
         return;
     };
     let handshake = tokio::time::timeout(
         shared.limits.header_read_timeout,
         tls.acceptor().accept(stream),
     );
-    match handshake.await {
-        Ok(Ok(stream)) => {
-            let client = tls.identify(stream.get_ref().1.peer_certificates());
-            serve_http(shared, stream, peer, client).await;
+    let handshake = async {
+        tokio::select! {
+            result = handshake => Some(result),
+            () = activity.evict.notified() => None,
         }
-        Ok(Err(e)) => {
+    };
+    match handshake.await {
+        None => tracing::debug!(%peer, "evicted during the TLS handshake at the connection limit"),
+        Some(Ok(Ok(stream))) => {
+            let client = tls.identify(stream.get_ref().1.peer_certificates());
+            serve_http(shared, stream, peer, client, activity).await;
+        }
+        Some(Ok(Err(e))) => {
             if let Some(metrics) = &shared.metrics {
                 metrics.tls_handshake_failed();
             }
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
         }
-        Err(_) => {
+        Some(Err(_)) => {
             if let Some(metrics) = &shared.metrics {
                 metrics.tls_handshake_failed();
             }
@@ -312,25 +486,72 @@ async fn connection<H: Handler>(
     }
 }
 
+/// A connection's entry in the listener's table of open connections, removed when it closes.
+struct Registered<H> {
+    shared: Arc<Shared<H>>,
+    id: u64,
+}
+
+impl<H> Registered<H> {
+    fn new(shared: Arc<Shared<H>>, activity: Arc<Activity>) -> Self {
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut open) = shared.open.lock() {
+            open.insert(id, activity);
+        }
+        Self { shared, id }
+    }
+}
+
+impl<H> Drop for Registered<H> {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.shared.open.lock() {
+            open.remove(&self.id);
+        }
+    }
+}
+
 /// Requests in flight on one connection, and when the last one ended.
 #[derive(Debug)]
 struct Activity {
+    /// When the connection was accepted.
     started: Instant,
     in_flight: AtomicUsize,
     idle_since_ms: AtomicU64,
+    /// Whether any request's headers arrived yet.
+    seen_request: AtomicBool,
+    /// Set when the connection limit is reached and this idle connection is to make room.
+    evicted: AtomicBool,
+    evict: tokio::sync::Notify,
 }
 
 impl Activity {
-    fn new() -> Self {
+    fn new(started: Instant) -> Self {
         Self {
-            started: Instant::now(),
+            started,
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
+            seen_request: AtomicBool::new(false),
+            evicted: AtomicBool::new(false),
+            evict: tokio::sync::Notify::new(),
         }
     }
 
     fn now_ms(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn saw_request(&self) {
+        self.seen_request.store(true, Ordering::Release);
+    }
+
+    /// When the connection last had nothing in flight (accepted, or its last response sent);
+    /// `None` while a request is in flight.
+    fn idle_since(&self) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+        self.started.checked_add(since)
     }
 
     /// When the connection will have idled for `timeout`, or `None` while a request is in flight.
@@ -339,7 +560,9 @@ impl Activity {
             return None;
         }
         let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
-        Some(self.started + since + timeout)
+        self.started
+            .checked_add(since)
+            .and_then(|at| at.checked_add(timeout))
     }
 }
 
@@ -347,15 +570,16 @@ impl Activity {
 /// connection busy and holds an in-flight permit.
 struct InFlight {
     activity: Arc<Activity>,
-    _permit: Option<OwnedSemaphorePermit>,
+    /// Holds the in-flight slot, once taken, until the response is sent.
+    _admission: Arc<Admission>,
 }
 
 impl InFlight {
-    fn new(activity: Arc<Activity>, permit: Option<OwnedSemaphorePermit>) -> Self {
+    fn new(activity: Arc<Activity>, admission: Arc<Admission>) -> Self {
         activity.in_flight.fetch_add(1, Ordering::AcqRel);
         Self {
             activity,
-            _permit: permit,
+            _admission: admission,
         }
     }
 }
@@ -397,12 +621,23 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
 
 type ServerBody<B> = Either<Tracked<B>, Full<Bytes>>;
 
-async fn serve_http<H, I>(shared: Arc<Shared<H>>, io: I, peer: SocketAddr, client: ClientCert)
-where
+async fn serve_http<H, I>(
+    shared: Arc<Shared<H>>,
+    io: I,
+    peer: SocketAddr,
+    client: ClientCert,
+    activity: Arc<Activity>,
+) where
     H: Handler,
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(Activity::new());
+    // The first request's headers must arrive within the header-read timeout of the accept
+    // (TLS handshake included). hyper's own timer starts only once it reads for a request, and
+    // the HTTP/1.1-or-h2 detection reads first, so a socket that sends nothing is cut here.
+    let first_request_by = activity
+        .started
+        .checked_add(shared.limits.header_read_timeout)
+        .unwrap_or_else(Instant::now);
     let service = {
         let shared = Arc::clone(&shared);
         let activity = Arc::clone(&activity);
@@ -428,13 +663,30 @@ where
     loop {
         let idle_at = activity
             .idle_deadline(keepalive)
-            .unwrap_or_else(|| Instant::now() + keepalive);
+            .or_else(|| Instant::now().checked_add(keepalive))
+            .unwrap_or_else(Instant::now);
+        let silent = !activity.seen_request.load(Ordering::Acquire);
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
                 return;
+            }
+            () = tokio::time::sleep_until(first_request_by.into()), if silent => {
+                if !activity.seen_request.load(Ordering::Acquire) {
+                    tracing::debug!(%peer, "closing a connection that sent no request within the header-read timeout");
+                    return;
+                }
+            }
+            () = activity.evict.notified() => {
+                if activity.in_flight.load(Ordering::Acquire) == 0 {
+                    tracing::debug!(%peer, "closing the longest-idle connection to make room at the connection limit");
+                    return;
+                }
+                // A request arrived since it was picked: finish it, then close.
+                connection.as_mut().graceful_shutdown();
+                shutting_down = true;
             }
             _ = closing.wait_for(|closing| *closing), if !shutting_down => {
                 // Idle connections close now; busy ones after their in-flight requests.
@@ -460,25 +712,26 @@ async fn answer<H: Handler>(
     peer: SocketAddr,
     client: ClientCert,
 ) -> Result<Response<ServerBody<H::Body>>, Infallible> {
-    let permit = if exempt_from_shedding(request.uri().path()) {
-        None
-    } else {
-        match Arc::clone(&shared.in_flight).try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) => {
-                if let Some(metrics) = &shared.metrics {
-                    metrics.request_shed();
-                }
-                return Ok(refusal(
-                    "overloaded",
-                    "too many requests in flight; retry shortly (treat as deny)",
-                ));
-            }
-        }
-    };
-    let in_flight = InFlight::new(activity, permit);
+    use hyper::body::Body as _;
+    activity.saw_request();
+    let admission = Arc::new(Admission {
+        in_flight: (!exempt_from_shedding(request.uri().path()))
+            .then(|| Arc::clone(&shared.in_flight)),
+        permit: std::sync::OnceLock::new(),
+        body_read_timeout: shared.limits.body_read_timeout,
+        metrics: shared.metrics.clone(),
+    });
+    // A request with a body is admitted by its handler once the body is in (see `Admission`).
+    if request.body().is_end_stream() && admission.admit().is_err() {
+        return Ok(refusal(
+            "overloaded",
+            "too many requests in flight; retry shortly (treat as deny)",
+        ));
+    }
+    let in_flight = InFlight::new(activity, Arc::clone(&admission));
     request.extensions_mut().insert(PeerAddr(peer));
     request.extensions_mut().insert(client);
+    request.extensions_mut().insert(admission);
     let deadline = shared.limits.request_timeout;
     match tokio::time::timeout(deadline, shared.handler.handle(request)).await {
         Ok(response) => Ok(response.map(|body| {

@@ -118,7 +118,10 @@ pub fn run_cases(engine: &Engine, file: CaseFile) -> Vec<CaseResult> {
         .map(|case| {
             let decided = match (&case.request, &case.authzen) {
                 (Some(request), None) => engine.decide(request),
-                (None, Some(evaluation)) => evaluation.clone().into_mapped().decide(engine),
+                (None, Some(evaluation)) => evaluation
+                    .clone()
+                    .into_mapped()
+                    .decide(engine, crate::authzen::PropertiesMode::default()),
                 _ => Err(crate::decision::RequestError {
                     field: "case",
                     message: "give exactly one of `request` and `authzen`".to_owned(),

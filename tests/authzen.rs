@@ -15,7 +15,7 @@ mod support;
 
 use flex_auth::api::ApiConfig;
 use flex_auth::audit::{AuditLog, Mode, Rotation, Sink};
-use flex_auth::authzen::AuthZenConfig;
+use flex_auth::authzen::{AuthZenConfig, PropertiesMode};
 use flex_auth::{RegistrySource, Sources};
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -70,9 +70,21 @@ async fn an_evaluation_answers_true_or_false_with_flex_auth_context() {
     assert!(is_decision_id(&body["context"]["decision_id"]));
 }
 
+/// A server over `sources` whose AuthZEN properties work as `mode` says.
+async fn with_properties(sources: flex_auth::Sources, mode: PropertiesMode) -> TestServer {
+    let config = ApiConfig {
+        authzen: AuthZenConfig {
+            properties: mode,
+            ..AuthZenConfig::default()
+        },
+        ..ApiConfig::default()
+    };
+    TestServer::start_with(sources, config).await
+}
+
 #[tokio::test]
-async fn properties_are_merged_over_the_loaded_attributes_for_that_request_only() {
-    let server = TestServer::start(notes()).await;
+async fn with_override_properties_replace_the_loaded_attributes_for_that_request_only() {
+    let server = with_properties(notes(), PropertiesMode::Override).await;
     // dave (sales) may not read eng's department note …
     let mut request = eval("dave", "read", "n2");
     assert_eq!(
@@ -85,6 +97,24 @@ async fn properties_are_merged_over_the_loaded_attributes_for_that_request_only(
     // the stored entity is unchanged afterwards.
     let plain = eval("dave", "read", "n2");
     assert_eq!(evaluation(&server, &plain).await.json()["decision"], false);
+}
+
+#[tokio::test]
+async fn by_default_properties_extend_entities_but_never_replace_a_stored_attribute() {
+    let server = TestServer::start(notes()).await;
+    // dave is in sales; a request that says he is in eng changes nothing …
+    let mut request = eval("dave", "read", "n2");
+    request["subject"]["properties"] = json!({"department": "eng"});
+    assert_eq!(
+        evaluation(&server, &request).await.json()["decision"],
+        false
+    );
+    // … and with `ignore` the properties are not even looked at.
+    let ignoring = with_properties(notes(), PropertiesMode::Ignore).await;
+    let mut unknown = eval("carol", "delete", "n-new");
+    unknown["resource"]["properties"] = json!({"owner": {"type": "user", "id": "bob"}, "department": "eng", "visibility": "private"});
+    let body = evaluation(&ignoring, &unknown).await.json();
+    assert_eq!(body["decision"], false, "{body}");
 
     // An entity the entities file does not hold exists with just the request's properties; the
     // subject's stored team membership still applies (carol is an admin).
@@ -136,12 +166,17 @@ async fn the_mapping_works_on_the_actor_registry_too() {
     });
     let body = evaluation(&server, &request).await.json();
     assert_eq!(body["decision"], true, "{body}");
-    // Resource properties override the registry's attributes: a lower max TTL denies.
+    // With `override`, resource properties replace the registry's attributes: a lower max TTL
+    // denies.
+    let overriding = with_properties(ops_warden(), PropertiesMode::Override).await;
     let mut lowered = request.clone();
     lowered["resource"]["properties"] = json!({"max_ttl_hours": 2});
-    let body = evaluation(&server, &lowered).await.json();
+    let body = evaluation(&overriding, &lowered).await.json();
     assert_eq!(body["decision"], false, "{body}");
     assert_eq!(body["context"]["reasons"], json!(["ttl_out_of_bounds"]));
+    // By default they cannot: the registry's limit stands.
+    let body = evaluation(&server, &lowered).await.json();
+    assert_eq!(body["decision"], true, "{body}");
     // Same answer as /v1/check for the same question.
     let check = server
         .post_json(
@@ -464,6 +499,7 @@ async fn decision_only_answers_are_exactly_the_decision() {
         authzen: AuthZenConfig {
             base_url: None,
             decision_only: true,
+            ..AuthZenConfig::default()
         },
         ..ApiConfig::default()
     };
@@ -507,6 +543,7 @@ async fn the_metadata_names_absolute_endpoints() {
         authzen: AuthZenConfig {
             base_url: Some("https://pdp.example.com".to_owned()),
             decision_only: false,
+            ..AuthZenConfig::default()
         },
         ..ApiConfig::default()
     };

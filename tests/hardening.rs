@@ -366,6 +366,29 @@ async fn start_slow_request(addr: SocketAddr, body: &str) -> TcpStream {
     stream
 }
 
+/// A request the server is handling: `Expect: 100-continue` makes hyper say `100 Continue` once
+/// the handler reads the body, which then never comes (within the test).
+async fn start_busy_request(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /v1/check HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nexpect: 100-continue\r\ncontent-length: 100\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut buf = [0_u8; 256];
+    let n = tokio::time::timeout(DEADLINE, stream.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    stream
+}
+
 async fn finish_slow_request(stream: &mut TcpStream, body: &str) -> String {
     stream
         .write_all(&body.as_bytes()[body.len() / 2..])
@@ -379,53 +402,75 @@ async fn finish_slow_request(stream: &mut TcpStream, body: &str) -> String {
     String::from_utf8_lossy(&reply[..n]).into_owned()
 }
 
+/// An upstream that accepts connections and never answers.
+async fn hung_upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_in_flight_limit_requests_are_shed_with_503_and_none_hangs() {
-    let addr = serve(
-        Limits {
-            max_in_flight: 4,
-            ..limits()
-        },
-        None,
+    use flex_auth::auth::{AuthSettings, Authenticator};
+    use flex_auth::proxy::{routes::Routes, Gate, Proxy};
+    // Requests held in flight by an upstream that never answers (until the 3 s upstream
+    // timeout) on a proxy listener that allows four at once.
+    let state = Arc::new(State::new(ops_warden()));
+    state.reload(flex_auth::state::Trigger::Startup).unwrap();
+    let api = Api::new(state.clone(), ApiConfig::default()).unwrap();
+    let metrics = api.metrics().clone();
+    let routes = Routes::parse(
+        "routes:\n  - name: slow\n    method: GET\n    path: /slow\n    public: true\n",
     )
-    .await;
-    let body = check_body().to_string();
-    let mut held = Vec::new();
-    for _ in 0..4 {
-        held.push(start_slow_request(addr, &body).await);
-    }
-    // Give the server the four requests' heads (bounded wait: until shedding starts).
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef").unwrap();
+    let mut settings = AuthSettings::new("https://issuer.example", &["x"]);
+    settings.hs256_secret_file = Some(secret);
+    let auth = Arc::new(Authenticator::new(settings).await.unwrap());
+    let gate = Gate::new(
+        state,
+        Arc::new(routes),
+        auth,
+        api.audit().clone(),
+        metrics.clone(),
+    );
+    let upstream = hung_upstream().await;
+    let proxy = Proxy::new(
+        gate,
+        format!("http://{upstream}").parse().unwrap(),
+        Duration::from_secs(3),
+    );
+    let proxy_limits = Limits {
+        max_in_flight: 4,
+        ..limits()
+    };
+    let server = Server::bind("127.0.0.1:0".parse().unwrap(), proxy, proxy_limits)
+        .await
+        .unwrap()
+        .with_metrics(metrics.clone());
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.serve(std::future::pending()));
+    let (api_addr, _stop, _) = support::serve_handler(api).await;
+
+    let held: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(async move { send(addr, Method::GET, "/slow", &[], "").await }))
+        .collect();
     let started = Instant::now();
-    let mut replies = Vec::new();
     eventually("requests beyond the limit are shed", async || {
-        let reply = send(
-            addr,
-            Method::POST,
-            "/v1/check",
-            &[("content-type", "application/json")],
-            body.clone(),
-        )
-        .await;
-        let shed = reply.status == StatusCode::SERVICE_UNAVAILABLE;
-        replies.push(reply);
-        shed
+        send(addr, Method::GET, "/slow", &[], "").await.status == StatusCode::SERVICE_UNAVAILABLE
     })
     .await;
     // A burst of 200 more: every one answered at once with 503 + Retry-After, none queued.
     let burst: Vec<_> = (0..200)
-        .map(|_| {
-            let body = body.clone();
-            tokio::spawn(async move {
-                send(
-                    addr,
-                    Method::POST,
-                    "/v1/check",
-                    &[("content-type", "application/json")],
-                    body,
-                )
-                .await
-            })
-        })
+        .map(|_| tokio::spawn(async move { send(addr, Method::GET, "/slow", &[], "").await }))
         .collect();
     for task in burst {
         let reply = task.await.unwrap();
@@ -434,27 +479,17 @@ async fn over_the_in_flight_limit_requests_are_shed_with_503_and_none_hangs() {
         assert_eq!(reply.error_code(), "overloaded");
         assert_eq!(reply.json()["fail_closed"], true);
     }
-    assert!(started.elapsed() < DEADLINE);
-    // The probes are never shed.
-    assert_eq!(
-        send(addr, Method::GET, "/healthz", &[], "").await.status,
-        StatusCode::OK
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "none waited for a slot"
     );
-    // The held requests complete with decisions, and capacity comes back.
-    for stream in &mut held {
-        let reply = finish_slow_request(stream, &body).await;
-        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    // The held requests end (504 at the upstream timeout), and capacity comes back.
+    for task in held {
+        assert_eq!(task.await.unwrap().status, StatusCode::GATEWAY_TIMEOUT);
     }
-    let reply = send(
-        addr,
-        Method::POST,
-        "/v1/check",
-        &[("content-type", "application/json")],
-        body.clone(),
-    )
-    .await;
-    assert_eq!(reply.status, StatusCode::OK);
-    let metrics = send(addr, Method::GET, "/metrics", &[], "").await;
+    let again = send(addr, Method::GET, "/slow", &[], "").await;
+    assert_eq!(again.status, StatusCode::GATEWAY_TIMEOUT, "admitted again");
+    let metrics = send(api_addr, Method::GET, "/metrics", &[], "").await;
     let text = String::from_utf8_lossy(&metrics.body).into_owned();
     assert!(
         text.lines().any(
@@ -463,6 +498,48 @@ async fn over_the_in_flight_limit_requests_are_shed_with_503_and_none_hangs() {
         ),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_hold_no_in_flight_slot_and_are_cut_by_the_body_read_timeout() {
+    let addr = serve(
+        Limits {
+            max_in_flight: 4,
+            body_read_timeout: Duration::from_secs(2),
+            ..limits()
+        },
+        None,
+    )
+    .await;
+    let body = check_body().to_string();
+    // Twenty clients trickle their bodies (half sent, then nothing) …
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(start_slow_request(addr, &body).await);
+    }
+    // … and a client with a whole body is still decided, not shed.
+    let reply = send(
+        addr,
+        Method::POST,
+        "/v1/check",
+        &[("content-type", "application/json")],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    // The trickling ones get 408 body_timeout once the body-read timeout passes.
+    let started = Instant::now();
+    for stream in &mut held {
+        let mut reply = vec![0_u8; 4096];
+        let n = tokio::time::timeout(DEADLINE, stream.read(&mut reply))
+            .await
+            .unwrap()
+            .unwrap();
+        let reply = String::from_utf8_lossy(&reply[..n]);
+        assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+        assert!(reply.contains("body_timeout"), "{reply}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -515,16 +592,10 @@ async fn connections_over_the_limit_are_closed_at_once() {
         None,
     )
     .await;
+    // Both connections are busy: each has a request in flight whose handler is reading the body.
     let mut open = Vec::new();
     for _ in 0..2 {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0_u8; 512];
-        let n = s.read(&mut buf).await.unwrap();
-        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-        open.push(s);
+        open.push(start_busy_request(addr).await);
     }
     let mut third = TcpStream::connect(addr).await.unwrap();
     let _ = third

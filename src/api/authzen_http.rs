@@ -162,9 +162,19 @@ impl Api {
         evaluation: &Mapped,
         started: Instant,
     ) -> Result<(Outcome, Line), ApiError> {
-        let outcome = evaluation.decide(engine).map_err(ApiError::Request)?;
+        let outcome = evaluation
+            .decide(engine, self.config.authzen.properties)
+            .map_err(ApiError::Request)?;
         self.metrics.record_decision(&outcome);
-        let line = self.record_line(engine, ORIGIN, Some(&evaluation.check), &outcome, started);
+        let properties = evaluation.recorded_properties();
+        let line = self.record_line(
+            engine,
+            ORIGIN,
+            Some(&evaluation.check),
+            &outcome,
+            started,
+            properties.as_ref(),
+        );
         Ok((outcome, line))
     }
 

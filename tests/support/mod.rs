@@ -18,6 +18,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+pub mod broker;
 pub mod jwt;
 pub mod tls;
 
