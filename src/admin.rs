@@ -38,6 +38,9 @@ pub struct Admin {
     token_file: Arc<PathBuf>,
     max_body_bytes: usize,
     metrics: bool,
+    /// One push (validate, install, write, answer) at a time, so that each answer reports its own
+    /// push's versions and memory and the registry file never disagree between two pushes.
+    pushes: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Read the token: the file's content without surrounding white space, never empty.
@@ -82,6 +85,7 @@ impl Admin {
             token_file: Arc::new(token_file),
             max_body_bytes,
             metrics,
+            pushes: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -155,6 +159,7 @@ impl Admin {
         request: Request<Incoming>,
     ) -> Result<Response<Full<Bytes>>, ApiError> {
         let body = read_json_body(request, self.max_body_bytes).await?;
+        let _one_push_at_a_time = self.pushes.lock().await;
         let state = self.state.clone();
         let result = tokio::task::spawn_blocking(move || {
             state.install_registry(&body, "pushed registry")?;

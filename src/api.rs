@@ -24,7 +24,7 @@ use crate::decision::{
 use crate::registry::RegistryKind;
 use crate::server::{Admission, BodyError, Limits};
 use crate::state::State;
-use crate::telemetry::{Endpoint, Metrics, MetricsError};
+use crate::telemetry::{Endpoint, Metrics, MetricsError, Tally};
 use crate::tls::{ClientCert, Tls};
 
 /// Whether the connection's client certificate may ask for decisions. Requests without the
@@ -262,6 +262,7 @@ impl Api {
     {
         let body = read_json_body(request, self.config.max_body_bytes).await?;
         let check: CheckRequest = parse_json(&body)?;
+        let mut tally = Tally::default();
         let (response, line) = {
             let loaded = self.state.current();
             let loaded = loaded.as_ref().ok_or_else(|| self.not_ready())?;
@@ -270,14 +271,15 @@ impl Api {
             let outcome = engine.decide(&check).map_err(ApiError::Request)?;
             self.metrics
                 .observe_check(Endpoint::Check, started.elapsed());
-            self.metrics.record_decision(&outcome);
+            tally.add(&outcome);
             tracing::debug!(decision_id = %outcome.id, decision = outcome.decision.as_str(), "decided");
             let line = self.record_line(engine, "api:check", Some(&check), &outcome, started, None);
             let response = json_response(StatusCode::OK, &CheckResponse::new(engine, outcome));
             (response, line)
         };
         // The engine is released before waiting on the log.
-        self.log_or_refuse(line.into_iter().collect()).await?;
+        self.log_or_refuse(line.into_iter().collect(), &tally)
+            .await?;
         Ok(response)
     }
 
@@ -298,11 +300,19 @@ impl Api {
             .record_line(engine, origin, check, outcome, started, extra)
     }
 
-    async fn log_or_refuse(&self, lines: Vec<Option<Vec<u8>>>) -> Result<(), ApiError> {
+    /// Hand the records to the log (waiting in required mode), then count the decisions: what
+    /// is counted is what was answered.
+    async fn log_or_refuse(
+        &self,
+        lines: Vec<Option<Vec<u8>>>,
+        tally: &Tally,
+    ) -> Result<(), ApiError> {
         self.audit
             .commit(lines)
             .await
-            .map_err(|_| ApiError::AuditUnavailable)
+            .map_err(|_| ApiError::AuditUnavailable)?;
+        self.metrics.record_tally(tally);
+        Ok(())
     }
 
     async fn check_batch<B>(&self, request: Request<B>) -> Result<Response<Full<Bytes>>, ApiError>
@@ -318,6 +328,7 @@ impl Api {
                 got: batch.checks.len(),
             });
         }
+        let mut tally = Tally::default();
         let (response, lines) = {
             let loaded = self.state.current();
             let loaded = loaded.as_ref().ok_or_else(|| self.not_ready())?;
@@ -330,7 +341,7 @@ impl Api {
                 .into_iter()
                 .enumerate()
                 .map(|(index, item)| {
-                    let (result, line) = self.decide_item(engine, index, item);
+                    let (result, line) = self.decide_item(engine, index, item, &mut tally);
                     lines.extend(line);
                     result
                 })
@@ -342,7 +353,7 @@ impl Api {
                 lines,
             )
         };
-        self.log_or_refuse(lines).await?;
+        self.log_or_refuse(lines, &tally).await?;
         Ok(response)
     }
 
@@ -352,6 +363,7 @@ impl Api {
         engine: &'a Engine,
         index: usize,
         item: Value,
+        tally: &mut Tally,
     ) -> (BatchItem<'a>, Option<Option<Vec<u8>>>) {
         let started = Instant::now();
         let check: Result<CheckRequest, ApiError> = serde_path_to_error::deserialize(item)
@@ -359,7 +371,7 @@ impl Api {
         let (error, check) = match check {
             Ok(check) => match engine.decide(&check) {
                 Ok(outcome) => {
-                    self.metrics.record_decision(&outcome);
+                    tally.add(&outcome);
                     let line = self.record_line(
                         engine,
                         "api:batch",
@@ -377,7 +389,8 @@ impl Api {
             },
             Err(e) => (e, None),
         };
-        let (outcome, line) = self.invalid_item(engine, "api:batch", check.as_ref(), started);
+        let (outcome, line) =
+            self.invalid_item(engine, "api:batch", check.as_ref(), started, tally);
         let id = outcome.id;
         let body = error.body_with_field_prefix(&format!("checks[{index}]"));
         let item = BatchItem::Failed {
@@ -402,8 +415,9 @@ impl Api {
         origin: &'static str,
         check: Option<&CheckRequest>,
         started: Instant,
+        tally: &mut Tally,
     ) -> (Outcome, Option<Option<Vec<u8>>>) {
-        self.metrics.record_invalid_item();
+        tally.add_invalid();
         let outcome = Outcome {
             decision: Decision::Deny,
             id: DecisionId::generate(),

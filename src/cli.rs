@@ -81,7 +81,15 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             );
         }
     }
-    let audit = match (&args.decision_log, args.decision_log_mode) {
+    // A sink without a mode logs best-effort: naming a sink and getting nothing is a surprise.
+    let mode = args
+        .decision_log_mode
+        .unwrap_or(if args.decision_log.is_some() {
+            AuditMode::BestEffort
+        } else {
+            AuditMode::Off
+        });
+    let audit = match (&args.decision_log, mode) {
         (_, AuditMode::Off) => AuditLog::off(),
         (None, _) => {
             return boot_fail(

@@ -197,9 +197,16 @@ pub struct ServeArgs {
     pub decision_log: Option<crate::audit::Sink>,
 
     /// `off`, `best-effort` (never delays an answer; drops and counts what cannot be written) or
-    /// `required` (a decision is answered only once its record is durable; else 503).
-    #[arg(long, env = "FLEX_AUTH_DECISION_LOG_MODE", help_heading = "Decision log", value_enum, default_value_t = crate::audit::Mode::Off)]
-    pub decision_log_mode: crate::audit::Mode,
+    /// `required` (a decision is answered only once its record is durable; else 503). Default:
+    /// `best-effort` when `--decision-log` names a sink, `off` otherwise.
+    #[arg(
+        long,
+        env = "FLEX_AUTH_DECISION_LOG_MODE",
+        help_heading = "Decision log",
+        value_enum,
+        value_name = "MODE"
+    )]
+    pub decision_log_mode: Option<crate::audit::Mode>,
 
     /// Rotate a `file:` decision log when it reaches this many bytes.
     #[arg(long, env = "FLEX_AUTH_DECISION_LOG_MAX_BYTES", value_name = "BYTES", help_heading = "Decision log", default_value_t = 100 * 1024 * 1024,

@@ -153,7 +153,8 @@ impl Gate {
                 policies: Vec::new(),
                 errors: Vec::new(),
             };
-            self.metrics.record_decision(&outcome);
+            let mut tally = crate::telemetry::Tally::default();
+            tally.add(&outcome);
             let line = self.audit.record_line(
                 engine,
                 surface.as_str(),
@@ -162,10 +163,14 @@ impl Gate {
                 started,
                 crate::audit::Extra::default(),
             );
-            (ApiError::forbidden(engine, &outcome), line)
+            (ApiError::forbidden(engine, &outcome), (line, tally))
         };
+        let (line, tally) = line;
         match self.audit.commit(line.into_iter().collect()).await {
-            Ok(()) => denied,
+            Ok(()) => {
+                self.metrics.record_tally(&tally);
+                denied
+            }
             Err(_) => ApiError::AuditUnavailable,
         }
     }
@@ -232,6 +237,7 @@ impl Gate {
             context: Some(context),
         };
         let origin = format!("{}:{}", surface.as_str(), route.name);
+        let mut tally = crate::telemetry::Tally::default();
         let (result, line) = {
             let loaded = self.state.current();
             let Some(loaded) = loaded.as_ref() else {
@@ -245,7 +251,7 @@ impl Gate {
             let outcome = engine.decide(&request).map_err(ApiError::Request)?;
             self.metrics
                 .observe_check(Endpoint::Check, started.elapsed());
-            self.metrics.record_decision(&outcome);
+            tally.add(&outcome);
             let line = self.audit.record_line(
                 engine,
                 &origin,
@@ -279,6 +285,7 @@ impl Gate {
             .commit(line.into_iter().collect())
             .await
             .map_err(|_| ApiError::AuditUnavailable)?;
+        self.metrics.record_tally(&tally);
         result
     }
 

@@ -47,6 +47,31 @@ impl Endpoint {
     }
 }
 
+/// Decisions made for one request, counted only once they are answered.
+#[derive(Debug, Default)]
+pub struct Tally {
+    outcomes: Vec<Outcome>,
+    invalid: usize,
+}
+
+impl Tally {
+    /// One decision.
+    pub fn add(&mut self, outcome: &Outcome) {
+        self.outcomes.push(Outcome {
+            decision: outcome.decision,
+            id: outcome.id,
+            reasons: outcome.reasons.clone(),
+            policies: Vec::new(),
+            errors: Vec::new(),
+        });
+    }
+
+    /// One item that could not be evaluated (a deny `invalid_request`).
+    pub fn add_invalid(&mut self) {
+        self.invalid += 1;
+    }
+}
+
 /// Every metric flex-auth exports.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -267,7 +292,7 @@ impl Metrics {
     }
 
     /// Count one decision.
-    pub fn record_decision(&self, outcome: &Outcome) {
+    fn record_decision(&self, outcome: &Outcome) {
         match outcome.decision {
             Decision::Allow => self.allows.inc(),
             Decision::Deny => {
@@ -281,8 +306,19 @@ impl Metrics {
         }
     }
 
+    /// Count the decisions of `tally`: call once they were answered (in required mode, once
+    /// their records are durable), so that an allow the log refused is never counted.
+    pub fn record_tally(&self, tally: &Tally) {
+        for outcome in &tally.outcomes {
+            self.record_decision(outcome);
+        }
+        for _ in 0..tally.invalid {
+            self.record_invalid_item();
+        }
+    }
+
     /// Count a batch item that could not be evaluated (a deny with reason `invalid_request`).
-    pub fn record_invalid_item(&self) {
+    fn record_invalid_item(&self) {
         self.denies.inc();
         self.deny_reasons
             .with_label_values(&["invalid_request"])

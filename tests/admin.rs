@@ -11,6 +11,8 @@
 
 mod support;
 
+use std::sync::Arc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -205,6 +207,35 @@ async fn pushed_registry_is_validated_then_written_to_the_file() {
         std::fs::read_to_string(f.path("reg/registry.json")).unwrap(),
         bridge_snapshot(3)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pushes_each_report_their_own_version_and_file_matches_memory() {
+    let f = Arc::new(Fixture::start().await);
+    let pushes: Vec<_> = (1..=8)
+        .map(|ttl| {
+            let f = Arc::clone(&f);
+            tokio::spawn(async move {
+                let body = bridge_snapshot(ttl);
+                let reply = f
+                    .admin(
+                        Method::PUT,
+                        "/v1/admin/registry",
+                        Some("s3cret-token"),
+                        &body,
+                    )
+                    .await;
+                (body, reply)
+            })
+        })
+        .collect();
+    for push in pushes {
+        let (body, reply) = push.await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.json()["registry_version"], hash_of(&body));
+    }
+    let on_disk = std::fs::read_to_string(f.path("reg/registry.json")).unwrap();
+    assert_eq!(f.registry_hash().await, hash_of(&on_disk));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

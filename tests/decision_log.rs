@@ -402,3 +402,46 @@ fn boot_fails_with_decision_log(sink: &str, says: &str) {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_without_a_mode_logs_best_effort() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.jsonl");
+    let sink = format!("file:{}", path.display());
+    let (child, addr) = support::spawn_binary(&[
+        "--policy",
+        "policies/ops-warden",
+        "--registry",
+        "registry/ops-warden/production_registry_snapshot.json",
+        "--decision-log",
+        &sink,
+    ]);
+    let reply = support::send(
+        addr.parse().unwrap(),
+        http::Method::POST,
+        "/v1/check",
+        &[("content-type", "application/json")],
+        sign_request(
+            "agt-state-hub-bridge",
+            "agt-state-hub-bridge",
+            1,
+            &["state-hub"],
+        )
+        .to_string(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let id = reply.json()["decision_id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while !std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .contains(&id)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the record was written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    support::stop_binary(child);
+}

@@ -646,24 +646,23 @@ async fn the_broker_sidecar_of_deploy_lets_through_only_what_the_policy_allows()
     assert_eq!(anonymous.status, 401);
 }
 
-/// `helm`, when this machine has it: .ci/run installs it and sets CI, which makes it required.
+/// `helm`, when this machine has it: .ci/run installs it and sets CI, which makes it required;
+/// without CI a missing helm fails with the install hint (the test is `#[ignore]`d by default).
 fn helm() -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|p| p.join("helm"))
             .find(|p| p.is_file())
     });
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but helm is not on PATH (.ci/run installs it)"
-        );
-        eprintln!("helm not found: skipping the chart rendering test (CI runs it)");
-    }
+    assert!(
+        found.is_some(),
+        "helm is not on PATH: run `export PATH=\"$(scripts/validate-k8s.sh --install-only):$PATH\"` first"
+    );
     found
 }
 
 #[tokio::test]
+#[ignore = "needs helm on PATH (scripts/validate-k8s.sh --install-only installs it); .ci/run runs it with --ignored"]
 async fn the_chart_with_default_values_renders_a_working_standalone_pdp() {
     let Some(helm) = helm() else { return };
     let out = Command::new(helm)

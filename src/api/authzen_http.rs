@@ -18,7 +18,7 @@ use crate::authzen::{
 use crate::decision::{Engine, Outcome};
 // Latency is observed as `check` (one evaluation) or `batch` (an evaluations array), like the
 // /v1 endpoints; responses are counted under the `authzen` endpoint label.
-use crate::telemetry::Endpoint;
+use crate::telemetry::{Endpoint, Tally};
 
 /// A decision-log line: `None` when the log is off, `Some(None)` when the record could not be
 /// serialized (unavailable in required mode).
@@ -44,12 +44,13 @@ impl Api {
 
     /// Decide one evaluation, log it (waiting for durability in required mode) and answer it.
     async fn answer_one(&self, evaluation: Mapped) -> Result<Response<Full<Bytes>>, ApiError> {
+        let mut tally = Tally::default();
         let (response, line) = {
             let loaded = self.state.current();
             let loaded = loaded.as_ref().ok_or_else(|| self.not_ready())?;
             let engine = &loaded.engine;
             let started = Instant::now();
-            let (outcome, line) = self.evaluate(engine, &evaluation, started)?;
+            let (outcome, line) = self.evaluate(engine, &evaluation, started, &mut tally)?;
             self.metrics
                 .observe_check(Endpoint::Check, started.elapsed());
             (
@@ -58,7 +59,8 @@ impl Api {
             )
         };
         // The engine is released before waiting on the log.
-        self.log_or_refuse(line.into_iter().collect()).await?;
+        self.log_or_refuse(line.into_iter().collect(), &tally)
+            .await?;
         Ok(response)
     }
 
@@ -91,6 +93,7 @@ impl Api {
             .as_ref()
             .map(|o| o.evaluations_semantic)
             .unwrap_or_default();
+        let mut tally = Tally::default();
         let (response, lines) = {
             let loaded = self.state.current();
             let loaded = loaded.as_ref().ok_or_else(|| self.not_ready())?;
@@ -102,7 +105,7 @@ impl Api {
             for (index, item) in items.iter().enumerate() {
                 let item_started = Instant::now();
                 let (answer, line) =
-                    self.evaluate_item(engine, index, &batch.item(item), item_started);
+                    self.evaluate_item(engine, index, &batch.item(item), item_started, &mut tally);
                 lines.extend(line);
                 let stop = semantic.stops_after(answer.decision);
                 evaluations.push(answer);
@@ -117,7 +120,7 @@ impl Api {
                 lines,
             )
         };
-        self.log_or_refuse(lines).await?;
+        self.log_or_refuse(lines, &tally).await?;
         Ok(response)
     }
 
@@ -161,11 +164,12 @@ impl Api {
         engine: &Engine,
         evaluation: &Mapped,
         started: Instant,
+        tally: &mut Tally,
     ) -> Result<(Outcome, Line), ApiError> {
         let outcome = evaluation
             .decide(engine, self.config.authzen.properties)
             .map_err(ApiError::Request)?;
-        self.metrics.record_decision(&outcome);
+        tally.add(&outcome);
         let properties = evaluation.recorded_properties();
         let line = self.record_line(
             engine,
@@ -186,20 +190,21 @@ impl Api {
         index: usize,
         item: &serde_json::Value,
         started: Instant,
+        tally: &mut Tally,
     ) -> (EvaluationResponse, Line) {
         let parsed: Result<Evaluation, ApiError> = serde_path_to_error::deserialize(item)
             .map_err(|e| classify_json_error(e.path().to_string(), e.into_inner()));
         let (error, check) = match parsed {
             Ok(evaluation) => {
                 let evaluation = evaluation.into_mapped();
-                match self.evaluate(engine, &evaluation, started) {
+                match self.evaluate(engine, &evaluation, started, tally) {
                     Ok((outcome, line)) => return (self.decided(engine, &outcome), line),
                     Err(e) => (e, Some(evaluation.check)),
                 }
             }
             Err(e) => (e, None),
         };
-        let (outcome, line) = self.invalid_item(engine, ORIGIN, check.as_ref(), started);
+        let (outcome, line) = self.invalid_item(engine, ORIGIN, check.as_ref(), started, tally);
         let body = error.body_with_field_prefix(&format!("evaluations[{index}]"));
         let message = match &body.field {
             Some(field) => format!("{field}: {}", body.message),
