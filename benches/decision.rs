@@ -1,5 +1,6 @@
-//! In-process decision latency (plain, and with AuthZEN-style resource properties) and registry
-//! load+compile time over registries of 10, 1,000 and 100,000 generated actors. Results: docs/benchmarks.md. Run: `cargo bench --bench decision`.
+//! In-process decision latency (plain, and with AuthZEN-style resource properties), registry
+//! load+compile time over registries of 10, 1,000 and 100,000 generated actors, the strict-JSON
+//! (duplicate-key) check and the decision log's file-identity check. Results: docs/benchmarks.md. Run: `cargo bench --bench decision`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "benchmark setup")]
 
@@ -131,5 +132,69 @@ fn load_compile(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decide, cedar_only, load_compile);
+/// The duplicate-key check (`json`): what it adds to parsing a `/v1/check` body and a batch, and
+/// what building a registry's `Value` with it costs against `serde_json::from_slice`.
+fn strict_json(c: &mut Criterion) {
+    let mut group = c.benchmark_group("strict_json");
+    let check = br#"{"subject":{"id":"agt-state-hub-bridge"},"action":"sign","resource":{"type":"Actor","id":"agt-state-hub-bridge"},"context":{"ttl_hours":4,"principals":["state-hub"]}}"#;
+    group.bench_function("check_body/serde_typed", |b| {
+        b.iter(|| serde_json::from_slice::<CheckRequest>(black_box(check)).unwrap())
+    });
+    group.bench_function("check_body/unique_keys_then_typed", |b| {
+        b.iter(|| {
+            flex_auth::json::check_unique_keys(black_box(check)).unwrap();
+            serde_json::from_slice::<CheckRequest>(black_box(check)).unwrap()
+        })
+    });
+    group.bench_function("check_body/unique_keys_only", |b| {
+        b.iter(|| flex_auth::json::check_unique_keys(black_box(check)).unwrap())
+    });
+    let item = std::str::from_utf8(check).unwrap();
+    let batch = format!("{{\"checks\":[{}]}}", vec![item; 100].join(","));
+    group.bench_function("batch_100/unique_keys_only", |b| {
+        b.iter(|| flex_auth::json::check_unique_keys(black_box(batch.as_bytes())).unwrap())
+    });
+    group.bench_function("batch_100/serde_value", |b| {
+        b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(batch.as_bytes())).unwrap())
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("strict_json_registry");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(10));
+    for size in [1_000, 100_000] {
+        let snapshot = support::generate::snapshot_json(size);
+        group.bench_with_input(BenchmarkId::new("serde_value", size), &snapshot, |b, s| {
+            b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(s.as_bytes())).unwrap())
+        });
+        group.bench_with_input(BenchmarkId::new("parse_value", size), &snapshot, |b, s| {
+            b.iter(|| flex_auth::json::parse_value(black_box(s.as_bytes())).unwrap())
+        });
+    }
+    group.finish();
+}
+
+/// What the decision log's file-identity check costs per write group: the two metadata calls it
+/// makes (stat of the path, fstat of the open file), before and after the group.
+fn log_identity(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.jsonl");
+    let file = std::fs::File::create(&path).unwrap();
+    c.bench_function("log_identity/stat_path_and_fstat", |b| {
+        b.iter(|| {
+            let named = std::fs::metadata(black_box(&path)).unwrap();
+            let open = file.metadata().unwrap();
+            black_box((named.len(), open.len()))
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    decide,
+    cedar_only,
+    load_compile,
+    strict_json,
+    log_identity
+);
 criterion_main!(benches);

@@ -1058,6 +1058,15 @@ impl ApiError {
                 ("auth_unavailable", e.to_string(), None)
             }
             Self::Unauthenticated(e) => ("unauthenticated", e.to_string(), None),
+            Self::Forbidden(denied)
+                if denied.reasons.iter().any(|r| r == crate::proxy::REASON_NO_ROUTE) =>
+            {
+                (
+                    "forbidden",
+                    "no route matches this method and path; denied".to_owned(),
+                    None,
+                )
+            }
             Self::Forbidden(_) => ("forbidden", "denied by policy".to_owned(), None),
             Self::PolicyFailure(id) => (
                 "policy_error",

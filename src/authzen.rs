@@ -4,8 +4,9 @@
 //! a [`CheckRequest`] (docs/authzen.md); deciding, logging and counting are the decision API's.
 //!
 //! Mapping: `subject.type`/`resource.type` are Cedar entity type names used verbatim, `id` the
-//! entity id, `properties` the entity's attributes for this request (merged over the loaded
-//! ones), `action.name` is `Action::"<name>"`, `context` the Cedar context.
+//! entity id, `properties` the entity's attributes for this request (as `--authzen-properties`
+//! says: by default only added where the store says nothing), `action.name` is
+//! `Action::"<name>"`, `context` the Cedar context.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

@@ -18,7 +18,7 @@ use crate::api::{Api, ApiConfig, CheckResponse};
 use crate::audit::{AuditLog, Mode as AuditMode, Rotation, Sink};
 use crate::config::{
     CheckArgs, ConfigError, DecisionsCommand, LoadRegistryArgs, MetricsListener, ServeArgs,
-    SourceArgs, TestArgs,
+    SourceArgs, TestArgs, ValidateArgs,
 };
 use crate::decision::{CheckRequest, ResourceRef, SubjectRef};
 use crate::reload::{self, ReloadConfig};
@@ -283,7 +283,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
                         let addr = proxy_server
                             .local_addr()
                             .map_or_else(|_| listen.to_string(), |a| a.to_string());
-                        tracing::info!(%addr, upstream = ?args.proxy.upstream, "proxy listening");
+                        tracing::info!(%addr, upstream = args.proxy.upstream.as_deref().unwrap_or(""), "proxy listening");
                         if !listen.ip().is_loopback() {
                             tracing::warn!(%addr, "proxy serves plain HTTP on a non-loopback address; bearer tokens travel in cleartext");
                         }
@@ -492,8 +492,30 @@ fn boot_fail(setting: &str, reason: &str, problem: &str) -> ExitCode {
 }
 
 /// `flex-auth validate`.
-pub fn validate(args: &SourceArgs) -> ExitCode {
-    let sources = match args.sources() {
+pub fn validate(args: &ValidateArgs) -> ExitCode {
+    let only_package = args.sources.registry.is_none() && args.sources.entities.is_none();
+    if let (true, Some(path)) = (only_package, &args.sources.policy) {
+        return match crate::policy::load_package(path) {
+            Ok(policy) => {
+                if warned(policy.warnings(), args.deny_warnings) {
+                    return ExitCode::from(EXIT_DENY);
+                }
+                println!(
+                    "ok: package `{}` ({} policies, {}, version {}); no registry given, so none was checked",
+                    policy.name(),
+                    policy.policy_count(),
+                    if policy.schema().is_some() { "schema-validated" } else { "no schema" },
+                    policy.hash(),
+                );
+                ExitCode::from(EXIT_OK)
+            }
+            Err(e) => {
+                eprintln!("invalid: {e}");
+                ExitCode::from(EXIT_DENY)
+            }
+        };
+    }
+    let sources = match args.sources.sources() {
         Ok(s) => s,
         Err(e) => return config_error(&e),
     };
@@ -501,8 +523,8 @@ pub fn validate(args: &SourceArgs) -> ExitCode {
         Ok(engine) => {
             let policy = engine.policy();
             let registry = engine.registry();
-            for warning in policy.warnings() {
-                eprintln!("warning: {warning}");
+            if warned(policy.warnings(), args.deny_warnings) {
+                return ExitCode::from(EXIT_DENY);
             }
             println!(
                 "ok: package `{}`{} ({} policies, {}, version {}) with {} ({} entities, version {})",
@@ -528,6 +550,21 @@ pub fn validate(args: &SourceArgs) -> ExitCode {
             ExitCode::from(EXIT_DENY)
         }
     }
+}
+
+/// Print validator warnings; true when they make `validate --deny-warnings` fail.
+fn warned(warnings: &[String], deny: bool) -> bool {
+    for warning in warnings {
+        eprintln!("{}: {warning}", if deny { "error" } else { "warning" });
+    }
+    if deny && !warnings.is_empty() {
+        eprintln!(
+            "invalid: {} validator warning(s) and --deny-warnings",
+            warnings.len()
+        );
+        return true;
+    }
+    false
 }
 
 /// `flex-auth test`.
@@ -710,7 +747,7 @@ fn http_json(
             let response = client
                 .request(http_request)
                 .await
-                .map_err(|e| format!("cannot reach {endpoint}: {e}"))?;
+                .map_err(|e| format!("cannot reach {endpoint}: {}", connect_problem(&e)))?;
             let status = response.status();
             let bytes = response
                 .into_body()
@@ -1001,4 +1038,22 @@ pub fn config_reference(markdown: bool) -> ExitCode {
     };
     print!("{text}");
     ExitCode::from(EXIT_OK)
+}
+
+/// What a failed client request says to a person: `connection refused`, not `client error (Connect)`.
+fn connect_problem(error: &hyper_util::client::legacy::Error) -> String {
+    use std::error::Error as _;
+    let mut source = error.source();
+    while let Some(inner) = source {
+        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    "connection refused (is flex-auth serving there?)".to_owned()
+                }
+                _ => io.to_string(),
+            };
+        }
+        source = inner.source();
+    }
+    error.to_string()
 }

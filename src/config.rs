@@ -38,8 +38,9 @@ pub enum LogFormat {
 pub enum Command {
     /// Serve the decision API (`POST /v1/check`, `/v1/check/batch`, `/healthz`, `/readyz`).
     Serve(Box<ServeArgs>),
-    /// Load a policy package and registry, report errors with file:line:col, exit 0 when valid.
-    Validate(SourceArgs),
+    /// Load a policy package (and a registry, when given), report errors with file:line:col;
+    /// exit 0 when valid, 1 when not.
+    Validate(ValidateArgs),
     /// Ask for one decision, from files or from a running server; exit 0 allow, 1 deny, 2 cannot
     /// decide.
     Check(CheckArgs),
@@ -51,7 +52,8 @@ pub enum Command {
     /// Validate a registry snapshot, then install it atomically where a server watches
     /// (`--target`) or push it to a running server's admin API (`--url`).
     LoadRegistry(LoadRegistryArgs),
-    /// Show the configuration.
+    /// Print the configuration reference: every flag with its `FLEX_AUTH_*` variable, default
+    /// and meaning (`config reference --markdown` writes docs/configuration.md).
     #[command(subcommand)]
     Config(ConfigCommand),
 }
@@ -108,6 +110,19 @@ impl SourceArgs {
         };
         Ok(crate::state::Sources { policy, registry })
     }
+}
+
+/// `flex-auth validate`.
+#[derive(Debug, Clone, Args)]
+pub struct ValidateArgs {
+    /// Policy and registry (without a registry, the package alone is validated).
+    #[command(flatten)]
+    pub sources: SourceArgs,
+
+    /// Treat validator warnings (e.g. a policy that can never apply: a typo that disables a
+    /// `forbid`) as errors: exit 1.
+    #[arg(long, env = "FLEX_AUTH_DENY_WARNINGS")]
+    pub deny_warnings: bool,
 }
 
 /// `flex-auth serve`.
@@ -616,7 +631,8 @@ pub struct CheckArgs {
     #[arg(long, env = "FLEX_AUTH_TIMEOUT", value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
     pub timeout: Duration,
 
-    /// The whole request as JSON (design §3), from a file or `-` for stdin. Overrides the
+    /// The whole request as JSON, in the `POST /v1/check` body form (`{"subject": {"id": …},
+    /// "action": …, "resource": {"type": …, "id": …}, "context": {…}}`), from a file or `-` for stdin. Overrides the
     /// per-field flags.
     #[arg(long, env = "FLEX_AUTH_REQUEST", value_name = "FILE")]
     pub request: Option<PathBuf>,

@@ -266,9 +266,10 @@ impl Engine {
     }
 
     /// Decide one request in which the subject and/or the resource carry attributes of their own
-    /// (AuthZEN `properties`): for this request they are merged over the attributes the loaded
-    /// registry or entities hold for that entity (an entity the registry does not hold exists
-    /// with just these). The loaded entities are not touched: the request is evaluated against
+    /// (AuthZEN `properties`), applied as `mode` says (see [`PropertiesMode`]): for this request
+    /// they are merged with the attributes the loaded registry or entities hold for that entity
+    /// (an entity the store does not hold exists with just these, unless the registry is the
+    /// only source of its type). The loaded entities are not touched: the request is evaluated against
     /// the slice of them it can reach (see [`Engine::slice`]) with the merged entities in it.
     pub fn decide_with_properties(
         &self,

@@ -77,9 +77,21 @@ fn validate_rejects_with_file_line_col_and_exit_1() {
 }
 
 #[test]
-fn validate_without_registry_is_a_configuration_error() {
+fn validate_without_registry_checks_the_package_alone() {
     let out = flex_auth(&["validate", "--policy", POLICY]);
-    assert_eq!(out.status.code(), Some(78));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no registry given"));
+    // `check` still needs both: without a registry it cannot decide (exit 2).
+    let out = flex_auth(&[
+        "check",
+        "--policy",
+        POLICY,
+        "--subject",
+        "a",
+        "--action",
+        "sign",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("missing --registry"),
         "{}",
@@ -468,4 +480,32 @@ fn sighup_reloads_when_watching_and_polling_are_off() {
         std::thread::sleep(Duration::from_millis(20));
     }
     support::stop_binary(child);
+}
+
+#[test]
+fn validate_without_a_registry_checks_the_package_and_deny_warnings_fails_an_impossible_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let package = dir.path().join("policy_package.md");
+    let mut text =
+        std::fs::read_to_string(support::repo_path("policies/ops-warden/policy_package.md"))
+            .unwrap();
+    text.push_str(
+        "\n```cedar\n@id(\"typo\")\n@reason(\"typo\")\nforbid (principal, action == Action::\"sign\", resource is Subject);\n```\n",
+    );
+    std::fs::write(&package, text).unwrap();
+    let validate = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_flex-auth"))
+            .arg("validate")
+            .args(extra)
+            .arg("--policy")
+            .arg(&package)
+            .output()
+            .unwrap()
+    };
+    let lenient = validate(&[]);
+    assert_eq!(lenient.status.code(), Some(0), "{lenient:?}");
+    assert!(String::from_utf8_lossy(&lenient.stderr).contains("policy is impossible"));
+    let strict = validate(&["--deny-warnings"]);
+    assert_eq!(strict.status.code(), Some(1), "{strict:?}");
+    assert!(String::from_utf8_lossy(&strict.stderr).contains("--deny-warnings"));
 }

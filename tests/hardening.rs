@@ -402,24 +402,27 @@ async fn finish_slow_request(stream: &mut TcpStream, body: &str) -> String {
     String::from_utf8_lossy(&reply[..n]).into_owned()
 }
 
-/// An upstream that accepts connections and never answers.
-async fn hung_upstream() -> SocketAddr {
+/// An upstream that accepts connections and never answers; counts the connections.
+async fn hung_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
     tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             held.push(stream);
         }
     });
-    addr
+    (addr, accepted)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_in_flight_limit_requests_are_shed_with_503_and_none_hangs() {
     use flex_auth::auth::{AuthSettings, Authenticator};
     use flex_auth::proxy::{routes::Routes, Gate, Proxy};
-    // Requests held in flight by an upstream that never answers (until the 3 s upstream
+    // Requests held in flight by an upstream that never answers (until the 5 s upstream
     // timeout) on a proxy listener that allows four at once.
     let state = Arc::new(State::new(ops_warden()));
     state.reload(flex_auth::state::Trigger::Startup).unwrap();
@@ -442,11 +445,11 @@ async fn over_the_in_flight_limit_requests_are_shed_with_503_and_none_hangs() {
         api.audit().clone(),
         metrics.clone(),
     );
-    let upstream = hung_upstream().await;
+    let (upstream, accepted) = hung_upstream().await;
     let proxy = Proxy::new(
         gate,
         format!("http://{upstream}").parse().unwrap(),
-        Duration::from_secs(3),
+        Duration::from_secs(5),
     );
     let proxy_limits = Limits {
         max_in_flight: 4,
@@ -463,11 +466,14 @@ async fn over_the_in_flight_limit_requests_are_shed_with_503_and_none_hangs() {
     let held: Vec<_> = (0..4)
         .map(|_| tokio::spawn(async move { send(addr, Method::GET, "/slow", &[], "").await }))
         .collect();
-    let started = Instant::now();
-    eventually("requests beyond the limit are shed", async || {
-        send(addr, Method::GET, "/slow", &[], "").await.status == StatusCode::SERVICE_UNAVAILABLE
+    // All four reached the upstream, so all four hold their slots (for the 5 s upstream timeout).
+    eventually("the held requests reach the upstream", async || {
+        accepted.load(std::sync::atomic::Ordering::SeqCst) >= 4
     })
     .await;
+    let started = Instant::now();
+    let shed = send(addr, Method::GET, "/slow", &[], "").await;
+    assert_eq!(shed.status, StatusCode::SERVICE_UNAVAILABLE);
     // A burst of 200 more: every one answered at once with 503 + Retry-After, none queued.
     let burst: Vec<_> = (0..200)
         .map(|_| tokio::spawn(async move { send(addr, Method::GET, "/slow", &[], "").await }))
