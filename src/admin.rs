@@ -145,7 +145,11 @@ impl Admin {
                 Ok(json_response(StatusCode::OK, &self.versions(outcome, None)))
             }
             Err(failure) => {
-                tracing::warn!(error = %failure.message, "admin reload failed; the previous version keeps serving");
+                if self.state.current().is_some() {
+                    tracing::warn!(error = %failure.message, "admin reload failed; the previous version keeps serving");
+                } else {
+                    tracing::warn!(error = %failure.message, "admin reload failed; nothing is loaded yet");
+                }
                 Err(ApiError::Rejected(failure.message.clone()))
             }
         }
@@ -159,6 +163,8 @@ impl Admin {
         request: Request<Incoming>,
     ) -> Result<Response<Full<Bytes>>, ApiError> {
         let body = read_json_body(request, self.max_body_bytes).await?;
+        // 400 `duplicate_key` with its path, like every other body (the loader would refuse it too).
+        crate::api::reject_duplicate_keys(&body)?;
         let _one_push_at_a_time = self.pushes.lock().await;
         let state = self.state.clone();
         let result = tokio::task::spawn_blocking(move || {

@@ -12,11 +12,18 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(name = "flex-auth", version, about, long_about = None)]
 pub struct Cli {
     /// Log line format.
-    #[arg(long, global = true, env = "FLEX_AUTH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    #[arg(long, global = true, env = "FLEX_AUTH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json,
+          help_heading = "Logging (every command)", display_order = 900)]
     pub log_format: LogFormat,
 
     /// Log filter, e.g. `info` or `flex_auth=debug`. When unset, `RUST_LOG`, else `info`.
-    #[arg(long = "log-level", global = true, env = "FLEX_AUTH_LOG")]
+    #[arg(
+        long = "log-level",
+        global = true,
+        env = "FLEX_AUTH_LOG",
+        help_heading = "Logging (every command)",
+        display_order = 901
+    )]
     pub log_level: Option<String>,
 
     /// What to do.

@@ -383,7 +383,43 @@ fn compile_entities(actors: &[Actor], schema: Option<&Schema>) -> Result<Entitie
             return Ok(entities);
         }
     }
-    Entities::from_json_value(entities_json(actors), schema).map_err(|e| cedar_message(&e))
+    Entities::from_json_value(entities_json(actors), schema)
+        .map_err(|e| locate_in_snapshot(actors, cedar_message(&e)))
+}
+
+/// Cedar names an entity and an attribute (`attribute `cost_center` on `Actor::"x"` should not
+/// exist according to the schema`); operators edit a snapshot, so say where in it the problem
+/// is (`actors[0].attributes.cost_center (actor `x`)`), like the snapshot's other errors. The
+/// one place Cedar's wording is read; an unrecognised message is passed on whole.
+fn locate_in_snapshot(actors: &[Actor], message: String) -> String {
+    let named = |prefix: &str| {
+        let rest = message.split_once(prefix)?.1;
+        let (attribute, rest) = rest.split_once('`')?;
+        let rest = rest.strip_prefix(" on `")?;
+        let id = rest
+            .strip_prefix(ACTOR_TYPE)?
+            .strip_prefix("::\"")?
+            .split_once("\"`")?
+            .0;
+        Some((attribute.to_owned(), id.to_owned()))
+    };
+    let Some((attribute, id)) = named("attribute `") else {
+        return message;
+    };
+    let Some((index, actor)) = actors.iter().enumerate().find(|(_, a)| a.id == id) else {
+        return message;
+    };
+    let field = if actor.attributes.contains_key(&attribute) {
+        format!("actors[{index}].attributes.{attribute}")
+    } else {
+        format!("actors[{index}].{attribute}")
+    };
+    let problem = if message.contains("should not exist according to the schema") {
+        format!("`{attribute}` is not declared for `{ACTOR_TYPE}` in the policy package's schema; declare it there or remove it")
+    } else {
+        message.clone()
+    };
+    format!("{field} (actor `{id}`): {problem}")
 }
 
 fn build_entities(actors: &[Actor]) -> Option<Vec<Entity>> {

@@ -79,13 +79,22 @@ pub async fn reload_now(state: Arc<State>, trigger: Trigger) {
         Ok((Ok(ReloadOutcome::Unchanged), _)) => {
             tracing::debug!(trigger = trigger.as_str(), "sources unchanged");
         }
-        Ok((Err(failure), _)) => {
-            tracing::warn!(
-                trigger = trigger.as_str(),
-                setting = failure.setting,
-                error = %failure.message,
-                "reload failed; the previous version keeps serving"
-            );
+        Ok((Err(failure), state)) => {
+            if state.current().is_some() {
+                tracing::warn!(
+                    trigger = trigger.as_str(),
+                    setting = failure.setting,
+                    error = %failure.message,
+                    "reload failed; the previous version keeps serving"
+                );
+            } else {
+                tracing::warn!(
+                    trigger = trigger.as_str(),
+                    setting = failure.setting,
+                    error = %failure.message,
+                    "load failed; nothing is loaded yet, so every check answers 503 until valid files appear"
+                );
+            }
         }
         Err(e) => tracing::error!(error = %e, "reload task failed"),
     }

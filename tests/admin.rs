@@ -210,6 +210,28 @@ async fn pushed_registry_is_validated_then_written_to_the_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_registry_with_a_duplicate_key_changes_nothing() {
+    let f = Fixture::start().await;
+    let before = f.registry_hash().await;
+    let duplicated = bridge_snapshot(8).replace(
+        "\"max_ttl_hours\":8",
+        "\"max_ttl_hours\":8,\"max_ttl_hours\":8760",
+    );
+    let reply = f
+        .admin(
+            Method::PUT,
+            "/v1/admin/registry",
+            Some("s3cret-token"),
+            &duplicated,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.body);
+    assert_eq!(reply.error_code(), "duplicate_key");
+    assert_eq!(reply.json()["error"]["field"], "actors[0].max_ttl_hours");
+    assert_eq!(f.registry_hash().await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_pushes_each_report_their_own_version_and_file_matches_memory() {
     let f = Arc::new(Fixture::start().await);
     let pushes: Vec<_> = (1..=8)

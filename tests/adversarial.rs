@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flex_auth::api::{Api, ApiConfig};
-use flex_auth::audit::{AuditLog, Mode, Rotation, Sink};
+use flex_auth::audit::{AuditLog, Sink};
 use flex_auth::auth::AuthSettings;
 use flex_auth::server::{Limits, Server};
 use flex_auth::State;
@@ -28,8 +28,9 @@ use http::{Method, StatusCode};
 use serde_json::{json, Value};
 use support::broker::{mint, start_broker, Upstream, AUDIENCE, ISSUER};
 use support::jwt::{self, TestKey};
-use support::{ops_warden, send, sign_request, Reply, TestServer, DEADLINE};
-use tokio::io::AsyncReadExt as _;
+use support::{
+    closed_within, eventually, ops_warden, required_log, send, sign_request, Reply, TestServer,
+};
 use tokio::net::TcpStream;
 
 const JSON: (&str, &str) = ("content-type", "application/json");
@@ -38,15 +39,6 @@ async fn post_raw(server: &TestServer, path: &str, body: &str) -> Reply {
     server
         .send(Method::POST, path, &[JSON], body.to_owned())
         .await
-}
-
-/// Wait (bounded) until `condition` holds.
-async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -99,7 +91,7 @@ async fn duplicate_keys_are_refused_at_every_depth_of_every_decision_request() {
 }
 
 #[tokio::test]
-async fn a_registry_with_a_duplicate_key_is_rejected_on_disk_and_when_pushed() {
+async fn a_registry_file_with_a_duplicate_key_is_rejected_with_its_path() {
     let dir = tempfile::tempdir().unwrap();
     let registry = dir.path().join("registry.json");
     let duplicated = support::bridge_snapshot(8).replace(
@@ -273,15 +265,7 @@ async fn forwarding_headers_the_client_sends_never_reach_the_upstream() {
 async fn authzen_properties_cannot_raise_limits_or_invent_an_actor_and_are_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("decisions.jsonl");
-    let audit = AuditLog::start(
-        Sink::File(log_path.clone()),
-        Mode::Required,
-        Rotation {
-            max_bytes: 1 << 30,
-            keep: 1,
-        },
-    )
-    .unwrap();
+    let audit = required_log(Sink::File(log_path.clone()));
     let server = TestServer::start_with_audit(ops_warden(), ApiConfig::default(), audit).await;
     // An unknown subject claims the production actor's limits are wide open.
     let raise = json!({
@@ -338,20 +322,6 @@ async fn serve_api(limits: Limits) -> SocketAddr {
     addr
 }
 
-/// Read until the peer closes (or errors); `true` when it closed within `within`.
-async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
-    let mut buf = [0_u8; 4096];
-    let read_all = async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    };
-    tokio::time::timeout(within, read_all).await.is_ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_are_cut_at_the_header_timeout_and_never_lock_out_a_probe() {
     let addr = serve_api(Limits {
@@ -387,16 +357,10 @@ async fn silent_connections_are_cut_at_the_header_timeout_and_never_lock_out_a_p
 // ---------------------------------------------------------------------------------------------
 // The decision log loses its file.
 
-fn required(sink: Sink) -> AuditLog {
-    AuditLog::start(
-        sink,
-        Mode::Required,
-        Rotation {
-            max_bytes: 1 << 30,
-            keep: 1,
-        },
-    )
-    .unwrap()
+/// The shipped package, served with a required decision log in the file `path`.
+async fn logging_to(path: &Path) -> TestServer {
+    let audit = required_log(Sink::File(path.to_path_buf()));
+    TestServer::start_with_audit(ops_warden(), ApiConfig::default(), audit).await
 }
 
 async fn check(server: &TestServer) -> Reply {
@@ -418,7 +382,7 @@ async fn decision_log_survives_the_loss_of_its_directory(sink: impl Fn(&Path) ->
     let dir = root.path().join("log");
     std::fs::create_dir(&dir).unwrap();
     let server =
-        TestServer::start_with_audit(ops_warden(), ApiConfig::default(), required(sink(&dir)))
+        TestServer::start_with_audit(ops_warden(), ApiConfig::default(), required_log(sink(&dir)))
             .await;
     assert_eq!(check(&server).await.status, StatusCode::OK);
     let allows_before = allows_counted(&server).await;
@@ -486,12 +450,7 @@ async fn a_required_sqlite_log_whose_directory_is_deleted_refuses_then_recovers(
 async fn a_deleted_log_file_is_recreated_before_the_next_record() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("d.jsonl");
-    let server = TestServer::start_with_audit(
-        ops_warden(),
-        ApiConfig::default(),
-        required(Sink::File(path.clone())),
-    )
-    .await;
+    let server = logging_to(&path).await;
     assert_eq!(check(&server).await.status, StatusCode::OK);
     std::fs::remove_file(&path).unwrap();
     let reply = check(&server).await;
@@ -540,12 +499,7 @@ impl Drop for Tmpfs {
 async fn a_full_disk_leaves_no_fragment_and_every_line_is_a_whole_record() {
     let tmpfs = Tmpfs::mount("64k");
     let path = tmpfs.path().join("d.jsonl");
-    let server = TestServer::start_with_audit(
-        ops_warden(),
-        ApiConfig::default(),
-        required(Sink::File(path.clone())),
-    )
-    .await;
+    let server = logging_to(&path).await;
     let filler = tmpfs.path().join("filler");
     for round in 0..3 {
         // Fill the disk: records are refused once a write fails part-way …
@@ -587,12 +541,7 @@ async fn a_torn_last_line_is_removed_when_the_log_is_opened() {
         "{\"decision_id\":\"decision:0000000000000001\"}\n{\"decis",
     )
     .unwrap();
-    let server = TestServer::start_with_audit(
-        ops_warden(),
-        ApiConfig::default(),
-        required(Sink::File(path.clone())),
-    )
-    .await;
+    let server = logging_to(&path).await;
     assert_eq!(check(&server).await.status, StatusCode::OK);
     let text = std::fs::read_to_string(&path).unwrap();
     assert_eq!(text.lines().count(), 2, "{text}");

@@ -509,3 +509,32 @@ fn validate_without_a_registry_checks_the_package_and_deny_warnings_fails_an_imp
     assert_eq!(strict.status.code(), Some(1), "{strict:?}");
     assert!(String::from_utf8_lossy(&strict.stderr).contains("--deny-warnings"));
 }
+
+#[test]
+fn an_undeclared_registry_attribute_is_named_by_its_place_in_the_snapshot() {
+    let mut snapshot: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(support::repo_path(
+            "registry/ops-warden/production_registry_snapshot.json",
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    snapshot["actors"][0]["attributes"]["cost_center"] = "cc-1".into();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.json");
+    std::fs::write(&path, snapshot.to_string()).unwrap();
+    let out = flex_auth(&[
+        "validate",
+        "--policy",
+        POLICY,
+        "--registry",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stderr(&out);
+    assert!(
+        text.contains("actors[0].attributes.cost_center (actor `"),
+        "{text}"
+    );
+    assert!(text.contains("not declared for `Actor`"), "{text}");
+}

@@ -23,7 +23,7 @@ use flex_auth::State;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 use support::tls::{client_config, connect, install, Ca};
-use support::{ops_warden, send, spawn_binary, DEADLINE};
+use support::{closed_within, eventually, ops_warden, read_reply, send, spawn_binary, DEADLINE};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
@@ -62,29 +62,6 @@ fn limits() -> Limits {
         shutdown_grace: Duration::from_secs(5),
         ..Limits::default()
     }
-}
-
-/// Wait (bounded) until `condition` holds.
-async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Read until the peer closes (or errors); `true` when it closed within `within`.
-async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
-    let mut buf = [0_u8; 4096];
-    let read_all = async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    };
-    tokio::time::timeout(within, read_all).await.is_ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -536,12 +513,7 @@ async fn slow_bodies_hold_no_in_flight_slot_and_are_cut_by_the_body_read_timeout
     // The trickling ones get 408 body_timeout once the body-read timeout passes.
     let started = Instant::now();
     for stream in &mut held {
-        let mut reply = vec![0_u8; 4096];
-        let n = tokio::time::timeout(DEADLINE, stream.read(&mut reply))
-            .await
-            .unwrap()
-            .unwrap();
-        let reply = String::from_utf8_lossy(&reply[..n]);
+        let reply = read_reply(stream).await;
         assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
         assert!(reply.contains("body_timeout"), "{reply}");
     }
@@ -561,12 +533,7 @@ async fn the_request_deadline_answers_503_and_idle_connections_are_closed() {
     .await;
     let body = check_body().to_string();
     let mut stream = start_slow_request(addr, &body).await;
-    let mut reply = vec![0_u8; 4096];
-    let n = tokio::time::timeout(DEADLINE, stream.read(&mut reply))
-        .await
-        .unwrap()
-        .unwrap();
-    let reply = String::from_utf8_lossy(&reply[..n]);
+    let reply = read_reply(&mut stream).await;
     assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
     assert!(reply.contains("deadline_exceeded"), "{reply}");
     assert!(

@@ -28,7 +28,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use support::jwt::{self, TestKey};
-use support::{repo_path, send};
+use support::{repo_path, required_log, send};
 
 use support::broker::*;
 

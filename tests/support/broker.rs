@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use flex_auth::api::{Api, ApiConfig};
-use flex_auth::audit::{AuditLog, Mode, Rotation, Sink};
+use flex_auth::audit::AuditLog;
 use flex_auth::auth::{AuthSettings, Authenticator, JwksSource};
 use flex_auth::proxy::routes::Routes;
 use flex_auth::proxy::{Gate, Proxy};
@@ -111,15 +111,6 @@ impl Upstream {
             .cloned()
             .expect("the upstream saw a request")
     }
-}
-
-/// A decision log in required mode.
-pub fn required_log(sink: Sink) -> AuditLog {
-    let rotation = Rotation {
-        max_bytes: 1 << 30,
-        keep: 1,
-    };
-    AuditLog::start(sink, Mode::Required, rotation).unwrap()
 }
 
 pub fn broker_sources() -> Sources {

@@ -406,3 +406,54 @@ pub fn stop_binary(mut child: std::process::Child) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Wait (bounded by `DEADLINE`) until `condition` holds.
+pub async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while !condition().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Read from a raw socket until the peer closes (or errors); `true` when it closed within `within`.
+pub async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0_u8; 4096];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, read_all).await.is_ok()
+}
+
+/// The first bytes of the answer on a raw socket (within `DEADLINE`), as text.
+pub async fn read_reply(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut reply = vec![0_u8; 8192];
+    let n = tokio::time::timeout(DEADLINE, stream.read(&mut reply))
+        .await
+        .expect("an answer within the deadline")
+        .unwrap();
+    String::from_utf8_lossy(&reply[..n]).into_owned()
+}
+
+/// A required-mode decision log into `sink` that never rotates in a test.
+pub fn required_log(sink: flex_auth::audit::Sink) -> flex_auth::audit::AuditLog {
+    flex_auth::audit::AuditLog::start(
+        sink,
+        flex_auth::audit::Mode::Required,
+        flex_auth::audit::Rotation {
+            max_bytes: 1 << 30,
+            keep: 1,
+        },
+    )
+    .unwrap()
+}
