@@ -68,8 +68,16 @@ impl Handler for Api {
 /// [`Admission::admit`] before it decides; the server admits every other request itself.
 #[derive(Debug)]
 pub struct Admission {
-    in_flight: Option<Arc<Semaphore>>,
+    budget: Arc<Budget>,
+    /// The probes are never shed.
+    exempt: bool,
     permit: std::sync::OnceLock<OwnedSemaphorePermit>,
+}
+
+/// What every admission of one listener shares (one `Arc` clone per request, not one per metric).
+#[derive(Debug)]
+struct Budget {
+    in_flight: Arc<Semaphore>,
     body_read_timeout: Duration,
     metrics: Option<Metrics>,
 }
@@ -81,20 +89,17 @@ pub struct Overloaded;
 impl Admission {
     /// Take a slot of the in-flight budget (once; later calls are free).
     pub fn admit(&self) -> Result<(), Overloaded> {
-        let Some(in_flight) = &self.in_flight else {
-            return Ok(());
-        };
-        if self.permit.get().is_some() {
+        if self.exempt || self.permit.get().is_some() {
             return Ok(());
         }
-        match Arc::clone(in_flight).try_acquire_owned() {
+        match Arc::clone(&self.budget.in_flight).try_acquire_owned() {
             Ok(permit) => {
                 // A second admit of the same request racing this one keeps one permit.
                 let _ = self.permit.set(permit);
                 Ok(())
             }
             Err(_) => {
-                if let Some(metrics) = &self.metrics {
+                if let Some(metrics) = &self.budget.metrics {
                     metrics.request_shed();
                 }
                 Err(Overloaded)
@@ -104,7 +109,7 @@ impl Admission {
 
     /// How long reading the whole body may take.
     pub fn body_read_timeout(&self) -> Duration {
-        self.body_read_timeout
+        self.budget.body_read_timeout
     }
 }
 
@@ -144,9 +149,9 @@ where
     let collect = Limited::new(body, limit).collect();
     // In-process callers (no listener, no admission) hand over bodies that are already whole.
     let collected = match admission {
-        Some(admission) => tokio::time::timeout(admission.body_read_timeout, collect)
+        Some(admission) => tokio::time::timeout(admission.body_read_timeout(), collect)
             .await
-            .map_err(|_| BodyError::Timeout(admission.body_read_timeout))?,
+            .map_err(|_| BodyError::Timeout(admission.body_read_timeout()))?,
         None => collect.await,
     };
     let collected = match collected {
@@ -258,7 +263,7 @@ struct Shared<H> {
     tls: Option<Arc<Tls>>,
     metrics: Option<Metrics>,
     builder: auto::Builder<TokioExecutor>,
-    in_flight: Arc<Semaphore>,
+    budget: Arc<Budget>,
     closing: watch::Receiver<bool>,
     /// Every open connection's activity, for eviction at the connection limit. Locked only when
     /// a connection opens or closes, and when the limit is reached.
@@ -346,7 +351,11 @@ impl<H: Handler> Server<H> {
             .max_pending_accept_reset_streams(Some(64));
         let shared = Arc::new(Shared {
             handler: self.handler,
-            in_flight: Arc::new(Semaphore::new(limits.max_in_flight.clamp(1, MAX_PERMITS))),
+            budget: Arc::new(Budget {
+                in_flight: Arc::new(Semaphore::new(limits.max_in_flight.clamp(1, MAX_PERMITS))),
+                body_read_timeout: limits.body_read_timeout,
+                metrics: self.metrics.clone(),
+            }),
             limits,
             tls: self.tls,
             metrics: self.metrics,
@@ -715,11 +724,9 @@ async fn answer<H: Handler>(
     use hyper::body::Body as _;
     activity.saw_request();
     let admission = Arc::new(Admission {
-        in_flight: (!exempt_from_shedding(request.uri().path()))
-            .then(|| Arc::clone(&shared.in_flight)),
+        budget: Arc::clone(&shared.budget),
+        exempt: exempt_from_shedding(request.uri().path()),
         permit: std::sync::OnceLock::new(),
-        body_read_timeout: shared.limits.body_read_timeout,
-        metrics: shared.metrics.clone(),
     });
     // A request with a body is admitted by its handler once the body is in (see `Admission`).
     if request.body().is_end_stream() && admission.admit().is_err() {
