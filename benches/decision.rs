@@ -157,6 +157,28 @@ fn strict_json(c: &mut Criterion) {
     group.bench_function("batch_100/serde_value", |b| {
         b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(batch.as_bytes())).unwrap())
     });
+    // How /v1/check/batch reads its body: before (typed parse of `{"checks": [Value…]}`) and now
+    // (the tree built with the duplicate check in the same pass, then moved into the type).
+    #[derive(serde::Deserialize)]
+    struct Batch {
+        #[allow(dead_code, reason = "only parsed")]
+        checks: Vec<serde_json::Value>,
+    }
+    group.bench_function("batch_100/serde_typed", |b| {
+        b.iter(|| serde_json::from_slice::<Batch>(black_box(batch.as_bytes())).unwrap())
+    });
+    group.bench_function("batch_100/parse_value_then_typed", |b| {
+        b.iter(|| {
+            let tree = flex_auth::json::parse_value(black_box(batch.as_bytes())).unwrap();
+            serde_path_to_error::deserialize::<_, Batch>(tree).unwrap()
+        })
+    });
+    group.bench_function("batch_100/unique_keys_then_typed", |b| {
+        b.iter(|| {
+            flex_auth::json::check_unique_keys(black_box(batch.as_bytes())).unwrap();
+            serde_json::from_slice::<Batch>(black_box(batch.as_bytes())).unwrap()
+        })
+    });
     group.finish();
 
     let mut group = c.benchmark_group("strict_json_registry");
