@@ -661,6 +661,24 @@ impl Api {
     }
 }
 
+impl crate::server::Handler for Api {
+    type Body = Full<Bytes>;
+    type BodyError = std::convert::Infallible;
+
+    fn handle(
+        &self,
+        request: Request<hyper::body::Incoming>,
+    ) -> impl std::future::Future<Output = Response<Full<Bytes>>> + Send {
+        Api::handle(self, request)
+    }
+
+    /// The decision listener's probes: an overloaded instance still answers its kubelet.
+    fn exempt_from_shedding(&self, request: &Request<hyper::body::Incoming>) -> bool {
+        matches!(request.uri().path(), "/healthz" | "/readyz")
+            && matches!(*request.method(), Method::GET | Method::HEAD)
+    }
+}
+
 /// Read a JSON request body: content type checked (absent means JSON), size capped at `limit`
 /// whether or not a `Content-Length` is declared.
 pub(crate) async fn read_json_body<B>(request: Request<B>, limit: usize) -> Result<Bytes, ApiError>

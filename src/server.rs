@@ -24,7 +24,6 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::api::Api;
 use crate::telemetry::Metrics;
 use crate::tls::{ClientCert, Tls};
 
@@ -41,22 +40,18 @@ pub trait Handler: Clone + Send + Sync + 'static {
         &self,
         request: Request<Incoming>,
     ) -> impl Future<Output = Response<Self::Body>> + Send;
+
+    /// Whether `request` is answered even past `--max-in-flight`: a handler's own probes, so that
+    /// an overloaded instance is not also restarted by its liveness probe. Nothing by default.
+    fn exempt_from_shedding(&self, request: &Request<Incoming>) -> bool {
+        let _ = request;
+        false
+    }
 }
 
 /// The address of the client that sent a request (a request extension).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
-
-impl Handler for Api {
-    type Body = Full<Bytes>;
-    type BodyError = Infallible;
-    fn handle(
-        &self,
-        request: Request<Incoming>,
-    ) -> impl Future<Output = Response<Full<Bytes>>> + Send {
-        Api::handle(self, request)
-    }
-}
 
 /// A request's claim on its listener's in-flight budget (`--max-in-flight`), a request
 /// extension. A request without a body is admitted before its handler runs; one with a body is
@@ -238,12 +233,6 @@ pub enum Drain {
     Clean,
     /// The grace ran out; this many connections were cut.
     Cut(usize),
-}
-
-/// Paths answered even when the in-flight limit is reached: the probes, so that an overloaded
-/// instance is not also restarted by its liveness probe.
-fn exempt_from_shedding(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz")
 }
 
 /// A bound listener, not yet serving.
@@ -725,7 +714,7 @@ async fn answer<H: Handler>(
     activity.saw_request();
     let admission = Arc::new(Admission {
         budget: Arc::clone(&shared.budget),
-        exempt: exempt_from_shedding(request.uri().path()),
+        exempt: shared.handler.exempt_from_shedding(&request),
         permit: std::sync::OnceLock::new(),
     });
     // A request with a body is admitted by its handler once the body is in (see `Admission`).

@@ -406,7 +406,7 @@ async fn over_the_in_flight_limit_requests_are_shed_with_503_and_none_hangs() {
     let api = Api::new(state.clone(), ApiConfig::default()).unwrap();
     let metrics = api.metrics().clone();
     let routes = Routes::parse(
-        "routes:\n  - name: slow\n    method: GET\n    path: /slow\n    public: true\n",
+        "routes:\n  - name: slow\n    method: GET\n    path: /slow\n    public: true\n  - name: health\n    method: GET\n    path: /healthz\n    public: true\n",
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -466,6 +466,11 @@ async fn over_the_in_flight_limit_requests_are_shed_with_503_and_none_hangs() {
         started.elapsed() < Duration::from_secs(3),
         "none waited for a slot"
     );
+    // On the proxy listener `/healthz` is the upstream's route, not flex-auth's probe: it is shed
+    // like any other request (only the decision listener's own probes are exempt).
+    let upstream_health = send(addr, Method::GET, "/healthz", &[], "").await;
+    assert_eq!(upstream_health.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(upstream_health.error_code(), "overloaded");
     // The held requests end (504 at the upstream timeout), and capacity comes back.
     for task in held {
         assert_eq!(task.await.unwrap().status, StatusCode::GATEWAY_TIMEOUT);
@@ -480,6 +485,71 @@ async fn over_the_in_flight_limit_requests_are_shed_with_503_and_none_hangs() {
                 && !l.ends_with(" 0")
         ),
         "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_decision_listeners_probes_are_answered_past_the_in_flight_limit() {
+    // A check held in flight: a required SQLite decision log whose write lock the test holds, so
+    // the check waits for its record (each group fails after the 2 s busy timeout).
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("d.db");
+    let state = Arc::new(State::new(ops_warden()));
+    state.reload(flex_auth::state::Trigger::Startup).unwrap();
+    let limits = Limits {
+        max_in_flight: 1,
+        ..limits()
+    };
+    let api = Api::new(state, ApiConfig::default())
+        .unwrap()
+        .with_audit(support::required_log(flex_auth::audit::Sink::Sqlite(
+            db.clone(),
+        )))
+        .with_listener(limits.clone(), None);
+    let server = Server::bind("127.0.0.1:0".parse().unwrap(), api, limits)
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.serve(std::future::pending()));
+    let lock = rusqlite::Connection::open(&db).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let json = [("content-type", "application/json")];
+    let body = check_body().to_string();
+    let held = {
+        let body = body.clone();
+        tokio::spawn(async move { send(addr, Method::POST, "/v1/check", &json, body).await })
+    };
+    eventually("a check holds the only in-flight slot", async || {
+        send(addr, Method::GET, "/v1/status", &[], "").await.status
+            == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    let started = Instant::now();
+    let shed = send(addr, Method::POST, "/v1/check", &json, body).await;
+    assert_eq!(shed.error_code(), "overloaded");
+    assert_eq!(
+        send(addr, Method::GET, "/healthz", &[], "").await.status,
+        StatusCode::OK
+    );
+    assert_ne!(
+        send(addr, Method::GET, "/readyz", &[], "")
+            .await
+            .error_code(),
+        "overloaded"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "inside the held window"
+    );
+    lock.execute_batch("ROLLBACK").unwrap();
+    let reply = held.await.unwrap();
+    assert!(
+        matches!(
+            reply.status,
+            StatusCode::OK | StatusCode::SERVICE_UNAVAILABLE
+        ),
+        "{:?}",
+        reply.status
     );
 }
 
