@@ -79,7 +79,7 @@ pub struct Api {
     config: Arc<ApiConfig>,
     metrics: Metrics,
     audit: AuditLog,
-    gate: Option<crate::proxy::Gate>,
+    gate: Option<crate::gate::Gate>,
     upstream: Option<Arc<crate::proxy::UpstreamHealth>>,
     listener: Option<Arc<(Limits, Option<Arc<Tls>>)>>,
 }
@@ -114,7 +114,7 @@ impl Api {
 
     /// Serve the forward-auth endpoints (`/v1/authz/envoy…`, `/v1/authz/nginx`) through `gate`,
     /// and report its authentication readiness.
-    pub fn with_gate(mut self, gate: crate::proxy::Gate) -> Self {
+    pub fn with_gate(mut self, gate: crate::gate::Gate) -> Self {
         self.gate = Some(gate);
         self
     }
@@ -189,7 +189,7 @@ impl Api {
         if endpoint == Endpoint::ForwardAuth {
             let response = match &self.gate {
                 Some(gate) => {
-                    let span = crate::proxy::request_span(
+                    let span = crate::gate::request_span(
                         "forward_auth",
                         request.method(),
                         request.uri().path(),
@@ -889,7 +889,7 @@ pub enum ApiError {
     /// A path an upstream could read differently (dot segments, encoded slashes).
     AmbiguousPath(String),
     /// A value the route needs is absent or unusable.
-    RouteInput(crate::proxy::routes::InputError),
+    RouteInput(crate::routes::InputError),
     /// The route reads the body, which forward-auth does not receive.
     BodyUnavailable(String),
     /// The upstream refused the connection or failed mid-answer (502).
@@ -1077,7 +1077,7 @@ impl ApiError {
             }
             Self::Unauthenticated(e) => ("unauthenticated", e.to_string(), None),
             Self::Forbidden(denied)
-                if denied.reasons.iter().any(|r| r == crate::proxy::REASON_NO_ROUTE) =>
+                if denied.reasons.iter().any(|r| r == crate::gate::REASON_NO_ROUTE) =>
             {
                 (
                     "forbidden",
@@ -1169,7 +1169,7 @@ impl ApiError {
             if status == StatusCode::UNAUTHORIZED {
                 response.headers_mut().insert(
                     http::header::WWW_AUTHENTICATE,
-                    crate::proxy::www_authenticate(e),
+                    crate::gate::www_authenticate(e),
                 );
             }
         }
@@ -1177,7 +1177,7 @@ impl ApiError {
             if let Ok(value) = HeaderValue::from_str(&denied.decision_id.to_string()) {
                 response
                     .headers_mut()
-                    .insert(crate::proxy::DECISION_HEADER, value);
+                    .insert(crate::gate::DECISION_HEADER, value);
             }
         }
         if let Self::MethodNotAllowed { allow } = self {

@@ -335,7 +335,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
 /// The routes, and the upstream with the TLS configuration for `--upstream-ca`, when `--routes`
 /// is set.
 type ProxyConfig = (
-    Arc<crate::proxy::routes::Routes>,
+    Arc<crate::routes::Routes>,
     Option<(http::Uri, Option<rustls::ClientConfig>)>,
 );
 
@@ -406,7 +406,7 @@ fn proxy_config(args: &ServeArgs) -> Result<Option<ProxyConfig>, ExitCode> {
         _ => None,
     };
     let upstream = upstream.map(|uri| (uri, upstream_tls));
-    let routes = match crate::proxy::routes::Routes::load(routes_path) {
+    let routes = match crate::routes::Routes::load(routes_path) {
         Ok(routes) => Arc::new(routes),
         Err(e) => {
             return Err(boot_fail(
@@ -453,7 +453,7 @@ async fn gate_and_proxy(
         tracing::error!(setting, error = %reason, "credentials cannot be verified yet; proxied and forward-auth requests answer 503 until they can");
     }
     auth.spawn_refresh();
-    let gate = crate::proxy::Gate::new(
+    let gate = crate::gate::Gate::new(
         state.clone(),
         routes,
         auth,

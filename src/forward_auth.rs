@@ -17,7 +17,7 @@ use http_body_util::Full;
 use hyper::body::Body;
 
 use crate::api::ApiError;
-use crate::proxy::{Gate, Surface, Target, DECISION_HEADER, SUBJECT_HEADER};
+use crate::gate::{Gate, Matched, Surface, Target, DECISION_HEADER, SUBJECT_HEADER};
 
 /// The nginx `auth_request` endpoint.
 pub const NGINX_PATH: &str = "/v1/authz/nginx";
@@ -70,27 +70,27 @@ where
         query,
         headers: &parts.headers,
     };
-    let (route, params) = gate.route(surface, &target).await?;
-    if route.check.is_none() {
-        return Ok(allow_response(None));
-    }
+    let matched = match gate.route(surface, &target).await? {
+        Matched::Public(_) => return Ok(allow_response(None)),
+        Matched::Checked(checked) => checked,
+    };
     // Envoy sends the body when `with_request_body` is set; nginx never does.
-    let body = match (surface, route.body_limit) {
+    let body = match (surface, matched.route.body_limit) {
         (Surface::Envoy, Some(limit)) => {
             let declared = crate::api::declared_length(&parts.headers);
-            let admission = crate::proxy::admission(&parts.extensions);
+            let admission = crate::gate::admission(&parts.extensions);
             let bytes = crate::server::read_body(body, declared, limit, admission.as_deref())
                 .await
                 .map_err(ApiError::from)?;
             (!bytes.is_empty()).then_some(bytes)
         }
         _ => {
-            crate::proxy::admit(&parts.extensions)?;
+            crate::gate::admit(&parts.extensions)?;
             None
         }
     };
     let allowed = gate
-        .authorize(surface, route, &params, &target, body.as_deref())
+        .authorize(surface, &matched, &target, body.as_deref())
         .await?;
     Ok(allow_response(Some(&allowed)))
 }
@@ -109,7 +109,7 @@ fn header_text<'h>(headers: &'h http::HeaderMap, name: &str) -> Result<Option<&'
 }
 
 /// `200`, no body, the decision id and subject as headers.
-fn allow_response(allowed: Option<&crate::proxy::Allowed>) -> Response<Full<Bytes>> {
+fn allow_response(allowed: Option<&crate::gate::Allowed>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::OK;
     if let Some(allowed) = allowed {

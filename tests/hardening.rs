@@ -398,7 +398,9 @@ async fn hung_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_in_flight_limit_requests_are_shed_with_503_and_none_hangs() {
     use flex_auth::auth::{AuthSettings, Authenticator};
-    use flex_auth::proxy::{routes::Routes, Gate, Proxy};
+    use flex_auth::gate::Gate;
+    use flex_auth::proxy::Proxy;
+    use flex_auth::routes::Routes;
     // Requests held in flight by an upstream that never answers (until the 5 s upstream
     // timeout) on a proxy listener that allows four at once.
     let state = Arc::new(State::new(ops_warden()));
@@ -836,7 +838,9 @@ async fn tls_upstream(leaf: &support::tls::Leaf, jwks: Value) -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_and_the_jwks_client_trust_a_private_ca_only_when_told() {
     use flex_auth::auth::{AuthSettings, Authenticator, JwksSource};
-    use flex_auth::proxy::{routes::Routes, Gate, Proxy};
+    use flex_auth::gate::Gate;
+    use flex_auth::proxy::Proxy;
+    use flex_auth::routes::Routes;
     let ca = Ca::new("private CA");
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.crt");

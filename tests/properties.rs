@@ -191,13 +191,11 @@ fn authenticator() -> &'static flex_auth::auth::Authenticator {
     auth
 }
 
-fn routes() -> &'static flex_auth::proxy::routes::Routes {
-    static ROUTES: OnceLock<flex_auth::proxy::routes::Routes> = OnceLock::new();
+fn routes() -> &'static flex_auth::routes::Routes {
+    static ROUTES: OnceLock<flex_auth::routes::Routes> = OnceLock::new();
     ROUTES.get_or_init(|| {
-        flex_auth::proxy::routes::Routes::load(&support::repo_path(
-            "deploy/examples/broker/routes.yaml",
-        ))
-        .unwrap()
+        flex_auth::routes::Routes::load(&support::repo_path("deploy/examples/broker/routes.yaml"))
+            .unwrap()
     })
 }
 
@@ -233,7 +231,7 @@ proptest! {
 
     #[test]
     fn routes_files_never_panic_the_parser(text in "(routes:\n|  - \\{|method: (GET|\\*|get)|, path: '/(a|\\{x\\}|\\{\\*r\\}|\\.\\.)'|, public: true|, action: a|, resource: \\{type: T, id: \\{(path|query|body|claim): [a-z/]{0,4}\\}\\}|\\}\n|.{0,10}){0,12}") {
-        let _ = flex_auth::proxy::routes::Routes::parse(&text);
+        let _ = flex_auth::routes::Routes::parse(&text);
     }
 }
 

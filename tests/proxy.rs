@@ -21,7 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use flex_auth::audit::{AuditLog, Sink};
 use flex_auth::auth::AuthSettings;
-use flex_auth::proxy::routes::Routes;
+use flex_auth::routes::Routes;
 use http::{Method, StatusCode};
 use http_body_util::Full;
 use hyper::service::service_fn;

@@ -1,0 +1,355 @@
+//! The gate every surface that fronts a service goes through — the reverse proxy, the
+//! forward-auth endpoints (Envoy `ext_authz` HTTP, nginx `auth_request`) and later gRPC
+//! `ext_authz`: match a route, authenticate the bearer credential, read the body only when the
+//! route needs it, decide, record. A surface forwards or answers allow only with an [`Allowed`].
+//!
+//! Architecture invariant: a request that matches no route is a logged deny (`no_route`), and a
+//! decision is handed to the decision log (in required mode: made durable) before the gate
+//! returns an [`Allowed`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::HeaderValue;
+use http::{HeaderMap, Method};
+
+use crate::api::ApiError;
+use crate::audit::AuditLog;
+use crate::auth::{AuthError, Authenticator};
+use crate::decision::{CheckRequest, Decision, DecisionId, Outcome, ResourceRef, SubjectRef};
+use crate::routes::{Check, Inputs, Route, Routes};
+use crate::server::Admission;
+use crate::state::State;
+use crate::telemetry::{Endpoint, Metrics};
+
+/// The header carrying the decision id to the upstream (and back to the client).
+pub const DECISION_HEADER: &str = "x-flex-auth-decision-id";
+/// The header carrying the authenticated subject to the upstream.
+pub const SUBJECT_HEADER: &str = "x-flex-auth-subject";
+/// Reason of the deny for a request no route matches.
+pub const REASON_NO_ROUTE: &str = "no_route";
+
+/// Where a request came in, for records and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// The reverse proxy listener.
+    Proxy,
+    /// `/v1/authz/envoy…`.
+    Envoy,
+    /// `/v1/authz/nginx`.
+    Nginx,
+}
+
+impl Surface {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Proxy => "proxy",
+            Self::Envoy => "envoy",
+            Self::Nginx => "nginx",
+        }
+    }
+}
+
+/// A request the gate let through with a decision.
+#[derive(Debug, Clone)]
+pub struct Allowed {
+    /// The allow's decision id.
+    pub decision_id: DecisionId,
+    /// The authenticated subject.
+    pub subject: String,
+}
+
+/// Route, authenticate, decide, record: shared by the proxy and the forward-auth endpoints.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    state: Arc<State>,
+    routes: Arc<Routes>,
+    auth: Arc<Authenticator>,
+    audit: AuditLog,
+    metrics: Metrics,
+}
+
+/// What a request matched: a public route (forwarded without a credential or a decision) or one
+/// that decides. A public route has no check, so it cannot reach [`Gate::authorize`].
+#[derive(Debug)]
+pub enum Matched<'r> {
+    /// `public: true`.
+    Public(&'r Route),
+    /// A route with a check.
+    Checked(Checked<'r>),
+}
+
+/// A matched route that decides, with its check and path parameters.
+#[derive(Debug)]
+pub struct Checked<'r> {
+    /// The route.
+    pub route: &'r Route,
+    /// What it decides.
+    pub check: &'r Check,
+    /// Path parameters (name, percent-decoded value).
+    pub params: Vec<(String, String)>,
+}
+
+/// A request's method, path, query and headers, as the gate reads them.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The raw path.
+    pub path: &'a str,
+    /// The raw query.
+    pub query: Option<&'a str>,
+    /// The headers (with the credential).
+    pub headers: &'a HeaderMap,
+}
+
+impl Gate {
+    /// A gate over the loaded state.
+    pub fn new(
+        state: Arc<State>,
+        routes: Arc<Routes>,
+        auth: Arc<Authenticator>,
+        audit: AuditLog,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            state,
+            routes,
+            auth,
+            audit,
+            metrics,
+        }
+    }
+
+    /// The authenticator.
+    pub fn auth(&self) -> &Authenticator {
+        &self.auth
+    }
+
+    /// The metrics its surfaces record into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The routes.
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    /// The route for a request: `Err` for an ambiguous path, and a logged deny (`no_route`) when
+    /// none matches.
+    pub async fn route(
+        &self,
+        surface: Surface,
+        target: &Target<'_>,
+    ) -> Result<Matched<'_>, ApiError> {
+        match self.routes.find(target.method, target.path) {
+            Err(problem) => Err(ApiError::AmbiguousPath(problem)),
+            Ok(Some((route, params))) => Ok(match &route.check {
+                None => Matched::Public(route),
+                Some(check) => Matched::Checked(Checked {
+                    route,
+                    check,
+                    params,
+                }),
+            }),
+            Ok(None) => Err(self.deny_unrouted(surface).await),
+        }
+    }
+
+    async fn deny_unrouted(&self, surface: Surface) -> ApiError {
+        let started = Instant::now();
+        let (denied, line) = {
+            let loaded = self.state.current();
+            let Some(loaded) = loaded.as_ref() else {
+                return ApiError::NotReady("no policy package and registry loaded".to_owned());
+            };
+            let engine = &loaded.engine;
+            let outcome = Outcome {
+                decision: Decision::Deny,
+                id: DecisionId::generate(),
+                reasons: vec![REASON_NO_ROUTE.to_owned()],
+                policies: Vec::new(),
+                errors: Vec::new(),
+            };
+            let mut tally = crate::telemetry::Tally::default();
+            tally.add(&outcome);
+            let line = self.audit.record_line(
+                engine,
+                surface.as_str(),
+                None,
+                &outcome,
+                started,
+                crate::audit::Extra::default(),
+            );
+            (ApiError::forbidden(engine, &outcome), (line, tally))
+        };
+        let (line, tally) = line;
+        match self.audit.commit(line.into_iter().collect()).await {
+            Ok(()) => {
+                self.metrics.record_tally(&tally);
+                denied
+            }
+            Err(_) => ApiError::AuditUnavailable,
+        }
+    }
+
+    /// Authenticate and decide a routed, non-public request. `body` is the request body when the
+    /// route reads it (`None` when it cannot be had, e.g. nginx `auth_request`).
+    pub async fn authorize(
+        &self,
+        surface: Surface,
+        matched: &Checked<'_>,
+        target: &Target<'_>,
+        body: Option<&[u8]>,
+    ) -> Result<Allowed, ApiError> {
+        let Checked {
+            route,
+            check,
+            params,
+        } = matched;
+        let principal = match self.auth.authenticate(target.headers).await {
+            Ok(principal) => principal,
+            Err(e) => {
+                self.metrics.record_auth_failure(e.reason());
+                tracing::debug!(reason = e.reason(), error = %e, route = %route.name, "credential refused");
+                return Err(ApiError::Unauthenticated(e));
+            }
+        };
+        let parsed_body = match (route.body_limit, body) {
+            (None, _) => None,
+            (Some(_), None) => return Err(ApiError::BodyUnavailable(route.name.clone())),
+            (Some(_), Some(bytes)) => {
+                // Read the body only as the type it declares: a form (or anything else) that
+                // happens to parse as JSON would be authorized on values the upstream never sees.
+                let declared = target.headers.get(http::header::CONTENT_TYPE);
+                if !declared.is_some_and(crate::api::is_json) {
+                    return Err(ApiError::UnsupportedMediaType(
+                        declared.map_or_else(String::new, |v| {
+                            String::from_utf8_lossy(v.as_bytes()).into_owned()
+                        }),
+                    ));
+                }
+                Some(crate::json::parse_value(bytes).map_err(ApiError::from)?)
+            }
+        };
+        let inputs = Inputs {
+            query: target.query,
+            headers: target.headers,
+            claims: &principal.claims,
+            body: parsed_body.as_ref(),
+        };
+        let (resource_id, context) = check
+            .extract(params, &inputs)
+            .map_err(ApiError::RouteInput)?;
+        let request = CheckRequest {
+            subject: SubjectRef {
+                entity_type: self.routes.subject_type.clone(),
+                id: principal.subject.clone(),
+            },
+            action: check.action.clone(),
+            resource: ResourceRef {
+                entity_type: check.resource_type.clone(),
+                id: resource_id,
+            },
+            context: Some(context),
+        };
+        let origin = format!("{}:{}", surface.as_str(), route.name);
+        let mut tally = crate::telemetry::Tally::default();
+        let (result, line) = {
+            let loaded = self.state.current();
+            let Some(loaded) = loaded.as_ref() else {
+                return Err(ApiError::NotReady(self.state.last_error().map_or_else(
+                    || "no policy package and registry loaded".to_owned(),
+                    |e| e.message.clone(),
+                )));
+            };
+            let engine = &loaded.engine;
+            let started = Instant::now();
+            let outcome = engine.decide(&request).map_err(ApiError::Request)?;
+            self.metrics
+                .observe_check(Endpoint::Check, started.elapsed());
+            tally.add(&outcome);
+            let line = self.audit.record_line(
+                engine,
+                &origin,
+                Some(&request),
+                &outcome,
+                started,
+                crate::audit::Extra {
+                    credential_sha256: Some(&principal.credential_sha256),
+                    properties: None,
+                },
+            );
+            tracing::Span::current().record("decision_id", tracing::field::display(&outcome.id));
+            let result = match outcome.decision {
+                Decision::Allow => Ok(Allowed {
+                    decision_id: outcome.id,
+                    subject: principal.subject,
+                }),
+                Decision::Deny
+                    if outcome
+                        .reasons
+                        .iter()
+                        .any(|r| r == crate::decision::REASON_POLICY_ERROR) =>
+                {
+                    Err(ApiError::PolicyFailure(outcome.id))
+                }
+                Decision::Deny => Err(ApiError::forbidden(engine, &outcome)),
+            };
+            (result, line)
+        };
+        self.audit
+            .commit(line.into_iter().collect())
+            .await
+            .map_err(|_| ApiError::AuditUnavailable)?;
+        self.metrics.record_tally(&tally);
+        result
+    }
+
+    /// The `jwks` readiness check: `Ok` or why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        self.auth.readiness()
+    }
+}
+
+/// The span of one proxied or forward-auth request; `decision_id` is filled in once decided, so
+/// every event of the request (refusals, upstream failures, the `answered` line at debug) carries
+/// it. Headers are never recorded: the credential must not reach a log.
+pub fn request_span(surface: &'static str, method: &Method, path: &str) -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        surface,
+        method = %method,
+        path = %path,
+        decision_id = tracing::field::Empty
+    )
+}
+
+/// The request's admission (see [`crate::server::Admission`]); in-process callers have none.
+pub fn admission(extensions: &http::Extensions) -> Option<Arc<Admission>> {
+    extensions.get::<Arc<Admission>>().cloned()
+}
+
+/// Take the request's in-flight slot before deciding on a request whose body is not buffered.
+pub fn admit(extensions: &http::Extensions) -> Result<(), ApiError> {
+    match extensions.get::<Arc<Admission>>() {
+        Some(admission) => admission.admit().map_err(|_| ApiError::Overloaded),
+        None => Ok(()),
+    }
+}
+
+/// What a 401 says about a refused credential (no token content).
+pub fn www_authenticate(error: &AuthError) -> HeaderValue {
+    let description: String = error
+        .to_string()
+        .chars()
+        .filter(|c| c.is_ascii() && !c.is_ascii_control() && *c != '"' && *c != '\\')
+        .collect();
+    HeaderValue::from_str(&format!(
+        "Bearer realm=\"flex-auth\", error=\"invalid_token\", error_description=\"{description}\""
+    ))
+    .unwrap_or_else(|_| {
+        HeaderValue::from_static("Bearer realm=\"flex-auth\", error=\"invalid_token\"")
+    })
+}
