@@ -89,11 +89,17 @@ impl Admin {
         })
     }
 
-    fn authorize<B>(&self, request: &Request<B>) -> Result<(), ApiError> {
-        let expected = read_token(&self.token_file).map_err(|e| {
-            tracing::error!(error = %e, "admin token unreadable; refusing every admin request");
-            ApiError::AdminUnavailable(e.to_string())
-        })?;
+    async fn authorize<B>(&self, request: &Request<B>) -> Result<(), ApiError> {
+        // Re-read on every request (a rotated Secret takes effect at once), off the async
+        // workers: a slow or hung volume must not stall the runtime.
+        let path = Arc::clone(&self.token_file);
+        let expected = tokio::task::spawn_blocking(move || read_token(&path))
+            .await
+            .map_err(|e| ApiError::AdminUnavailable(format!("token read task failed: {e}")))?
+            .map_err(|e| {
+                tracing::error!(error = %e, "admin token unreadable; refusing every admin request");
+                ApiError::AdminUnavailable(e.to_string())
+            })?;
         let presented = request
             .headers()
             .get(http::header::AUTHORIZATION)
@@ -117,7 +123,7 @@ impl Admin {
         if !known {
             return Err(ApiError::NotFound(path));
         }
-        self.authorize(&request)?;
+        self.authorize(&request).await?;
         match (path.as_str(), request.method()) {
             ("/v1/admin/reload", &Method::POST) => self.reload().await,
             ("/v1/admin/registry", &Method::PUT) => self.put_registry(request).await,

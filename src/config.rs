@@ -794,21 +794,35 @@ mod tests {
     }
 
     #[test]
+    fn duration_limits_are_bounded_so_deadlines_cannot_overflow() {
+        assert!(parse_positive_duration("10s").is_ok());
+        assert!(parse_positive_duration("24h").is_ok());
+        assert!(parse_positive_duration("0s").is_err());
+        let huge = parse_positive_duration("100000000000y").unwrap_err();
+        assert!(huge.contains("24h") || huge.contains("duration"), "{huge}");
+        assert!(
+            Cli::try_parse_from(["flex-auth", "serve", "--keepalive-timeout", "1000000d"]).is_err()
+        );
+    }
+
+    #[test]
     fn every_flag_has_an_environment_variable() {
-        let cli = Cli::command();
-        let mut missing = Vec::new();
-        for arg in cli.get_arguments() {
-            if arg.get_env().is_none() && !matches!(arg.get_id().as_str(), "help" | "version") {
-                missing.push(arg.get_id().to_string());
-            }
-        }
-        for sub in cli.get_subcommands() {
-            for arg in sub.get_arguments() {
+        // Every level of subcommands (`decisions show`, `config reference`, …), not just the first.
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>, seen: &mut usize) {
+            for arg in command.get_arguments() {
+                *seen += 1;
                 if arg.get_env().is_none() && !matches!(arg.get_id().as_str(), "help" | "version") {
-                    missing.push(format!("{} {}", sub.get_name(), arg.get_id()));
+                    missing.push(format!("{path} {}", arg.get_id()).trim().to_owned());
                 }
             }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing, seen);
+            }
         }
+        let mut missing = Vec::new();
+        let mut seen = 0;
+        walk(&Cli::command(), "", &mut missing, &mut seen);
+        assert!(seen > 60, "the walk reached only {seen} flags");
         assert!(
             missing.is_empty(),
             "flags without FLEX_AUTH_* env: {missing:?}"

@@ -170,7 +170,9 @@ impl RequestError {
 /// A loaded policy package and registry, ready to decide. Immutable.
 #[derive(Debug)]
 pub struct Engine {
-    policy: PolicyPackage,
+    /// Shared with the engine a pushed registry replaces this one with: the package in force is
+    /// the one a new registry is validated and compiled against, never a re-read of the disk.
+    policy: std::sync::Arc<PolicyPackage>,
     registry: Registry,
     authorizer: Authorizer,
     /// Entity type names known at load time, so the hot path does not run the Cedar parser.
@@ -186,6 +188,18 @@ pub struct Engine {
 impl Engine {
     /// Build an engine; the registry must have been loaded with the package's schema.
     pub fn new(policy: PolicyPackage, registry: Registry) -> Result<Self, RequestError> {
+        Self::with_shared_policy(std::sync::Arc::new(policy), registry)
+    }
+
+    /// The package of `self` with another registry (loaded with that package's schema).
+    pub fn with_registry(&self, registry: Registry) -> Result<Self, RequestError> {
+        Self::with_shared_policy(std::sync::Arc::clone(&self.policy), registry)
+    }
+
+    fn with_shared_policy(
+        policy: std::sync::Arc<PolicyPackage>,
+        registry: Registry,
+    ) -> Result<Self, RequestError> {
         let parse = |name: &str| {
             EntityTypeName::from_str(name)
                 .map_err(|e| RequestError::new("type", format!("`{name}`: {e}")))

@@ -154,6 +154,7 @@ fn join_errors(errors: &[SourceError]) -> String {
 }
 
 /// Text handed to the Cedar parser, and where it came from.
+#[derive(Debug)]
 struct Source {
     path: PathBuf,
     text: String,
@@ -174,7 +175,9 @@ struct Manifest {
 
 /// The pieces of a package before parsing.
 #[derive(Default)]
-struct RawPackage {
+/// A package's files as read, before parsing: see [`read_package`].
+#[derive(Debug)]
+pub struct RawPackage {
     name: String,
     manifest: Manifest,
     policy_sources: Vec<Source>,
@@ -183,7 +186,7 @@ struct RawPackage {
     files: Vec<PathBuf>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 enum SchemaSyntax {
     Cedar,
     Json,
@@ -191,6 +194,12 @@ enum SchemaSyntax {
 
 /// Load, parse and validate the package at `path`.
 pub fn load_package(path: &Path) -> Result<PolicyPackage, PolicyLoadError> {
+    read_package(path)?.build()
+}
+
+/// Read a package's files without parsing or validating them: enough to know its version
+/// ([`RawPackage::hash`]) before paying for a build. A poll that finds the same bytes stops here.
+pub fn read_package(path: &Path) -> Result<RawPackage, PolicyLoadError> {
     let meta = std::fs::metadata(path).map_err(|source| PolicyLoadError::Io {
         path: path.to_owned(),
         source,
@@ -204,7 +213,23 @@ pub fn load_package(path: &Path) -> Result<PolicyPackage, PolicyLoadError> {
     } else {
         return Err(PolicyLoadError::UnsupportedPath(path.to_owned()));
     };
-    build_package(raw)
+    Ok(raw)
+}
+
+impl RawPackage {
+    /// The version the package will report once built: a hash of its files' names and bytes.
+    pub fn hash(&self) -> ContentHash {
+        ContentHash::of_parts(
+            self.hash_inputs
+                .iter()
+                .map(|(name, bytes)| (name.as_bytes(), bytes.as_slice())),
+        )
+    }
+
+    /// Parse, validate against the schema and build the package.
+    pub fn build(self) -> Result<PolicyPackage, PolicyLoadError> {
+        build_package(self)
+    }
 }
 
 fn has_extension(path: &Path, ext: &str) -> bool {
@@ -690,12 +715,8 @@ fn build_package(raw: RawPackage) -> Result<PolicyPackage, PolicyLoadError> {
         return Err(PolicyLoadError::Invalid(errors));
     }
 
+    let hash = raw.hash();
     let name = raw.manifest.name.clone().unwrap_or(raw.name);
-    let hash = ContentHash::of_parts(
-        raw.hash_inputs
-            .iter()
-            .map(|(name, bytes)| (name.as_bytes(), bytes.as_slice())),
-    );
     Ok(PolicyPackage {
         name,
         version: raw.manifest.version,

@@ -14,7 +14,7 @@ use arc_swap::{ArcSwapOption, Guard};
 
 use crate::decision::{Engine, RequestError};
 use crate::hash::ContentHash;
-use crate::policy::{load_package, PolicyLoadError};
+use crate::policy::{load_package, read_package, PolicyLoadError};
 use crate::registry::{parse_entities, parse_snapshot, read_registry, RegistryError};
 
 /// Where the policy package and registry are read from.
@@ -338,13 +338,15 @@ impl State {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let started = Instant::now();
         let result = (|| {
-            let package = load_package(&self.sources.policy)?;
+            // Hash the raw bytes first: an unchanged poll reads the files and stops, without
+            // parsing or validating a package it already serves.
+            let raw = read_package(&self.sources.policy)?;
             let bytes = read_registry(self.sources.registry.path())?;
-            let hashes = (package.hash().clone(), ContentHash::of_bytes(&bytes));
+            let hashes = (raw.hash(), ContentHash::of_bytes(&bytes));
             if self.current.load().is_some() && disk.as_ref() == Some(&hashes) {
                 return Ok(None);
             }
-            let engine = build(&self.sources, package, &bytes)?;
+            let engine = build(&self.sources, raw.build()?, &bytes)?;
             *disk = Some(hashes);
             Ok(Some(engine))
         })();
@@ -359,15 +361,32 @@ impl State {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let started = Instant::now();
+        let in_force = self.current();
         let result = (|| {
-            // The package in force, re-read so the new engine owns its own copy.
-            let package = load_package(&self.sources.policy)?;
-            let registry = match &self.sources.registry {
-                RegistrySource::Snapshot(_) => parse_snapshot(bytes, origin, package.schema())?,
-                RegistrySource::Entities(_) => parse_entities(bytes, origin, package.schema())?,
+            // Validated and compiled against the package in force — not a re-read of the policy
+            // path, which may hold a newer (or broken) package that has not been loaded.
+            let registry_for = |package: &crate::policy::PolicyPackage| match &self.sources.registry
+            {
+                RegistrySource::Snapshot(_) => parse_snapshot(bytes, origin, package.schema()),
+                RegistrySource::Entities(_) => parse_entities(bytes, origin, package.schema()),
             };
-            Ok(Some(Engine::new(package, registry)?))
+            let engine = match in_force.as_ref() {
+                Some(loaded) => {
+                    let registry = registry_for(loaded.engine.policy())?;
+                    loaded.engine.with_registry(registry)?
+                }
+                // Nothing loaded yet: the package on disk is the only one there is.
+                None => {
+                    let package = load_package(&self.sources.policy)?;
+                    let registry = registry_for(&package)?;
+                    Engine::new(package, registry)?
+                }
+            };
+            Ok(Some(engine))
         })();
+        // Let go of the engine in force before it is replaced: its successor is freed only once
+        // nobody holds it (see `drop_off_the_request_path`), and we would be the one waiting.
+        drop(in_force);
         match result {
             Ok(_) => self.finish(Trigger::Admin, started, result).map(|_| ()),
             // A rejected push is the pusher's error, answered to them; the running state is as

@@ -289,9 +289,7 @@ impl Tls {
             }
         };
         let digest = files.digest();
-        let Ok(mut state) = self.reload.lock() else {
-            return false;
-        };
+        let mut state = self.reload_state();
         if state.tried == digest {
             return false;
         }
@@ -318,10 +316,17 @@ impl Tls {
         }
     }
 
+    /// The reload bookkeeping. A panic while it was held cannot leave it half-written (every
+    /// field is replaced whole), so a poisoned lock is taken over rather than ending rotation
+    /// for good — the same policy as the loaded state's reload lock.
+    fn reload_state(&self) -> std::sync::MutexGuard<'_, ReloadState> {
+        self.reload
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn failed(&self, digest: Option<[u8; 32]>, message: String) {
-        let Ok(mut state) = self.reload.lock() else {
-            return;
-        };
+        let mut state = self.reload_state();
         if let Some(digest) = digest {
             state.tried = digest;
         }
@@ -374,9 +379,9 @@ impl Tls {
 
     /// The `tls` object of `/v1/status`.
     pub fn status(&self) -> Value {
-        let (current, last_error) = match self.reload.lock() {
-            Ok(state) => (Some(state.current.clone()), state.last_error.clone()),
-            Err(_) => (None, None),
+        let (current, last_error) = {
+            let state = self.reload_state();
+            (Some(state.current.clone()), state.last_error.clone())
         };
         serde_json::json!({
             "enabled": true,

@@ -210,6 +210,45 @@ async fn pushed_registry_is_validated_then_written_to_the_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_registry_is_checked_against_the_package_in_force_not_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let package = dir.path().join("policy_package.md");
+    std::fs::copy(repo_path("policies/ops-warden/policy_package.md"), &package).unwrap();
+    std::fs::write(dir.path().join("registry.json"), bridge_snapshot(8)).unwrap();
+    std::fs::write(dir.path().join("token"), "s3cret-token\n").unwrap();
+    let sources = Sources {
+        policy: package.clone(),
+        registry: RegistrySource::Snapshot(dir.path().join("registry.json")),
+    };
+    let server = TestServer::start(sources).await;
+    let admin = server
+        .start_admin(dir.path().join("token"), ApiConfig::default())
+        .await;
+    let policy_version = server.status().await["policy"]["hash"].clone();
+    // The package on disk is broken after the load (no watcher runs here): it is not in force.
+    std::fs::write(
+        &package,
+        "```cedar\npermit (principal, action, resource) when {\n```\n",
+    )
+    .unwrap();
+    let reply = send(
+        admin,
+        Method::PUT,
+        "/v1/admin/registry",
+        &[
+            ("content-type", "application/json"),
+            ("authorization", "Bearer s3cret-token"),
+        ],
+        bridge_snapshot(2),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.json()["policy_version"], policy_version);
+    assert_eq!(server.bridge_decision(4).await, "deny");
+    assert_eq!(server.bridge_decision(2).await, "allow");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pushed_registry_with_a_duplicate_key_changes_nothing() {
     let f = Fixture::start().await;
     let before = f.registry_hash().await;
