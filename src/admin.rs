@@ -12,7 +12,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 
-use crate::api::{json_response, read_json_body, Api, ApiError};
+use crate::api::{read_json_body, Api};
+use crate::http::{json_response, ApiError};
 use crate::registry::write_atomically;
 use crate::server::Handler;
 use crate::state::{ReloadOutcome, State, Trigger};
@@ -170,7 +171,7 @@ impl Admin {
     ) -> Result<Response<Full<Bytes>>, ApiError> {
         let body = read_json_body(request, self.max_body_bytes).await?;
         // 400 `duplicate_key` with its path, like every other body (the loader would refuse it too).
-        crate::api::reject_duplicate_keys(&body)?;
+        crate::http::reject_duplicate_keys(&body)?;
         let _one_push_at_a_time = self.pushes.lock().await;
         let state = self.state.clone();
         let result = tokio::task::spawn_blocking(move || {

@@ -25,6 +25,8 @@ use crate::registry::{Registry, SUBJECT_TYPE};
 pub const REASON_NO_MATCHING_PERMIT: &str = "no_matching_permit";
 /// Reason reported when any policy failed to evaluate.
 pub const REASON_POLICY_ERROR: &str = "policy_error";
+/// Reason of the deny for a proxied or forward-auth request that no route matches.
+pub const REASON_NO_ROUTE: &str = "no_route";
 /// Reason reported by a determining `forbid` that carries no `@reason`.
 pub const REASON_FORBIDDEN: &str = "forbidden_by_policy";
 /// Cedar entity type of actions.

@@ -16,8 +16,8 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Body;
 
-use crate::api::ApiError;
 use crate::gate::{Gate, Matched, Surface, Target, DECISION_HEADER, SUBJECT_HEADER};
+use crate::http::ApiError;
 
 /// The nginx `auth_request` endpoint.
 pub const NGINX_PATH: &str = "/v1/authz/nginx";
@@ -77,7 +77,7 @@ where
     // Envoy sends the body when `with_request_body` is set; nginx never does.
     let body = match (surface, matched.route.body_limit) {
         (Surface::Envoy, Some(limit)) => {
-            let declared = crate::api::declared_length(&parts.headers);
+            let declared = crate::http::declared_length(&parts.headers);
             let admission = crate::gate::admission(&parts.extensions);
             let bytes = crate::server::read_body(body, declared, limit, admission.as_deref())
                 .await

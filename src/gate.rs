@@ -10,24 +10,19 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::HeaderValue;
 use http::{HeaderMap, Method};
 
-use crate::api::ApiError;
 use crate::audit::AuditLog;
 use crate::auth::{AuthError, Authenticator};
 use crate::decision::{CheckRequest, Decision, DecisionId, Outcome, ResourceRef, SubjectRef};
+use crate::http::ApiError;
 use crate::routes::{Check, Inputs, Route, Routes};
 use crate::server::Admission;
 use crate::state::State;
 use crate::telemetry::{Endpoint, Metrics};
 
-/// The header carrying the decision id to the upstream (and back to the client).
-pub const DECISION_HEADER: &str = "x-flex-auth-decision-id";
-/// The header carrying the authenticated subject to the upstream.
-pub const SUBJECT_HEADER: &str = "x-flex-auth-subject";
-/// Reason of the deny for a request no route matches.
-pub const REASON_NO_ROUTE: &str = "no_route";
+pub use crate::decision::REASON_NO_ROUTE;
+pub use crate::http::{DECISION_HEADER, SUBJECT_HEADER};
 
 /// Where a request came in, for records and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,7 +208,10 @@ impl Gate {
             Err(e) => {
                 self.metrics.record_auth_failure(e.reason());
                 tracing::debug!(reason = e.reason(), error = %e, route = %route.name, "credential refused");
-                return Err(ApiError::Unauthenticated(e));
+                return Err(ApiError::Unauthenticated {
+                    message: e.to_string(),
+                    unavailable: matches!(e, AuthError::Unavailable(_)),
+                });
             }
         };
         let parsed_body = match (route.body_limit, body) {
@@ -223,7 +221,7 @@ impl Gate {
                 // Read the body only as the type it declares: a form (or anything else) that
                 // happens to parse as JSON would be authorized on values the upstream never sees.
                 let declared = target.headers.get(http::header::CONTENT_TYPE);
-                if !declared.is_some_and(crate::api::is_json) {
+                if !declared.is_some_and(crate::http::is_json) {
                     return Err(ApiError::UnsupportedMediaType(
                         declared.map_or_else(String::new, |v| {
                             String::from_utf8_lossy(v.as_bytes()).into_owned()
@@ -239,9 +237,13 @@ impl Gate {
             claims: &principal.claims,
             body: parsed_body.as_ref(),
         };
-        let (resource_id, context) = check
-            .extract(params, &inputs)
-            .map_err(ApiError::RouteInput)?;
+        let (resource_id, context) =
+            check
+                .extract(params, &inputs)
+                .map_err(|e| ApiError::RouteInput {
+                    field: e.field.clone(),
+                    message: e.to_string(),
+                })?;
         let request = CheckRequest {
             subject: SubjectRef {
                 entity_type: self.routes.subject_type.clone(),
@@ -337,19 +339,4 @@ pub fn admit(extensions: &http::Extensions) -> Result<(), ApiError> {
         Some(admission) => admission.admit().map_err(|_| ApiError::Overloaded),
         None => Ok(()),
     }
-}
-
-/// What a 401 says about a refused credential (no token content).
-pub fn www_authenticate(error: &AuthError) -> HeaderValue {
-    let description: String = error
-        .to_string()
-        .chars()
-        .filter(|c| c.is_ascii() && !c.is_ascii_control() && *c != '"' && *c != '\\')
-        .collect();
-    HeaderValue::from_str(&format!(
-        "Bearer realm=\"flex-auth\", error=\"invalid_token\", error_description=\"{description}\""
-    ))
-    .unwrap_or_else(|_| {
-        HeaderValue::from_static("Bearer realm=\"flex-auth\", error=\"invalid_token\"")
-    })
 }

@@ -18,6 +18,7 @@ pub mod decision;
 pub mod forward_auth;
 pub mod gate;
 pub mod hash;
+pub mod http;
 pub mod json;
 pub mod policy;
 pub mod proxy;

@@ -20,11 +20,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tracing::Instrument as _;
 
-use crate::api::ApiError;
 use crate::gate::{
     admission, admit, request_span, Allowed, Gate, Matched, Surface, Target, DECISION_HEADER,
     SUBJECT_HEADER,
 };
+use crate::http::ApiError;
 use crate::server::{Handler, PeerAddr};
 use crate::telemetry::Endpoint;
 
@@ -241,7 +241,7 @@ impl Proxy {
         // it streams to the upstream after the decision.
         let (buffered, streamed) = match matched.route.body_limit {
             Some(limit) => {
-                let declared = crate::api::declared_length(&parts.headers);
+                let declared = crate::http::declared_length(&parts.headers);
                 let admission = admission(&parts.extensions);
                 let bytes = crate::server::read_body(body, declared, limit, admission.as_deref())
                     .await

@@ -164,6 +164,17 @@ where
     Ok(collected)
 }
 
+impl From<BodyError> for crate::http::ApiError {
+    fn from(error: BodyError) -> Self {
+        match error {
+            BodyError::TooLarge { limit } => Self::BodyTooLarge { limit },
+            BodyError::Timeout(after) => Self::BodyTimeout(after),
+            BodyError::Read(message) => Self::BodyRead(message),
+            BodyError::Overloaded => Self::Overloaded,
+        }
+    }
+}
+
 /// Connection and request limits of one listener (every one a flag; shown in `/v1/status`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {

@@ -9,13 +9,12 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Body;
 
-use super::{
-    classify_json_error, json_response, parse_json, read_json_body, Api, ApiError, BoxError,
-};
+use super::{read_json_body, Api, BoxError};
 use crate::authzen::{
     configuration, Evaluation, EvaluationResponse, EvaluationsRequest, EvaluationsResponse, Mapped,
 };
 use crate::decision::{Engine, Outcome};
+use crate::http::{classify_json_error, json_response, parse_json, ApiError};
 // Latency is observed as `check` (one evaluation) or `batch` (an evaluations array), like the
 // /v1 endpoints; responses are counted under the `authzen` endpoint label.
 use crate::telemetry::{Endpoint, Tally};

@@ -1,0 +1,644 @@
+//! The HTTP vocabulary every surface shares, and nothing else: the error type each of them
+//! returns ([`ApiError`]) and its one mapping to a status, a JSON body with a stable `code` (and
+//! `WWW-Authenticate`, `Retry-After`, `Allow`, the decision id where they apply); JSON request
+//! parsing that names the field at fault and refuses duplicate keys; JSON responses; the
+//! `x-flex-auth-*` header names.
+//!
+//! Architecture invariant: `http` is a leaf. It knows nothing of policy loading, the proxy, the
+//! server or authentication; of our modules it uses only `decision` (the types a deny carries)
+//! and `json` (strict parsing). Surfaces convert their own errors into an [`ApiError`] where
+//! they happen.
+
+use ::http::header::{
+    HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
+use ::http::{HeaderMap, Response, StatusCode};
+use bytes::Bytes;
+use http_body_util::Full;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::decision::{Decision, DecisionId, Engine, Outcome, RequestError};
+
+/// The header carrying the decision id to the upstream (and back to the client).
+pub const DECISION_HEADER: &str = "x-flex-auth-decision-id";
+/// The header carrying the authenticated subject to the upstream.
+pub const SUBJECT_HEADER: &str = "x-flex-auth-subject";
+
+/// What a 401 says about a refused credential: its problem, never its content.
+pub fn www_authenticate(problem: &str) -> HeaderValue {
+    let description: String = problem
+        .chars()
+        .filter(|c| c.is_ascii() && !c.is_ascii_control() && *c != '"' && *c != '\\')
+        .collect();
+    HeaderValue::from_str(&format!(
+        "Bearer realm=\"flex-auth\", error=\"invalid_token\", error_description=\"{description}\""
+    ))
+    .unwrap_or_else(|_| {
+        HeaderValue::from_static("Bearer realm=\"flex-auth\", error=\"invalid_token\"")
+    })
+}
+
+/// The `Content-Length` a request declares, if it is a number.
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Whether a `Content-Type` is JSON (`application/json` or `application/…+json`, any parameters).
+pub fn is_json(content_type: &HeaderValue) -> bool {
+    let Ok(text) = content_type.to_str() else {
+        return false;
+    };
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Everything that can go wrong answering a request.
+#[derive(Debug)]
+pub enum ApiError {
+    /// The body is not JSON.
+    InvalidJson(String),
+    /// An object in the body names a key twice (the JSON path of the second one).
+    DuplicateKey(String),
+    /// A required field is absent.
+    MissingField(String),
+    /// A field the API does not know.
+    UnknownField(String),
+    /// A field has the wrong type or value.
+    InvalidField {
+        /// Dotted path of the field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The engine rejected the request for this package.
+    Request(RequestError),
+    /// Body over the limit.
+    BodyTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// Batch over the limit.
+    BatchTooLarge {
+        /// The limit.
+        max: usize,
+        /// What was sent.
+        got: usize,
+    },
+    /// Content type other than JSON.
+    UnsupportedMediaType(String),
+    /// The body could not be read.
+    BodyRead(String),
+    /// The body did not arrive within the body-read timeout (408).
+    BodyTimeout(std::time::Duration),
+    /// The in-flight limit is reached (503 with `Retry-After`).
+    Overloaded,
+    /// No such path.
+    NotFound(String),
+    /// Path exists, method does not.
+    MethodNotAllowed {
+        /// The `Allow` header value.
+        allow: &'static str,
+    },
+    /// No policy package and registry are loaded.
+    NotReady(String),
+    /// Missing or wrong admin bearer token.
+    Unauthorized,
+    /// The admin token file cannot be read: nothing is authorized.
+    AdminUnavailable(String),
+    /// A pushed registry or a reload was rejected; nothing changed.
+    Rejected(String),
+    /// Required decision log cannot make the record durable: no decision is given.
+    AuditUnavailable,
+    /// A proxied or forward-auth request without a valid bearer credential (401), or one whose
+    /// credential cannot be verified right now (503, `unavailable`).
+    Unauthenticated {
+        /// What is wrong with the credential (never its content).
+        message: String,
+        /// The keys or secret cannot be loaded: nobody can be verified right now.
+        unavailable: bool,
+    },
+    /// Denied by policy or for want of a route: 403 with the decision.
+    Forbidden(Box<Denied>),
+    /// The policy failed to evaluate: the request is refused (503) under this decision id.
+    PolicyFailure(DecisionId),
+    /// A path an upstream could read differently (dot segments, encoded slashes).
+    AmbiguousPath(String),
+    /// A value the route needs is absent or unusable.
+    RouteInput {
+        /// Where the route takes it from (`body./role`, `query.account`, …).
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The route reads the body, which forward-auth does not receive.
+    BodyUnavailable(String),
+    /// The upstream refused the connection or failed mid-answer (502).
+    UpstreamUnavailable(String),
+    /// The upstream did not answer in time (504).
+    UpstreamTimeout(std::time::Duration),
+    /// A decision endpoint on a listener with `--client-ca`, over a connection without a client
+    /// certificate (401).
+    ClientCertificateMissing,
+    /// The client certificate carries none of the allowed SAN names (403).
+    ClientCertificateNotAllowed(Vec<String>),
+}
+
+/// A deny as a proxied or forward-auth request sees it.
+#[derive(Debug, Serialize)]
+pub struct Denied {
+    decision: Decision,
+    allowed: bool,
+    decision_id: DecisionId,
+    reasons: Vec<String>,
+    policies: Vec<String>,
+    fail_closed: bool,
+    policy_version: String,
+    registry_version: String,
+}
+
+/// The JSON `error` object.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    /// Stable, machine-readable.
+    pub code: &'static str,
+    /// For a person.
+    pub message: String,
+    /// The field at fault, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    /// The 403 for a deny of `engine`.
+    pub fn forbidden(engine: &Engine, outcome: &Outcome) -> Self {
+        Self::Forbidden(Box::new(Denied {
+            decision: Decision::Deny,
+            allowed: false,
+            decision_id: outcome.id,
+            reasons: outcome.reasons.clone(),
+            policies: outcome.policies.clone(),
+            fail_closed: true,
+            policy_version: engine.policy().hash().as_str().to_owned(),
+            registry_version: engine.registry().hash().as_str().to_owned(),
+        }))
+    }
+
+    /// The status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidJson(_)
+            | Self::DuplicateKey(_)
+            | Self::MissingField(_)
+            | Self::UnknownField(_)
+            | Self::InvalidField { .. }
+            | Self::Request(_)
+            | Self::AmbiguousPath(_)
+            | Self::RouteInput { .. }
+            | Self::BodyRead(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated {
+                unavailable: true, ..
+            }
+            | Self::PolicyFailure(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unauthenticated { .. } | Self::ClientCertificateMissing => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::Forbidden(_)
+            | Self::BodyUnavailable(_)
+            | Self::ClientCertificateNotAllowed(_) => StatusCode::FORBIDDEN,
+            Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::BodyTooLarge { .. } | Self::BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::NotReady(_) | Self::AdminUnavailable(_) | Self::AuditUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        }
+    }
+
+    fn body(&self) -> ErrorBody {
+        let (code, message, field) = match self {
+            Self::InvalidJson(m) => (
+                "invalid_json",
+                format!("request body is not valid JSON: {m}"),
+                None,
+            ),
+            Self::DuplicateKey(path) => (
+                "duplicate_key",
+                format!("duplicate key `{path}`: an object may name a key only once"),
+                Some(path.clone()),
+            ),
+            Self::MissingField(f) => (
+                "missing_field",
+                format!("missing required field `{f}`"),
+                Some(f.clone()),
+            ),
+            Self::UnknownField(f) => (
+                "unknown_field",
+                format!("unknown field `{f}`"),
+                Some(f.clone()),
+            ),
+            Self::InvalidField { field, message } => (
+                "invalid_field",
+                format!("`{field}`: {message}"),
+                Some(field.clone()),
+            ),
+            Self::Request(e) => (
+                "invalid_request",
+                format!("`{}`: {}", e.field, e.message),
+                Some(e.field.to_owned()),
+            ),
+            Self::BodyTooLarge { limit } => (
+                "body_too_large",
+                format!("request body exceeds {limit} bytes"),
+                None,
+            ),
+            Self::BatchTooLarge { max, got } => (
+                "batch_too_large",
+                format!("batch holds {got} checks; at most {max} are accepted"),
+                Some("checks".to_owned()),
+            ),
+            Self::UnsupportedMediaType(ct) if ct.is_empty() => (
+                "unsupported_media_type",
+                "the body is read as JSON only when it says so: send `Content-Type: application/json`".to_owned(),
+                None,
+            ),
+            Self::UnsupportedMediaType(ct) => (
+                "unsupported_media_type",
+                format!("content type `{ct}` is not supported; send `application/json`"),
+                None,
+            ),
+            Self::BodyRead(m) => (
+                "body_read_error",
+                format!("could not read the request body: {m}"),
+                None,
+            ),
+            Self::BodyTimeout(after) => (
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {}",
+                    humantime::format_duration(*after)
+                ),
+                None,
+            ),
+            Self::Overloaded => (
+                "overloaded",
+                "too many requests in flight; retry shortly (treat as deny)".to_owned(),
+                None,
+            ),
+            Self::NotFound(p) => ("not_found", format!("no endpoint at `{p}`"), None),
+            Self::MethodNotAllowed { allow } => (
+                "method_not_allowed",
+                format!("method not allowed; use {allow}"),
+                None,
+            ),
+            Self::Unauthorized => (
+                "unauthorized",
+                "missing or wrong bearer token".to_owned(),
+                None,
+            ),
+            Self::AdminUnavailable(m) => (
+                "admin_unavailable",
+                format!("the admin token cannot be read, so nothing is authorized: {m}"),
+                None,
+            ),
+            Self::Rejected(m) => ("rejected", format!("rejected, nothing changed: {m}"), None),
+            Self::AuditUnavailable => (
+                "audit_unavailable",
+                "the decision log cannot record this decision durably, so none is given: treat as deny"
+                    .to_owned(),
+                None,
+            ),
+            Self::NotReady(m) => (
+                "not_ready",
+                format!("cannot decide, treat as deny: {m}"),
+                None,
+            ),
+            Self::Unauthenticated {
+                message,
+                unavailable: true,
+            } => ("auth_unavailable", message.clone(), None),
+            Self::Unauthenticated { message, .. } => ("unauthenticated", message.clone(), None),
+            Self::Forbidden(denied)
+                if denied.reasons.iter().any(|r| r == crate::decision::REASON_NO_ROUTE) =>
+            {
+                (
+                    "forbidden",
+                    "no route matches this method and path; denied".to_owned(),
+                    None,
+                )
+            }
+            Self::Forbidden(_) => ("forbidden", "denied by policy".to_owned(), None),
+            Self::PolicyFailure(id) => (
+                "policy_error",
+                format!("the policy could not be evaluated ({id}); refused, treat as deny"),
+                None,
+            ),
+            Self::AmbiguousPath(m) => (
+                "ambiguous_path",
+                format!("refused: {m}"),
+                None,
+            ),
+            Self::RouteInput { field, message } => {
+                ("invalid_request", message.clone(), Some(field.clone()))
+            }
+            Self::BodyUnavailable(route) => (
+                "body_unavailable",
+                format!("route `{route}` decides on the request body, which this endpoint does not receive; denied"),
+                None,
+            ),
+            Self::UpstreamUnavailable(m) => ("upstream_unavailable", m.clone(), None),
+            Self::UpstreamTimeout(after) => (
+                "upstream_timeout",
+                format!("the upstream did not answer within {}", humantime::format_duration(*after)),
+                None,
+            ),
+            Self::ClientCertificateMissing => (
+                "client_certificate_required",
+                "this listener decides only for clients with a certificate from its client CA; connect with one"
+                    .to_owned(),
+                None,
+            ),
+            Self::ClientCertificateNotAllowed(names) => (
+                "client_certificate_not_allowed",
+                format!(
+                    "the client certificate's names ({}) are not on the allow-list (--client-allowed-san)",
+                    if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+                ),
+                None,
+            ),
+        };
+        ErrorBody {
+            code,
+            message,
+            field,
+        }
+    }
+
+    /// The error object with `prefix` before its field (`checks[3].context.ttl_hours`).
+    pub fn body_with_field_prefix(&self, prefix: &str) -> ErrorBody {
+        let mut body = self.body();
+        body.field = Some(match body.field.take() {
+            Some(f) => format!("{prefix}.{f}"),
+            None => prefix.to_owned(),
+        });
+        body
+    }
+
+    /// The HTTP response for this error: the one place errors become status codes.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let body = self.body();
+        let payload = match &self {
+            Self::Forbidden(denied) => {
+                let mut payload = serde_json::to_value(denied).unwrap_or(Value::Null);
+                if let Some(object) = payload.as_object_mut() {
+                    object.insert("error".to_owned(), serde_json::json!(body));
+                }
+                payload
+            }
+            Self::PolicyFailure(id) => {
+                serde_json::json!({"error": body, "fail_closed": true, "decision_id": id})
+            }
+            _ if status.is_server_error() => {
+                serde_json::json!({"error": body, "fail_closed": true})
+            }
+            _ => serde_json::json!({"error": body}),
+        };
+        let mut response = json_response(status, &payload);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Self::Unauthenticated { message, .. } = &self {
+            if status == StatusCode::UNAUTHORIZED {
+                response
+                    .headers_mut()
+                    .insert(WWW_AUTHENTICATE, www_authenticate(message));
+            }
+        }
+        if let Self::Forbidden(denied) = &self {
+            if let Ok(value) = HeaderValue::from_str(&denied.decision_id.to_string()) {
+                response.headers_mut().insert(DECISION_HEADER, value);
+            }
+        }
+        if let Self::MethodNotAllowed { allow } = self {
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        if matches!(self, Self::Unauthorized) {
+            response.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"flex-auth admin\""),
+            );
+        }
+        response
+    }
+}
+
+/// Parse a JSON body into `T`, naming the field at fault.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    reject_duplicate_keys(body)?;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed: Result<T, (String, serde_json::Error)> = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| (e.path().to_string(), e.into_inner()))
+        .and_then(|value| de.end().map(|()| value).map_err(|e| (String::new(), e)));
+    match parsed {
+        Ok(value) => {
+            // serde accepts a JSON array for a struct (fields by position); the API does not.
+            if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+                return Err(ApiError::InvalidField {
+                    field: "request".to_owned(),
+                    message: "expected a JSON object".to_owned(),
+                });
+            }
+            Ok(value)
+        }
+        Err((path, error)) => {
+            // A type error can surface before a syntax error later in the body; malformed JSON
+            // is reported as such whatever else is wrong with it.
+            if let Err(syntax) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                return Err(ApiError::InvalidJson(syntax.to_string()));
+            }
+            if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+                return Err(ApiError::InvalidField {
+                    field: "request".to_owned(),
+                    message: "expected a JSON object".to_owned(),
+                });
+            }
+            Err(classify_json_error(path, error))
+        }
+    }
+}
+
+/// Refuse a body that is not JSON or whose objects name a key twice, at any depth.
+pub fn reject_duplicate_keys(body: &[u8]) -> Result<(), ApiError> {
+    crate::json::check_unique_keys(body).map_err(ApiError::from)
+}
+
+impl From<crate::json::JsonError> for ApiError {
+    fn from(error: crate::json::JsonError) -> Self {
+        match error {
+            crate::json::JsonError::Syntax(e) => Self::InvalidJson(e.to_string()),
+            crate::json::JsonError::DuplicateKey { path } => Self::DuplicateKey(path),
+        }
+    }
+}
+
+/// serde's error at `path` as the field error a caller can act on; the one place serde's English
+/// (`missing field`, `unknown field`) is read.
+pub fn classify_json_error(path: String, error: serde_json::Error) -> ApiError {
+    use serde_json::error::Category;
+    match error.classify() {
+        Category::Syntax | Category::Eof | Category::Io => ApiError::InvalidJson(error.to_string()),
+        Category::Data => {
+            let message = error.to_string();
+            let quoted = message
+                .split('`')
+                .nth(1)
+                .map(str::to_owned)
+                .unwrap_or_default();
+            let join = |name: &str| {
+                if path == "." || path.is_empty() {
+                    name.to_owned()
+                } else {
+                    format!("{path}.{name}")
+                }
+            };
+            if message.starts_with("missing field") {
+                ApiError::MissingField(join(&quoted))
+            } else if message.starts_with("unknown field") {
+                // The path already ends at the unknown field.
+                let field = if path.rsplit('.').next() == Some(quoted.as_str()) {
+                    path
+                } else {
+                    join(&quoted)
+                };
+                ApiError::UnknownField(field)
+            } else {
+                let message = match message.rfind(" at line ") {
+                    Some(i) => message.get(..i).unwrap_or(&message).to_owned(),
+                    None => message,
+                };
+                let message = plain_type_names(&message);
+                let field = if path == "." {
+                    "request".to_owned()
+                } else {
+                    path
+                };
+                ApiError::InvalidField { field, message }
+            }
+        }
+    }
+}
+
+/// serde names Rust types (`expected struct SubjectRef`); callers know JSON, not Rust.
+fn plain_type_names(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find("struct ") {
+        out.push_str(rest.get(..i).unwrap_or(""));
+        out.push_str("an object");
+        let after = rest.get(i + "struct ".len()..).unwrap_or("");
+        let end = after
+            .find(|c: char| !c.is_alphanumeric() && c != '_')
+            .unwrap_or(after.len());
+        rest = after.get(end..).unwrap_or("");
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A JSON response with `status` (503 if, against expectation, `body` cannot be encoded).
+pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+    // Serializing our own response types cannot fail (string keys, no custom serializers that
+    // error); should it ever, answer 503 rather than an empty 200.
+    let (status, bytes) = match serde_json::to_vec(body) {
+        Ok(bytes) => (status, bytes),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            br#"{"error":{"code":"internal_error","message":"could not encode the response"},"fail_closed":true}"#.to_vec(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::CheckRequest;
+
+    #[test]
+    fn json_content_types() {
+        for ok in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON",
+            "application/authzen+json",
+        ] {
+            assert!(is_json(&HeaderValue::from_static(ok)), "{ok}");
+        }
+        for bad in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "application/jsonx",
+        ] {
+            assert!(!is_json(&HeaderValue::from_static(bad)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let missing =
+            parse_json::<CheckRequest>(br#"{"subject":{"id":"a"},"action":"sign"}"#).unwrap_err();
+        assert!(
+            matches!(missing, ApiError::MissingField(ref f) if f == "resource"),
+            "{missing:?}"
+        );
+        let nested = parse_json::<CheckRequest>(
+            br#"{"subject":{},"action":"sign","resource":{"type":"A","id":"b"}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(nested, ApiError::MissingField(ref f) if f == "subject.id"),
+            "{nested:?}"
+        );
+        let wrong = parse_json::<CheckRequest>(
+            br#"{"subject":{"id":5},"action":"sign","resource":{"type":"A","id":"b"}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(wrong, ApiError::InvalidField { ref field, .. } if field == "subject.id"),
+            "{wrong:?}"
+        );
+        let syntax = parse_json::<CheckRequest>(br#"{"subject":"#).unwrap_err();
+        assert!(matches!(syntax, ApiError::InvalidJson(_)));
+        let trailing = parse_json::<CheckRequest>(
+            br#"{"subject":{"id":"a"},"action":"s","resource":{"type":"A","id":"b"}} x"#,
+        )
+        .unwrap_err();
+        assert!(matches!(trailing, ApiError::InvalidJson(_)));
+    }
+}

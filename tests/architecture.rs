@@ -1,0 +1,216 @@
+//! The dependency rules of docs/ARCHITECTURE.md, kept executable: the top-level modules of
+//! `src/` and the `crate::…` paths each one names form a graph with no cycle, and the modules
+//! the architecture keeps low never reach up. Reading the source as text is enough: every
+//! dependency between our modules is written as a `crate::module` path.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "integration tests fail by panicking"
+)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Top-level module → the top-level modules it names (`crate::x`), tests excluded.
+fn graph() -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut stack = vec![src.clone()];
+    let mut files = 0;
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if path.extension().and_then(|e| e.to_str()) != Some("rs") {
+                continue;
+            }
+            files += 1;
+            let relative = path.strip_prefix(&src).unwrap();
+            let module = relative
+                .components()
+                .next()
+                .unwrap()
+                .as_os_str()
+                .to_string_lossy()
+                .trim_end_matches(".rs")
+                .to_owned();
+            if module == "lib" || module == "main" {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            // Unit tests may reach anywhere; the rules are about the code that ships.
+            let code = text.split("#[cfg(test)]").next().unwrap_or("");
+            let deps = graph.entry(module.clone()).or_default();
+            for (i, _) in code.match_indices("crate::") {
+                let name: String = code[i + "crate::".len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() && name != module {
+                    deps.insert(name);
+                }
+            }
+        }
+    }
+    assert!(files > 20, "read {files} source files");
+    graph
+}
+
+/// A cycle through `start`, if any (depth-first search).
+fn cycle_from(
+    graph: &BTreeMap<String, BTreeSet<String>>,
+    start: &str,
+    path: &mut Vec<String>,
+) -> Option<Vec<String>> {
+    for next in graph.get(path.last().unwrap()).into_iter().flatten() {
+        if next == start {
+            let mut cycle = path.clone();
+            cycle.push(next.clone());
+            return Some(cycle);
+        }
+        if !path.contains(next) {
+            path.push(next.clone());
+            if let Some(cycle) = cycle_from(graph, start, path) {
+                return Some(cycle);
+            }
+            path.pop();
+        }
+    }
+    None
+}
+
+#[test]
+fn no_import_cycle_between_top_level_modules() {
+    let graph = graph();
+    for module in graph.keys() {
+        let mut path = vec![module.clone()];
+        if let Some(cycle) = cycle_from(&graph, module, &mut path) {
+            panic!("import cycle: {}", cycle.join(" → "));
+        }
+    }
+}
+
+#[test]
+fn low_modules_never_reach_up() {
+    let graph = graph();
+    let rules: [(&str, &[&str]); 9] = [
+        // The engine and its inputs know nothing of any surface.
+        (
+            "decision",
+            &[
+                "http",
+                "api",
+                "server",
+                "gate",
+                "proxy",
+                "forward_auth",
+                "admin",
+                "cli",
+                "telemetry",
+                "audit",
+            ],
+        ),
+        (
+            "policy",
+            &[
+                "http",
+                "api",
+                "server",
+                "gate",
+                "proxy",
+                "forward_auth",
+                "admin",
+                "cli",
+                "state",
+                "decision",
+            ],
+        ),
+        (
+            "registry",
+            &[
+                "http",
+                "api",
+                "server",
+                "gate",
+                "proxy",
+                "forward_auth",
+                "admin",
+                "cli",
+                "state",
+                "decision",
+            ],
+        ),
+        (
+            "state",
+            &[
+                "http",
+                "api",
+                "server",
+                "gate",
+                "proxy",
+                "forward_auth",
+                "admin",
+                "cli",
+            ],
+        ),
+        // The server runs any handler; it knows none of them.
+        (
+            "server",
+            &[
+                "api",
+                "gate",
+                "proxy",
+                "forward_auth",
+                "admin",
+                "cli",
+                "state",
+                "decision",
+            ],
+        ),
+        // The gate serves every fronting surface; none of them is below it.
+        ("gate", &["api", "proxy", "forward_auth", "admin", "cli"]),
+        ("proxy", &["api", "forward_auth", "admin", "cli"]),
+        ("routes", &["http", "api", "server", "gate", "proxy", "cli"]),
+        (
+            "json",
+            &[
+                "http", "api", "server", "gate", "proxy", "cli", "decision", "registry",
+            ],
+        ),
+    ];
+    let mut broken = Vec::new();
+    for (module, forbidden) in rules {
+        let deps = graph
+            .get(module)
+            .unwrap_or_else(|| panic!("no module `{module}` in src/"));
+        for dep in deps {
+            if forbidden.contains(&dep.as_str()) {
+                broken.push(format!("`{module}` imports `{dep}`"));
+            }
+        }
+    }
+    // `http` is a leaf: of ours it knows only the decision types and strict JSON.
+    for dep in graph.get("http").expect("an `http` module") {
+        if !matches!(dep.as_str(), "decision" | "json") {
+            broken.push(format!("`http` imports `{dep}`"));
+        }
+    }
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+#[test]
+fn nothing_calls_cli() {
+    let graph = graph();
+    let callers: Vec<&String> = graph
+        .iter()
+        .filter(|(_, deps)| deps.contains("cli"))
+        .map(|(module, _)| module)
+        .collect();
+    assert!(callers.is_empty(), "`cli` is called by {callers:?}");
+}
