@@ -138,9 +138,11 @@ impl Api {
 
     /// `GET /metrics`: the Prometheus text exposition.
     pub(crate) fn metrics_response(&self) -> Response<Full<Bytes>> {
-        let mut response = Response::new(Full::new(Bytes::from(
-            self.metrics.render(&self.state, &self.audit),
-        )));
+        let mut response = Response::new(Full::new(Bytes::from(self.metrics.render(
+            &self.state,
+            &self.audit,
+            self.readiness().0 != "unready",
+        ))));
         response.headers_mut().insert(
             CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

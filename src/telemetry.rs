@@ -84,12 +84,6 @@ pub struct Metrics {
     deny_reasons: IntCounterVec,
     batch_size: Histogram,
     responses: IntCounterVec,
-    reloads: IntCounterVec,
-    loaded_info: IntGaugeVec,
-    entities: IntGauge,
-    ready: IntGauge,
-    log_writes: IntCounter,
-    log_failures: IntCounter,
     auth_failures: IntCounterVec,
     upstream_seconds: Histogram,
     upstream_responses: IntCounterVec,
@@ -149,33 +143,6 @@ impl Metrics {
             ),
             &["endpoint", "code"],
         )?;
-        let reloads = IntCounterVec::new(
-            Opts::new("reloads_total", "Reload attempts by trigger and result."),
-            &["trigger", "result"],
-        )?;
-        let loaded_info = IntGaugeVec::new(
-            Opts::new(
-                "loaded_info",
-                "The policy package and registry in force (value 1).",
-            ),
-            &["package", "policy_version", "registry_version"],
-        )?;
-        let entities = IntGauge::new(
-            "registry_entities",
-            "Actors (or raw entities) in the registry in force.",
-        )?;
-        let ready = IntGauge::new(
-            "ready",
-            "1 when ready or degraded (something serves), 0 when unready.",
-        )?;
-        let log_writes = IntCounter::new(
-            "decision_log_writes_total",
-            "Decision records written to the decision log.",
-        )?;
-        let log_failures = IntCounter::new(
-            "decision_log_failures_total",
-            "Decision records that could not be written (or were dropped in best-effort mode).",
-        )?;
         let auth_failures = IntCounterVec::new(
             Opts::new(
                 "auth_failures_total",
@@ -224,12 +191,6 @@ impl Metrics {
             Box::new(check_duration.clone()),
             Box::new(batch_size.clone()),
             Box::new(responses.clone()),
-            Box::new(reloads.clone()),
-            Box::new(loaded_info.clone()),
-            Box::new(entities.clone()),
-            Box::new(ready.clone()),
-            Box::new(log_writes.clone()),
-            Box::new(log_failures.clone()),
             Box::new(auth_failures.clone()),
             Box::new(upstream_seconds.clone()),
             Box::new(upstream_responses.clone()),
@@ -247,12 +208,6 @@ impl Metrics {
             deny_reasons,
             batch_size,
             responses,
-            reloads,
-            loaded_info,
-            entities,
-            ready,
-            log_writes,
-            log_failures,
             auth_failures,
             upstream_seconds,
             upstream_responses,
@@ -346,56 +301,92 @@ impl Metrics {
             .inc();
     }
 
-    /// The Prometheus text exposition, with state-derived metrics brought up to date.
-    pub fn render(&self, state: &State, audit: &AuditLog) -> Vec<u8> {
-        self.sync_from(state);
-        sync_counter(&self.log_writes, audit.written());
-        sync_counter(&self.log_failures, audit.failures());
+    /// The Prometheus text exposition. Metrics the request path records live in the registry;
+    /// those derived from the loaded state and the decision log are read from their sources at
+    /// scrape time (a registry made for this scrape), so concurrent scrapes never add a delta
+    /// twice and the values are the sources' own. `ready` is the caller's readiness — the same
+    /// answer `/readyz` gives, shutdown and dependencies included.
+    pub fn render(&self, state: &State, audit: &AuditLog, ready: bool) -> Vec<u8> {
+        let mut families = self.registry.gather();
+        match scrape_time_metrics(state, audit, ready) {
+            Ok(scraped) => families.extend(scraped.gather()),
+            Err(e) => tracing::warn!(error = %e, "cannot build the state-derived metrics"),
+        }
+        families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::with_capacity(8 * 1024);
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
             tracing::warn!(error = %e, "cannot encode metrics");
         }
         out
     }
-
-    fn sync_from(&self, state: &State) {
-        for (trigger, counts) in state.counters().snapshot() {
-            for (result, total) in [
-                ("loaded", counts.loaded),
-                ("unchanged", counts.unchanged),
-                ("failed", counts.failed),
-            ] {
-                // The state's counts are monotonic; add what happened since the last scrape.
-                sync_counter(&self.reloads.with_label_values(&[trigger, result]), total);
-            }
-        }
-        self.loaded_info.reset();
-        match state.current().as_ref() {
-            Some(loaded) => {
-                let engine = &loaded.engine;
-                self.loaded_info
-                    .with_label_values(&[
-                        engine.policy().name(),
-                        engine.policy().hash().as_str(),
-                        engine.registry().hash().as_str(),
-                    ])
-                    .set(1);
-                self.entities
-                    .set(i64::try_from(engine.registry().entity_count()).unwrap_or(i64::MAX));
-                self.ready.set(1);
-            }
-            None => {
-                self.entities.set(0);
-                self.ready.set(0);
-            }
-        }
-    }
 }
 
-/// Bring a Prometheus counter up to a monotonic total kept elsewhere.
-fn sync_counter(counter: &IntCounter, total: u64) {
-    let seen = counter.get();
-    if total > seen {
-        counter.inc_by(total - seen);
+/// Reloads, the versions in force, entity count, readiness and decision-log totals, as of now.
+fn scrape_time_metrics(
+    state: &State,
+    audit: &AuditLog,
+    ready: bool,
+) -> Result<Registry, prometheus::Error> {
+    let registry = Registry::new_custom(Some("flex_auth".to_owned()), None)?;
+    let reloads = IntCounterVec::new(
+        Opts::new("reloads_total", "Reload attempts by trigger and result."),
+        &["trigger", "result"],
+    )?;
+    for (trigger, counts) in state.counters().snapshot() {
+        for (result, total) in [
+            ("loaded", counts.loaded),
+            ("unchanged", counts.unchanged),
+            ("failed", counts.failed),
+        ] {
+            reloads.with_label_values(&[trigger, result]).inc_by(total);
+        }
     }
+    let loaded_info = IntGaugeVec::new(
+        Opts::new(
+            "loaded_info",
+            "The policy package and registry in force (value 1).",
+        ),
+        &["package", "policy_version", "registry_version"],
+    )?;
+    let entities = IntGauge::new(
+        "registry_entities",
+        "Actors (or raw entities) in the registry in force.",
+    )?;
+    if let Some(loaded) = state.current().as_ref() {
+        let engine = &loaded.engine;
+        loaded_info
+            .with_label_values(&[
+                engine.policy().name(),
+                engine.policy().hash().as_str(),
+                engine.registry().hash().as_str(),
+            ])
+            .set(1);
+        entities.set(i64::try_from(engine.registry().entity_count()).unwrap_or(i64::MAX));
+    }
+    let ready_gauge = IntGauge::new(
+        "ready",
+        "1 when /readyz answers 200 (ready or degraded), 0 when it answers 503.",
+    )?;
+    ready_gauge.set(i64::from(ready));
+    let log_writes = IntCounter::new(
+        "decision_log_writes_total",
+        "Decision records written to the decision log.",
+    )?;
+    log_writes.inc_by(audit.written());
+    let log_failures = IntCounter::new(
+        "decision_log_failures_total",
+        "Decision records that could not be written (or were dropped in best-effort mode).",
+    )?;
+    log_failures.inc_by(audit.failures());
+    for collector in [
+        Box::new(reloads) as Box<dyn prometheus::core::Collector>,
+        Box::new(loaded_info),
+        Box::new(entities),
+        Box::new(ready_gauge),
+        Box::new(log_writes),
+        Box::new(log_failures),
+    ] {
+        registry.register(collector)?;
+    }
+    Ok(registry)
 }

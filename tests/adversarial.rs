@@ -397,6 +397,12 @@ async fn decision_log_survives_the_loss_of_its_directory(sink: impl Fn(&Path) ->
         server.get("/readyz").await.status == StatusCode::SERVICE_UNAVAILABLE
     })
     .await;
+    // The gauge says what /readyz says.
+    let metrics = String::from_utf8_lossy(&server.get("/metrics").await.body).into_owned();
+    assert!(
+        metrics.lines().any(|l| l == "flex_auth_ready 0"),
+        "{metrics}"
+    );
     // The directory comes back: the sink reopens (recreates) by itself, and records land there.
     std::fs::create_dir(&dir).unwrap();
     eventually("readiness recovers", async || {

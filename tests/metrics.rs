@@ -224,6 +224,54 @@ async fn counters_move_with_decisions_batches_and_reloads() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_scrapes_report_the_sources_totals_exactly() {
+    let (dir, sources) = setup();
+    let server = TestServer::start(sources).await;
+    for ttl in 2..6 {
+        std::fs::write(dir.path().join("registry.json"), bridge_snapshot(ttl)).unwrap();
+        server.state.reload(Trigger::Signal).unwrap();
+    }
+    // Twenty scrapes at once: each reports the state's own count (4), none adds a delta twice.
+    let scrapes: Vec<_> = (0..20).map(|_| scrape(&server)).collect();
+    for samples in futures_join_all(scrapes).await {
+        assert_eq!(
+            value(
+                &samples,
+                "flex_auth_reloads_total",
+                &[("trigger", "sighup"), ("result", "loaded")]
+            ),
+            Some(4.0)
+        );
+    }
+}
+
+/// Await every future (in order), concurrently.
+async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut out = Vec::with_capacity(pinned.len());
+    let mut done: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (slot, future) in done.iter_mut().zip(pinned.iter_mut()) {
+            if slot.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.extend(done.into_iter().flatten());
+    out
+}
+
 #[tokio::test]
 async fn unready_server_reports_not_ready() {
     let (dir, sources) = setup();
