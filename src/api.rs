@@ -25,7 +25,7 @@ use crate::http::{
 use crate::registry::RegistryKind;
 use crate::server::{Admission, Limits};
 use crate::state::State;
-use crate::telemetry::{Endpoint, Metrics, MetricsError, Tally};
+use crate::telemetry::{Endpoint, Metrics, MetricsError, Probe, Tally};
 use crate::tls::{ClientCert, Tls};
 
 /// Whether the connection's client certificate may ask for decisions. Requests without the
@@ -81,7 +81,8 @@ pub struct Api {
     metrics: Metrics,
     audit: AuditLog,
     gate: Option<crate::gate::Gate>,
-    upstream: Option<Arc<crate::proxy::UpstreamHealth>>,
+    /// Dependencies whose health decides readiness, in the order they are reported.
+    probes: Vec<Arc<dyn Probe>>,
     listener: Option<Arc<(Limits, Option<Arc<Tls>>)>>,
 }
 
@@ -96,7 +97,7 @@ impl Api {
             metrics: Metrics::new()?,
             audit: AuditLog::off(),
             gate: None,
-            upstream: None,
+            probes: Vec::new(),
             listener: None,
         })
     }
@@ -107,15 +108,16 @@ impl Api {
         self
     }
 
-    /// Report the proxy's upstream in readiness (check `upstream`).
-    pub fn with_upstream(mut self, health: Arc<crate::proxy::UpstreamHealth>) -> Self {
-        self.upstream = Some(health);
+    /// Report a dependency in readiness (e.g. the proxy's `upstream`).
+    pub fn with_probe(mut self, probe: Arc<dyn Probe>) -> Self {
+        self.probes.push(probe);
         self
     }
 
     /// Serve the forward-auth endpoints (`/v1/authz/envoy…`, `/v1/authz/nginx`) through `gate`,
     /// and report its authentication readiness.
     pub fn with_gate(mut self, gate: crate::gate::Gate) -> Self {
+        self.probes.push(Arc::new(gate.clone()));
         self.gate = Some(gate);
         self
     }
@@ -455,16 +457,9 @@ impl Api {
             });
             status = "unready";
         }
-        let dependencies = [
-            self.upstream
-                .as_ref()
-                .map(|u| ("upstream", u.readiness(), crate::proxy::UPSTREAM_PROBLEM)),
-            self.gate
-                .as_ref()
-                .map(|g| ("jwks", g.readiness(), crate::auth::PROBLEM)),
-        ];
-        for (name, result, problem) in dependencies.into_iter().flatten() {
-            match result {
+        for probe in &self.probes {
+            let (name, problem) = (probe.name(), probe.problem());
+            match probe.check() {
                 Ok(()) => checks.push(Check::pass(name)),
                 Err(reason) => {
                     checks.push(Check {

@@ -470,7 +470,7 @@ async fn gate_and_proxy(
     });
     let mut api = api.with_gate(gate);
     if let Some(proxy) = &proxy {
-        api = api.with_upstream(proxy.spawn_probe(UPSTREAM_PROBE_EVERY));
+        api = api.with_probe(proxy.spawn_probe(UPSTREAM_PROBE_EVERY));
     }
     Ok((api, proxy))
 }

@@ -98,6 +98,18 @@ pub struct Target<'a> {
     pub headers: &'a HeaderMap,
 }
 
+impl crate::telemetry::Probe for Gate {
+    fn name(&self) -> &'static str {
+        "jwks"
+    }
+    fn problem(&self) -> &'static str {
+        crate::auth::PROBLEM
+    }
+    fn check(&self) -> Result<(), String> {
+        self.readiness()
+    }
+}
+
 impl Gate {
     /// A gate over the loaded state.
     pub fn new(

@@ -40,6 +40,18 @@ pub struct UpstreamHealth {
     last: std::sync::Mutex<Option<Result<(), String>>>,
 }
 
+impl crate::telemetry::Probe for UpstreamHealth {
+    fn name(&self) -> &'static str {
+        "upstream"
+    }
+    fn problem(&self) -> &'static str {
+        UPSTREAM_PROBLEM
+    }
+    fn check(&self) -> Result<(), String> {
+        self.readiness()
+    }
+}
+
 impl UpstreamHealth {
     /// The `upstream` readiness check: `Ok`, or why not.
     pub fn readiness(&self) -> Result<(), String> {

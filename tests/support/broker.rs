@@ -170,8 +170,7 @@ pub async fn broker_with_routes(
     );
     let upstream_health = proxy.spawn_probe(Duration::from_millis(100));
     let (proxy_addr, proxy_stop, _) = serve_handler(proxy).await;
-    let api =
-        TestServer::start_api(state, api.with_gate(gate).with_upstream(upstream_health)).await;
+    let api = TestServer::start_api(state, api.with_gate(gate).with_probe(upstream_health)).await;
     Broker {
         api,
         proxy: proxy_addr,
