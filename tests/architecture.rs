@@ -99,70 +99,36 @@ fn no_import_cycle_between_top_level_modules() {
 #[test]
 fn low_modules_never_reach_up() {
     let graph = graph();
-    let rules: [(&str, &[&str]); 9] = [
+    // Everything that speaks HTTP or runs the process.
+    const SURFACES: [&str; 8] = [
+        "http",
+        "api",
+        "server",
+        "gate",
+        "proxy",
+        "forward_auth",
+        "admin",
+        "cli",
+    ];
+    let above = |also: &[&'static str]| -> Vec<&'static str> {
+        SURFACES
+            .iter()
+            .copied()
+            .chain(also.iter().copied())
+            .collect()
+    };
+    let rules: Vec<(&str, Vec<&str>)> = vec![
         // The engine and its inputs know nothing of any surface.
-        (
-            "decision",
-            &[
-                "http",
-                "api",
-                "server",
-                "gate",
-                "proxy",
-                "forward_auth",
-                "admin",
-                "cli",
-                "telemetry",
-                "audit",
-            ],
-        ),
-        (
-            "policy",
-            &[
-                "http",
-                "api",
-                "server",
-                "gate",
-                "proxy",
-                "forward_auth",
-                "admin",
-                "cli",
-                "state",
-                "decision",
-            ],
-        ),
-        (
-            "registry",
-            &[
-                "http",
-                "api",
-                "server",
-                "gate",
-                "proxy",
-                "forward_auth",
-                "admin",
-                "cli",
-                "state",
-                "decision",
-            ],
-        ),
-        (
-            "state",
-            &[
-                "http",
-                "api",
-                "server",
-                "gate",
-                "proxy",
-                "forward_auth",
-                "admin",
-                "cli",
-            ],
-        ),
+        ("decision", above(&["telemetry", "audit"])),
+        ("policy", above(&["state", "decision"])),
+        ("registry", above(&["state", "decision"])),
+        ("state", above(&[])),
+        ("routes", above(&[])),
+        ("json", above(&["decision", "registry"])),
         // The server runs any handler; it knows none of them.
         (
             "server",
-            &[
+            vec![
                 "api",
                 "gate",
                 "proxy",
@@ -174,15 +140,8 @@ fn low_modules_never_reach_up() {
             ],
         ),
         // The gate serves every fronting surface; none of them is below it.
-        ("gate", &["api", "proxy", "forward_auth", "admin", "cli"]),
-        ("proxy", &["api", "forward_auth", "admin", "cli"]),
-        ("routes", &["http", "api", "server", "gate", "proxy", "cli"]),
-        (
-            "json",
-            &[
-                "http", "api", "server", "gate", "proxy", "cli", "decision", "registry",
-            ],
-        ),
+        ("gate", vec!["api", "proxy", "forward_auth", "admin", "cli"]),
+        ("proxy", vec!["api", "forward_auth", "admin", "cli"]),
     ];
     let mut broken = Vec::new();
     for (module, forbidden) in rules {
