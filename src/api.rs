@@ -16,6 +16,7 @@ use tracing::Instrument as _;
 
 mod authzen_http;
 
+use crate::audit::Extra;
 use crate::audit::{AuditLog, Mode as AuditMode};
 use crate::decision::{CheckRequest, Decision, DecisionId, Engine, Outcome, PolicyError};
 pub use crate::http::ApiError;
@@ -25,8 +26,9 @@ use crate::http::{
 use crate::registry::RegistryKind;
 use crate::server::{Admission, Limits};
 use crate::state::State;
-use crate::telemetry::{Endpoint, Metrics, MetricsError, Probe, Tally};
+use crate::telemetry::{Endpoint, Metrics, MetricsError, Probe};
 use crate::tls::{ClientCert, Tls};
+use crate::verdict::{Pending, Verdicts};
 
 /// Whether the connection's client certificate may ask for decisions. Requests without the
 /// extension come from a listener that asks for no certificate.
@@ -46,8 +48,7 @@ pub const SHUTTING_DOWN: &str = "shutting-down";
 /// Request correlation header, echoed on every response.
 const X_REQUEST_ID: &str = "x-request-id";
 
-/// Reason a batch item reports when it could not be evaluated.
-pub const REASON_INVALID_REQUEST: &str = "invalid_request";
+pub use crate::verdict::REASON_INVALID_REQUEST;
 
 /// Limits and options of the decision API.
 #[derive(Debug, Clone)]
@@ -81,6 +82,8 @@ pub struct Api {
     metrics: Metrics,
     audit: AuditLog,
     gate: Option<crate::gate::Gate>,
+    /// The decision path over `state`, `audit` and `metrics` (rebuilt when the log changes).
+    verdicts: Verdicts,
     /// Dependencies whose health decides readiness, in the order they are reported.
     probes: Vec<Arc<dyn Probe>>,
     listener: Option<Arc<(Limits, Option<Arc<Tls>>)>>,
@@ -91,11 +94,14 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 impl Api {
     /// An API over `state`, with its metrics registry.
     pub fn new(state: Arc<State>, config: ApiConfig) -> Result<Self, MetricsError> {
+        let metrics = Metrics::new()?;
+        let audit = AuditLog::off();
         Ok(Self {
+            verdicts: Verdicts::new(Arc::clone(&state), audit.clone(), metrics.clone()),
             state,
             config: Arc::new(config),
-            metrics: Metrics::new()?,
-            audit: AuditLog::off(),
+            metrics,
+            audit,
             gate: None,
             probes: Vec::new(),
             listener: None,
@@ -135,6 +141,7 @@ impl Api {
     /// Log every decision to `audit` (see [`crate::audit`]).
     pub fn with_audit(mut self, audit: AuditLog) -> Self {
         self.audit = audit;
+        self.verdicts = self.verdicts();
         self
     }
 
@@ -267,57 +274,37 @@ impl Api {
     {
         let body = read_json_body(request, self.config.max_body_bytes).await?;
         let check: CheckRequest = parse_json(&body)?;
-        let mut tally = Tally::default();
-        let (response, line) = {
-            let loaded = self.state.current();
-            let loaded = loaded.as_ref().ok_or_else(|| self.not_ready())?;
-            let engine = &loaded.engine;
+        let verdicts = &self.verdicts;
+        let (response, pending) = verdicts.with_engine(|engine, pending| {
             let started = Instant::now();
             let outcome = engine.decide(&check).map_err(ApiError::Request)?;
             self.metrics
                 .observe_check(Endpoint::Check, started.elapsed());
-            tally.add(&outcome);
-            tracing::debug!(decision_id = %outcome.id, decision = outcome.decision.as_str(), "decided");
-            let line = self.record_line(engine, "api:check", Some(&check), &outcome, started, None);
-            let response = json_response(StatusCode::OK, &CheckResponse::new(engine, outcome));
-            (response, line)
-        };
-        // The engine is released before waiting on the log.
-        self.log_or_refuse(line.into_iter().collect(), &tally)
-            .await?;
+            verdicts.record(
+                pending,
+                engine,
+                "api:check",
+                Some(&check),
+                &outcome,
+                started,
+                Extra::default(),
+            );
+            Ok(json_response(
+                StatusCode::OK,
+                &CheckResponse::new(engine, outcome),
+            ))
+        })?;
+        verdicts.commit(pending).await?;
         Ok(response)
     }
 
-    fn record_line(
-        &self,
-        engine: &Engine,
-        origin: &'static str,
-        check: Option<&CheckRequest>,
-        outcome: &Outcome,
-        started: Instant,
-        properties: Option<&Value>,
-    ) -> Option<Option<Vec<u8>>> {
-        let extra = crate::audit::Extra {
-            credential_sha256: None,
-            properties,
-        };
-        self.audit
-            .record_line(engine, origin, check, outcome, started, extra)
-    }
-
-    /// Hand the records to the log (waiting in required mode), then count the decisions: what
-    /// is counted is what was answered.
-    async fn log_or_refuse(
-        &self,
-        lines: Vec<Option<Vec<u8>>>,
-        tally: &Tally,
-    ) -> Result<(), ApiError> {
-        self.audit
-            .commit(lines)
-            .await
-            .map_err(|_| ApiError::AuditUnavailable)?;
-        self.metrics.record_tally(tally);
-        Ok(())
+    /// The decision path (engine, record, log, count) this API's endpoints share.
+    pub(crate) fn verdicts(&self) -> Verdicts {
+        Verdicts::new(
+            Arc::clone(&self.state),
+            self.audit.clone(),
+            self.metrics.clone(),
+        )
     }
 
     async fn check_batch<B>(&self, request: Request<B>) -> Result<Response<Full<Bytes>>, ApiError>
@@ -333,112 +320,85 @@ impl Api {
                 got: batch.checks.len(),
             });
         }
-        let mut tally = Tally::default();
-        let (response, lines) = {
-            let loaded = self.state.current();
-            let loaded = loaded.as_ref().ok_or_else(|| self.not_ready())?;
-            let engine = &loaded.engine;
+        let verdicts = &self.verdicts;
+        let (response, pending) = verdicts.with_engine(|engine, pending| {
             self.metrics.observe_batch(batch.checks.len());
             let started = Instant::now();
-            let mut lines = Vec::new();
             let results: Vec<BatchItem<'_>> = batch
                 .checks
                 .into_iter()
                 .enumerate()
-                .map(|(index, item)| {
-                    let (result, line) = self.decide_item(engine, index, item, &mut tally);
-                    lines.extend(line);
-                    result
-                })
+                .map(|(index, item)| self.decide_item(engine, index, item, pending))
                 .collect();
             self.metrics
                 .observe_check(Endpoint::Batch, started.elapsed());
-            (
-                json_response(StatusCode::OK, &BatchResponse { results }),
-                lines,
-            )
-        };
-        self.log_or_refuse(lines, &tally).await?;
+            Ok(json_response(StatusCode::OK, &BatchResponse { results }))
+        })?;
+        verdicts.commit(pending).await?;
         Ok(response)
     }
 
-    /// Decide one batch item; with the decision log on, also its record line.
+    /// Decide one batch item, recording it in `pending`.
     fn decide_item<'a>(
         &self,
         engine: &'a Engine,
         index: usize,
         item: Value,
-        tally: &mut Tally,
-    ) -> (BatchItem<'a>, Option<Option<Vec<u8>>>) {
+        pending: &mut Pending,
+    ) -> BatchItem<'a> {
         let started = Instant::now();
         let check: Result<CheckRequest, ApiError> = serde_path_to_error::deserialize(item)
             .map_err(|e| classify_json_error(e.path().to_string(), e.into_inner()));
         let (error, check) = match check {
             Ok(check) => match engine.decide(&check) {
                 Ok(outcome) => {
-                    tally.add(&outcome);
-                    let line = self.record_line(
+                    self.verdicts.record(
+                        pending,
                         engine,
                         "api:batch",
                         Some(&check),
                         &outcome,
                         started,
-                        None,
+                        Extra::default(),
                     );
-                    return (
-                        BatchItem::Decided(CheckResponse::new(engine, outcome)),
-                        line,
-                    );
+                    return BatchItem::Decided(CheckResponse::new(engine, outcome));
                 }
                 Err(e) => (ApiError::Request(e), Some(check)),
             },
             Err(e) => (e, None),
         };
-        let (outcome, line) =
-            self.invalid_item(engine, "api:batch", check.as_ref(), started, tally);
-        let id = outcome.id;
-        let body = error.body_with_field_prefix(&format!("checks[{index}]"));
-        let item = BatchItem::Failed {
+        let outcome = self.invalid_item(engine, "api:batch", check.as_ref(), started, pending);
+        BatchItem::Failed {
             decision: Decision::Deny,
             allowed: false,
-            decision_id: id,
+            decision_id: outcome.id,
             reasons: [REASON_INVALID_REQUEST],
             policies: [],
             fail_closed: true,
             policy_version: engine.policy().hash().as_str(),
             registry_version: engine.registry().hash().as_str(),
-            error: body,
-        };
-        (item, line)
+            error: error.body_with_field_prefix(&format!("checks[{index}]")),
+        }
     }
 
-    /// An item of a batch that cannot be evaluated: a deny (`invalid_request`) with its own id,
-    /// counted and logged like any other decision.
+    /// An item that cannot be evaluated: a deny (`invalid_request`) with its own id, counted and
+    /// logged like any other decision.
     fn invalid_item(
         &self,
         engine: &Engine,
         origin: &'static str,
         check: Option<&CheckRequest>,
         started: Instant,
-        tally: &mut Tally,
-    ) -> (Outcome, Option<Option<Vec<u8>>>) {
-        tally.add_invalid();
-        let outcome = Outcome {
-            decision: Decision::Deny,
-            id: DecisionId::generate(),
-            reasons: vec![REASON_INVALID_REQUEST.to_owned()],
-            policies: Vec::new(),
-            errors: Vec::new(),
-        };
-        let line = self.record_line(engine, origin, check, &outcome, started, None);
-        (outcome, line)
-    }
-
-    fn not_ready(&self) -> ApiError {
-        ApiError::NotReady(self.state.last_error().map_or_else(
-            || "no policy package and registry loaded".to_owned(),
-            |e| e.message.clone(),
-        ))
+        pending: &mut Pending,
+    ) -> Outcome {
+        self.verdicts.deny(
+            pending,
+            engine,
+            origin,
+            check,
+            REASON_INVALID_REQUEST,
+            started,
+        )
     }
 
     /// Readiness: `ready`, `degraded` (the last reload failed, the previous version serves) or

@@ -150,6 +150,20 @@ pub struct Outcome {
     pub errors: Vec<PolicyError>,
 }
 
+impl Outcome {
+    /// A deny that no policy made (an item that could not be evaluated, a request no route
+    /// matches): `reason` and a fresh decision id.
+    pub fn deny(reason: &str) -> Self {
+        Self {
+            decision: Decision::Deny,
+            id: DecisionId::generate(),
+            reasons: vec![reason.to_owned()],
+            policies: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+}
+
 /// A request the engine cannot evaluate: the caller's input is wrong (an HTTP 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]

@@ -14,12 +14,13 @@ use http::{HeaderMap, Method};
 
 use crate::audit::AuditLog;
 use crate::auth::{AuthError, Authenticator};
-use crate::decision::{CheckRequest, Decision, DecisionId, Outcome, ResourceRef, SubjectRef};
+use crate::decision::{CheckRequest, Decision, DecisionId, ResourceRef, SubjectRef};
 use crate::http::ApiError;
 use crate::routes::{Check, Inputs, Route, Routes};
 use crate::server::Admission;
 use crate::state::State;
 use crate::telemetry::{Endpoint, Metrics};
+use crate::verdict::Verdicts;
 
 pub use crate::decision::REASON_NO_ROUTE;
 pub use crate::http::{DECISION_HEADER, SUBJECT_HEADER};
@@ -57,11 +58,10 @@ pub struct Allowed {
 /// Route, authenticate, decide, record: shared by the proxy and the forward-auth endpoints.
 #[derive(Debug, Clone)]
 pub struct Gate {
-    state: Arc<State>,
     routes: Arc<Routes>,
     auth: Arc<Authenticator>,
-    audit: AuditLog,
     metrics: Metrics,
+    verdicts: Verdicts,
 }
 
 /// What a request matched: a public route (forwarded without a credential or a decision) or one
@@ -120,10 +120,9 @@ impl Gate {
         metrics: Metrics,
     ) -> Self {
         Self {
-            state,
             routes,
             auth,
-            audit,
+            verdicts: Verdicts::new(state, audit, metrics.clone()),
             metrics,
         }
     }
@@ -166,38 +165,23 @@ impl Gate {
 
     async fn deny_unrouted(&self, surface: Surface) -> ApiError {
         let started = Instant::now();
-        let (denied, line) = {
-            let loaded = self.state.current();
-            let Some(loaded) = loaded.as_ref() else {
-                return ApiError::NotReady("no policy package and registry loaded".to_owned());
-            };
-            let engine = &loaded.engine;
-            let outcome = Outcome {
-                decision: Decision::Deny,
-                id: DecisionId::generate(),
-                reasons: vec![REASON_NO_ROUTE.to_owned()],
-                policies: Vec::new(),
-                errors: Vec::new(),
-            };
-            let mut tally = crate::telemetry::Tally::default();
-            tally.add(&outcome);
-            let line = self.audit.record_line(
+        let denied = self.verdicts.with_engine(|engine, pending| {
+            let outcome = self.verdicts.deny(
+                pending,
                 engine,
                 surface.as_str(),
                 None,
-                &outcome,
+                REASON_NO_ROUTE,
                 started,
-                crate::audit::Extra::default(),
             );
-            (ApiError::forbidden(engine, &outcome), (line, tally))
-        };
-        let (line, tally) = line;
-        match self.audit.commit(line.into_iter().collect()).await {
-            Ok(()) => {
-                self.metrics.record_tally(&tally);
-                denied
-            }
-            Err(_) => ApiError::AuditUnavailable,
+            Ok(ApiError::forbidden(engine, &outcome))
+        });
+        match denied {
+            Ok((denied, pending)) => match self.verdicts.commit(pending).await {
+                Ok(()) => denied,
+                Err(refused) => refused,
+            },
+            Err(not_ready) => not_ready,
         }
     }
 
@@ -269,22 +253,13 @@ impl Gate {
             context: Some(context),
         };
         let origin = format!("{}:{}", surface.as_str(), route.name);
-        let mut tally = crate::telemetry::Tally::default();
-        let (result, line) = {
-            let loaded = self.state.current();
-            let Some(loaded) = loaded.as_ref() else {
-                return Err(ApiError::NotReady(self.state.last_error().map_or_else(
-                    || "no policy package and registry loaded".to_owned(),
-                    |e| e.message.clone(),
-                )));
-            };
-            let engine = &loaded.engine;
+        let (result, pending) = self.verdicts.with_engine(|engine, pending| {
             let started = Instant::now();
             let outcome = engine.decide(&request).map_err(ApiError::Request)?;
             self.metrics
                 .observe_check(Endpoint::Check, started.elapsed());
-            tally.add(&outcome);
-            let line = self.audit.record_line(
+            self.verdicts.record(
+                pending,
                 engine,
                 &origin,
                 Some(&request),
@@ -296,10 +271,10 @@ impl Gate {
                 },
             );
             tracing::Span::current().record("decision_id", tracing::field::display(&outcome.id));
-            let result = match outcome.decision {
+            Ok(match outcome.decision {
                 Decision::Allow => Ok(Allowed {
                     decision_id: outcome.id,
-                    subject: principal.subject,
+                    subject: principal.subject.clone(),
                 }),
                 Decision::Deny
                     if outcome
@@ -310,14 +285,10 @@ impl Gate {
                     Err(ApiError::PolicyFailure(outcome.id))
                 }
                 Decision::Deny => Err(ApiError::forbidden(engine, &outcome)),
-            };
-            (result, line)
-        };
-        self.audit
-            .commit(line.into_iter().collect())
-            .await
-            .map_err(|_| ApiError::AuditUnavailable)?;
-        self.metrics.record_tally(&tally);
+            })
+        })?;
+        // Denies are committed too: the record of a refusal is as required as that of an allow.
+        self.verdicts.commit(pending).await?;
         result
     }
 

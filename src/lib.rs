@@ -31,6 +31,7 @@ pub mod state;
 pub mod suite;
 pub mod telemetry;
 pub mod tls;
+pub mod verdict;
 
 use std::process::ExitCode;
 

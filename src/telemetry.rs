@@ -51,7 +51,6 @@ impl Endpoint {
 #[derive(Debug, Default)]
 pub struct Tally {
     outcomes: Vec<Outcome>,
-    invalid: usize,
 }
 
 impl Tally {
@@ -64,11 +63,6 @@ impl Tally {
             policies: Vec::new(),
             errors: Vec::new(),
         });
-    }
-
-    /// One item that could not be evaluated (a deny `invalid_request`).
-    pub fn add_invalid(&mut self) {
-        self.invalid += 1;
     }
 }
 
@@ -278,17 +272,6 @@ impl Metrics {
         for outcome in &tally.outcomes {
             self.record_decision(outcome);
         }
-        for _ in 0..tally.invalid {
-            self.record_invalid_item();
-        }
-    }
-
-    /// Count a batch item that could not be evaluated (a deny with reason `invalid_request`).
-    fn record_invalid_item(&self) {
-        self.denies.inc();
-        self.deny_reasons
-            .with_label_values(&["invalid_request"])
-            .inc();
     }
 
     /// Time one check or batch.

@@ -17,11 +17,9 @@ use crate::decision::{Engine, Outcome};
 use crate::http::{classify_json_error, json_response, parse_json, ApiError};
 // Latency is observed as `check` (one evaluation) or `batch` (an evaluations array), like the
 // /v1 endpoints; responses are counted under the `authzen` endpoint label.
-use crate::telemetry::{Endpoint, Tally};
-
-/// A decision-log line: `None` when the log is off, `Some(None)` when the record could not be
-/// serialized (unavailable in required mode).
-type Line = Option<Option<Vec<u8>>>;
+use crate::audit::Extra;
+use crate::telemetry::Endpoint;
+use crate::verdict::Pending;
 
 /// Decision-log origin of AuthZEN decisions.
 const ORIGIN: &str = "api:authzen";
@@ -43,23 +41,18 @@ impl Api {
 
     /// Decide one evaluation, log it (waiting for durability in required mode) and answer it.
     async fn answer_one(&self, evaluation: Mapped) -> Result<Response<Full<Bytes>>, ApiError> {
-        let mut tally = Tally::default();
-        let (response, line) = {
-            let loaded = self.state.current();
-            let loaded = loaded.as_ref().ok_or_else(|| self.not_ready())?;
-            let engine = &loaded.engine;
+        let verdicts = &self.verdicts;
+        let (response, pending) = verdicts.with_engine(|engine, pending| {
             let started = Instant::now();
-            let (outcome, line) = self.evaluate(engine, &evaluation, started, &mut tally)?;
+            let outcome = self.evaluate(engine, &evaluation, started, pending)?;
             self.metrics
                 .observe_check(Endpoint::Check, started.elapsed());
-            (
-                json_response(StatusCode::OK, &self.decided(engine, &outcome)),
-                line,
-            )
-        };
-        // The engine is released before waiting on the log.
-        self.log_or_refuse(line.into_iter().collect(), &tally)
-            .await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &self.decided(engine, &outcome),
+            ))
+        })?;
+        verdicts.commit(pending).await?;
         Ok(response)
     }
 
@@ -92,20 +85,15 @@ impl Api {
             .as_ref()
             .map(|o| o.evaluations_semantic)
             .unwrap_or_default();
-        let mut tally = Tally::default();
-        let (response, lines) = {
-            let loaded = self.state.current();
-            let loaded = loaded.as_ref().ok_or_else(|| self.not_ready())?;
-            let engine = &loaded.engine;
+        let verdicts = &self.verdicts;
+        let (response, pending) = verdicts.with_engine(|engine, pending| {
             let started = Instant::now();
             self.metrics.observe_batch(items.len());
-            let mut lines = Vec::new();
             let mut evaluations = Vec::with_capacity(items.len());
             for (index, item) in items.iter().enumerate() {
                 let item_started = Instant::now();
-                let (answer, line) =
-                    self.evaluate_item(engine, index, &batch.item(item), item_started, &mut tally);
-                lines.extend(line);
+                let answer =
+                    self.evaluate_item(engine, index, &batch.item(item), item_started, pending);
                 let stop = semantic.stops_after(answer.decision);
                 evaluations.push(answer);
                 if stop {
@@ -114,12 +102,12 @@ impl Api {
             }
             self.metrics
                 .observe_check(Endpoint::Batch, started.elapsed());
-            (
-                json_response(StatusCode::OK, &EvaluationsResponse { evaluations }),
-                lines,
-            )
-        };
-        self.log_or_refuse(lines, &tally).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &EvaluationsResponse { evaluations },
+            ))
+        })?;
+        verdicts.commit(pending).await?;
         Ok(response)
     }
 
@@ -157,28 +145,31 @@ impl Api {
         Ok(json_response(StatusCode::OK, &configuration(&base)))
     }
 
-    /// Decide one evaluation; with the decision log on, also its record line.
+    /// Decide one evaluation and record it in `pending`.
     fn evaluate(
         &self,
         engine: &Engine,
         evaluation: &Mapped,
         started: Instant,
-        tally: &mut Tally,
-    ) -> Result<(Outcome, Line), ApiError> {
+        pending: &mut Pending,
+    ) -> Result<Outcome, ApiError> {
         let outcome = evaluation
             .decide(engine, self.config.authzen.properties)
             .map_err(ApiError::Request)?;
-        tally.add(&outcome);
         let properties = evaluation.recorded_properties();
-        let line = self.record_line(
+        self.verdicts.record(
+            pending,
             engine,
             ORIGIN,
             Some(&evaluation.check),
             &outcome,
             started,
-            properties.as_ref(),
+            Extra {
+                credential_sha256: None,
+                properties: properties.as_ref(),
+            },
         );
-        Ok((outcome, line))
+        Ok(outcome)
     }
 
     /// One item of an evaluations request: a decision, or — when it cannot be evaluated — a
@@ -189,33 +180,32 @@ impl Api {
         index: usize,
         item: &serde_json::Value,
         started: Instant,
-        tally: &mut Tally,
-    ) -> (EvaluationResponse, Line) {
+        pending: &mut Pending,
+    ) -> EvaluationResponse {
         let parsed: Result<Evaluation, ApiError> = serde_path_to_error::deserialize(item)
             .map_err(|e| classify_json_error(e.path().to_string(), e.into_inner()));
         let (error, check) = match parsed {
             Ok(evaluation) => {
                 let evaluation = evaluation.into_mapped();
-                match self.evaluate(engine, &evaluation, started, tally) {
-                    Ok((outcome, line)) => return (self.decided(engine, &outcome), line),
+                match self.evaluate(engine, &evaluation, started, pending) {
+                    Ok(outcome) => return self.decided(engine, &outcome),
                     Err(e) => (e, Some(evaluation.check)),
                 }
             }
             Err(e) => (e, None),
         };
-        let (outcome, line) = self.invalid_item(engine, ORIGIN, check.as_ref(), started, tally);
+        let outcome = self.invalid_item(engine, ORIGIN, check.as_ref(), started, pending);
         let body = error.body_with_field_prefix(&format!("evaluations[{index}]"));
         let message = match &body.field {
             Some(field) => format!("{field}: {}", body.message),
             None => body.message.clone(),
         };
-        let answer = EvaluationResponse::failed(
+        EvaluationResponse::failed(
             &outcome,
             error.status().as_u16(),
             message,
             self.config.authzen.decision_only,
-        );
-        (answer, line)
+        )
     }
 
     fn decided(&self, engine: &Engine, outcome: &Outcome) -> EvaluationResponse {
