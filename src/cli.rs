@@ -416,8 +416,8 @@ fn proxy_config(args: &ServeArgs) -> Result<Option<ProxyConfig>, ExitCode> {
             ))
         }
     };
-    if let Err((setting, message)) = args.auth.settings().validate() {
-        return Err(boot_fail(setting, &message, crate::auth::PROBLEM));
+    if let Err(e) = args.auth.settings().validate() {
+        return Err(boot_fail(e.setting, &e.message, crate::auth::PROBLEM));
     }
     Ok(Some((routes, upstream)))
 }
@@ -437,20 +437,13 @@ async fn gate_and_proxy(
     };
     let auth = match crate::auth::Authenticator::new(args.auth.settings()).await {
         Ok(auth) => Arc::new(auth),
-        Err((setting, message)) => {
-            return Err(boot_fail(setting, &message, crate::auth::PROBLEM));
-        }
+        Err(e) => return Err(boot_fail(e.setting, &e.message, crate::auth::PROBLEM)),
     };
-    if let Err(reason) = auth.readiness() {
-        let setting = if args.auth.jwks.is_some() && !reason.contains("HS256") {
-            "FLEX_AUTH_JWKS"
-        } else {
-            "FLEX_AUTH_HS256_SECRET_FILE"
-        };
+    if let Err(e) = auth.readiness() {
         if args.fail_fast() {
-            return Err(boot_fail(setting, &reason, crate::auth::PROBLEM));
+            return Err(boot_fail(e.setting, &e.message, crate::auth::PROBLEM));
         }
-        tracing::error!(setting, error = %reason, "credentials cannot be verified yet; proxied and forward-auth requests answer 503 until they can");
+        tracing::error!(setting = e.setting, error = %e.message, "credentials cannot be verified yet; proxied and forward-auth requests answer 503 until they can");
     }
     auth.spawn_refresh();
     let gate = crate::gate::Gate::new(

@@ -294,7 +294,7 @@ impl Gate {
 
     /// The `jwks` readiness check: `Ok` or why not.
     pub fn readiness(&self) -> Result<(), String> {
-        self.auth.readiness()
+        self.auth.readiness().map_err(|e| e.message)
     }
 }
 

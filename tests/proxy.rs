@@ -769,6 +769,10 @@ fn proxy_configuration_that_cannot_work_fails_boot_with_its_setting() {
     };
     let routes = "deploy/examples/broker/routes.yaml";
     let secret = "deploy/examples/broker/demo-hs256.secret";
+    let dir = tempfile::tempdir().unwrap();
+    let good_jwks = dir.path().join("jwks.json");
+    std::fs::write(&good_jwks, jwt::jwks(&[&TestKey::ed25519("k1")]).to_string()).unwrap();
+    let good_jwks = good_jwks.to_str().unwrap();
     for (extra, setting) in [
         (vec!["--upstream", "http://127.0.0.1:9"], "FLEX_AUTH_ROUTES"),
         (
@@ -812,6 +816,26 @@ fn proxy_configuration_that_cannot_work_fails_boot_with_its_setting() {
                 "a",
             ],
             "FLEX_AUTH_JWKS",
+        ),
+        (
+            // A JWKS that loads and a secret that does not: the secret is what to fix.
+            vec![
+                "--routes",
+                routes,
+                "--mode",
+                "production",
+                "--jwks",
+                good_jwks,
+                "--hs256-secret-file",
+                "/nonexistent/hs256.secret",
+                "--jwt-algorithms",
+                "EdDSA,HS256",
+                "--issuer",
+                "i",
+                "--audience",
+                "a",
+            ],
+            "FLEX_AUTH_HS256_SECRET_FILE",
         ),
         (
             vec![
