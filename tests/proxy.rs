@@ -771,7 +771,11 @@ fn proxy_configuration_that_cannot_work_fails_boot_with_its_setting() {
     let secret = "deploy/examples/broker/demo-hs256.secret";
     let dir = tempfile::tempdir().unwrap();
     let good_jwks = dir.path().join("jwks.json");
-    std::fs::write(&good_jwks, jwt::jwks(&[&TestKey::ed25519("k1")]).to_string()).unwrap();
+    std::fs::write(
+        &good_jwks,
+        jwt::jwks(&[&TestKey::ed25519("k1")]).to_string(),
+    )
+    .unwrap();
     let good_jwks = good_jwks.to_str().unwrap();
     for (extra, setting) in [
         (vec!["--upstream", "http://127.0.0.1:9"], "FLEX_AUTH_ROUTES"),
