@@ -150,7 +150,7 @@ impl Gate {
         target: &Target<'_>,
     ) -> Result<Matched<'_>, ApiError> {
         match self.routes.find(target.method, target.path) {
-            Err(problem) => Err(ApiError::AmbiguousPath(problem)),
+            Err(problem) => Err(ApiError::AmbiguousPath(problem.to_string())),
             Ok(Some((route, params))) => Ok(match &route.check {
                 None => Matched::Public(route),
                 Some(check) => Matched::Checked(Checked {

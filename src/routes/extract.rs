@@ -1,0 +1,164 @@
+//! A matched route's values, read from the request: path parameters, query, headers, claims,
+//! the JSON body or a constant, converted as the route says.
+
+use serde_json::{Map, Value};
+
+use super::{Check, Conversion, InputError, Inputs, Source, ValueSpec};
+
+impl Check {
+    /// The resource id and context for one request.
+    pub fn extract(
+        &self,
+        params: &[(String, String)],
+        inputs: &Inputs<'_>,
+    ) -> Result<(String, Map<String, Value>), InputError> {
+        let id = match resolve(&self.resource_id, params, inputs, "resource.id")? {
+            Some(Value::String(s)) if !s.is_empty() => s,
+            Some(Value::Number(n)) => n.to_string(),
+            Some(_) => {
+                return Err(input_error(
+                    "resource.id",
+                    &self.resource_id,
+                    "must be a non-empty string",
+                ))
+            }
+            None => return Err(input_error("resource.id", &self.resource_id, "is absent")),
+        };
+        let mut context = Map::new();
+        for (name, spec) in &self.context {
+            // An absent context value is left out; the policy (and its schema) decide whether
+            // that is acceptable.
+            if let Some(value) = resolve(spec, params, inputs, &format!("context.{name}"))? {
+                context.insert(name.clone(), value);
+            }
+        }
+        Ok((id, context))
+    }
+}
+
+fn input_error(field: &str, spec: &ValueSpec, problem: &str) -> InputError {
+    InputError {
+        field: field.to_owned(),
+        source_desc: spec.source.describe(),
+        problem: problem.to_owned(),
+    }
+}
+
+fn resolve(
+    spec: &ValueSpec,
+    params: &[(String, String)],
+    inputs: &Inputs<'_>,
+    field: &str,
+) -> Result<Option<Value>, InputError> {
+    let raw: Option<Value> = match &spec.source {
+        Source::Path(name) => params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| Value::String(v.clone())),
+        Source::Query(name) => inputs.query.and_then(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| Value::String(v.into_owned()))
+        }),
+        Source::Header(name) => match inputs.headers.get(name.as_str()) {
+            Some(v) => Some(Value::String(
+                v.to_str()
+                    .map_err(|_| input_error(field, spec, "is not ASCII text"))?
+                    .to_owned(),
+            )),
+            None => None,
+        },
+        Source::Claim(name) => inputs.claims.get(name).cloned(),
+        Source::Body(pointer) => inputs.body.and_then(|b| b.pointer(pointer)).cloned(),
+        Source::Value(v) => Some(v.clone()),
+    };
+    let Some(raw) = raw else { return Ok(None) };
+    let converted = match (spec.convert, raw) {
+        (None, v) => v,
+        (Some(Conversion::String), Value::String(s)) => Value::String(s),
+        (Some(Conversion::String), v @ (Value::Number(_) | Value::Bool(_))) => {
+            Value::String(v.to_string())
+        }
+        (Some(Conversion::Long), Value::String(s)) => Value::from(
+            s.trim()
+                .parse::<i64>()
+                .map_err(|_| input_error(field, spec, "is not an integer"))?,
+        ),
+        (Some(Conversion::Long), Value::Number(n)) if n.is_i64() => Value::Number(n),
+        (Some(Conversion::Bool), Value::String(s)) => match s.as_str() {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            _ => return Err(input_error(field, spec, "is not `true` or `false`")),
+        },
+        (Some(Conversion::Bool), Value::Bool(b)) => Value::Bool(b),
+        (Some(c), _) => {
+            return Err(input_error(
+                field,
+                spec,
+                &format!("cannot be converted to {c:?}").to_lowercase(),
+            ))
+        }
+    };
+    Ok(Some(converted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixture::FILE;
+    use super::super::Routes;
+    use super::*;
+
+    #[test]
+    fn values_are_extracted_and_converted() {
+        let routes = Routes::parse(FILE).unwrap();
+        let (route, params) = routes
+            .find(&http::Method::GET, "/v1/accounts/acc-1/roles/admin")
+            .unwrap()
+            .unwrap();
+        let check = route.check.as_ref().unwrap();
+        let headers = http::HeaderMap::new();
+        let claims = Map::new();
+        let inputs = Inputs {
+            query: Some("limit=5&x=1"),
+            headers: &headers,
+            claims: &claims,
+            body: None,
+        };
+        let (id, context) = check.extract(&params, &inputs).unwrap();
+        assert_eq!(id, "acc-1");
+        assert_eq!(context["limit"], Value::from(5));
+        assert_eq!(context["role"], Value::from("admin"));
+        let bad = Inputs {
+            query: Some("limit=five"),
+            ..inputs
+        };
+        let e = check.extract(&params, &bad).unwrap_err();
+        assert_eq!(e.field, "context.limit");
+        assert!(e.to_string().contains("query parameter `limit`"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_resource_id_is_an_input_error() {
+        let routes = Routes::parse(FILE).unwrap();
+        let (route, params) = routes
+            .find(&http::Method::POST, "/v1/mint-aws-creds")
+            .unwrap()
+            .unwrap();
+        let headers = http::HeaderMap::new();
+        let claims = Map::new();
+        let body = serde_json::json!({"ttl_hours": 1});
+        let inputs = Inputs {
+            query: None,
+            headers: &headers,
+            claims: &claims,
+            body: Some(&body),
+        };
+        let e = route
+            .check
+            .as_ref()
+            .unwrap()
+            .extract(&params, &inputs)
+            .unwrap_err();
+        assert_eq!(e.field, "resource.id");
+    }
+}
