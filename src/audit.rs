@@ -134,6 +134,26 @@ struct Job {
     done: Option<tokio::sync::oneshot::Sender<bool>>,
 }
 
+/// The `decision_log` readiness check of a required-mode log (registered only in that mode: a
+/// best-effort log never makes flex-auth unready).
+impl crate::readiness::Probe for AuditLog {
+    fn name(&self) -> &'static str {
+        "decision_log"
+    }
+
+    fn problem(&self) -> &'static str {
+        PROBLEM
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.mode() != Mode::Required || self.healthy() {
+            Ok(())
+        } else {
+            Err("the decision log cannot write durably; in required mode every decision is refused (503 audit_unavailable) until it can".to_owned())
+        }
+    }
+}
+
 /// Handle to the decision log; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AuditLog {

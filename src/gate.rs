@@ -98,7 +98,7 @@ pub struct Target<'a> {
     pub headers: &'a HeaderMap,
 }
 
-impl crate::telemetry::Probe for Gate {
+impl crate::readiness::Probe for Gate {
     fn name(&self) -> &'static str {
         "jwks"
     }

@@ -18,7 +18,9 @@ use http_body_util::Full;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::decision::{Decision, DecisionId, Engine, Outcome, RequestError};
+use std::borrow::Cow;
+
+use crate::decision::{Decision, DecisionId, Engine, Outcome, PolicyError, RequestError};
 
 /// The header carrying the decision id to the upstream (and back to the client).
 pub const DECISION_HEADER: &str = "x-flex-auth-decision-id";
@@ -128,7 +130,7 @@ pub enum ApiError {
         unavailable: bool,
     },
     /// Denied by policy or for want of a route: 403 with the decision.
-    Forbidden(Box<Denied>),
+    Forbidden(Box<DecisionBody<'static>>),
     /// The policy failed to evaluate: the request is refused (503) under this decision id.
     PolicyFailure(DecisionId),
     /// A path an upstream could read differently (dot segments, encoded slashes).
@@ -153,17 +155,56 @@ pub enum ApiError {
     ClientCertificateNotAllowed(Vec<String>),
 }
 
-/// A deny as a proxied or forward-auth request sees it.
+/// The one wire shape of a decision (design §3): the `/v1/check` answer, every batch item (with
+/// `error` when the item could not be evaluated), and the body of a proxied or forward-auth 403.
 #[derive(Debug, Serialize)]
-pub struct Denied {
+pub struct DecisionBody<'a> {
     decision: Decision,
     allowed: bool,
     decision_id: DecisionId,
     reasons: Vec<String>,
     policies: Vec<String>,
     fail_closed: bool,
-    policy_version: String,
-    registry_version: String,
+    policy_version: Cow<'a, str>,
+    registry_version: Cow<'a, str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<PolicyError>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorBody>,
+}
+
+impl<'a> DecisionBody<'a> {
+    /// The wire form of an outcome of `engine`.
+    pub fn new(engine: &'a Engine, outcome: Outcome) -> Self {
+        Self {
+            decision: outcome.decision,
+            allowed: outcome.decision == Decision::Allow,
+            decision_id: outcome.id,
+            reasons: outcome.reasons,
+            policies: outcome.policies,
+            fail_closed: true,
+            policy_version: Cow::Borrowed(engine.policy().hash().as_str()),
+            registry_version: Cow::Borrowed(engine.registry().hash().as_str()),
+            errors: outcome.errors,
+            error: None,
+        }
+    }
+
+    /// The same decision with the error that made it (an item that could not be evaluated).
+    pub fn with_error(mut self, error: ErrorBody) -> Self {
+        self.error = Some(error);
+        self
+    }
+
+    /// The decision id.
+    pub fn decision_id(&self) -> DecisionId {
+        self.decision_id
+    }
+
+    /// The reason codes.
+    pub fn reasons(&self) -> &[String] {
+        &self.reasons
+    }
 }
 
 /// The JSON `error` object.
@@ -179,17 +220,20 @@ pub struct ErrorBody {
 }
 
 impl ApiError {
-    /// The 403 for a deny of `engine`.
+    /// The 403 for a deny of `engine`. Policy evaluation errors stay out of it: the caller of a
+    /// proxied route is not the operator (they are in the decision record).
     pub fn forbidden(engine: &Engine, outcome: &Outcome) -> Self {
-        Self::Forbidden(Box::new(Denied {
+        Self::Forbidden(Box::new(DecisionBody {
             decision: Decision::Deny,
             allowed: false,
             decision_id: outcome.id,
             reasons: outcome.reasons.clone(),
             policies: outcome.policies.clone(),
             fail_closed: true,
-            policy_version: engine.policy().hash().as_str().to_owned(),
-            registry_version: engine.registry().hash().as_str().to_owned(),
+            policy_version: Cow::Owned(engine.policy().hash().as_str().to_owned()),
+            registry_version: Cow::Owned(engine.registry().hash().as_str().to_owned()),
+            errors: Vec::new(),
+            error: None,
         }))
     }
 

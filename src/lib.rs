@@ -22,6 +22,7 @@ pub mod http;
 pub mod json;
 pub mod policy;
 pub mod proxy;
+pub mod readiness;
 pub mod reference;
 pub mod registry;
 pub mod reload;

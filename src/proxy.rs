@@ -40,7 +40,7 @@ pub struct UpstreamHealth {
     last: std::sync::Mutex<Option<Result<(), String>>>,
 }
 
-impl crate::telemetry::Probe for UpstreamHealth {
+impl crate::readiness::Probe for UpstreamHealth {
     fn name(&self) -> &'static str {
         "upstream"
     }

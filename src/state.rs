@@ -282,6 +282,32 @@ fn drop_off_the_request_path(old: Arc<Loaded>) {
     drop(old);
 }
 
+/// Readiness check name and runbook anchor while the process drains after SIGTERM.
+pub const SHUTTING_DOWN: &str = "shutting-down";
+
+/// The `shutdown` readiness check: fails from SIGTERM on, so that load balancers stop sending
+/// before the listeners stop accepting.
+impl crate::readiness::Probe for State {
+    fn name(&self) -> &'static str {
+        "shutdown"
+    }
+
+    fn problem(&self) -> &'static str {
+        SHUTTING_DOWN
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.shutting_down() {
+            Err(
+                "shutting down: in-flight requests are draining, send new ones elsewhere"
+                    .to_owned(),
+            )
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// The server's state: the engine in force (if any), the last reload failure, counters.
 #[derive(Debug)]
 pub struct State {

@@ -66,17 +66,6 @@ impl Tally {
     }
 }
 
-/// A dependency whose health decides readiness, registered by whoever owns it (the proxy's
-/// upstream, the gate's keys): `/readyz`, `/v1/status` and `flex_auth_ready` read the same list.
-pub trait Probe: Send + Sync + std::fmt::Debug {
-    /// The readiness check's name (`upstream`, `jwks`).
-    fn name(&self) -> &'static str;
-    /// The `docs/runbook.md` anchor that explains a failure.
-    fn problem(&self) -> &'static str;
-    /// `Ok`, or why not.
-    fn check(&self) -> Result<(), String>;
-}
-
 /// Every metric flex-auth exports.
 #[derive(Debug, Clone)]
 pub struct Metrics {

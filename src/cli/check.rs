@@ -13,9 +13,9 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 use super::{EXIT_CANNOT_DECIDE, EXIT_DENY, EXIT_OK};
-use crate::api::CheckResponse;
 use crate::config::{CheckArgs, SourceArgs};
 use crate::decision::{CheckRequest, ResourceRef, SubjectRef};
+use crate::http::DecisionBody;
 use crate::state;
 
 /// `flex-auth check`.
@@ -96,7 +96,7 @@ fn check_local(sources: &SourceArgs, request: CheckRequest) -> Result<Value, Str
     let outcome = engine
         .decide(&request)
         .map_err(|e| format!("invalid request: {e}"))?;
-    serde_json::to_value(CheckResponse::new(&engine, outcome)).map_err(|e| e.to_string())
+    serde_json::to_value(DecisionBody::new(&engine, outcome)).map_err(|e| e.to_string())
 }
 
 fn check_remote(url: &str, request: &CheckRequest, timeout: Duration) -> Result<Value, String> {

@@ -1,0 +1,195 @@
+//! The probes and the status page: `/readyz` (one [`Report`] from the loaded sources and every
+//! registered probe), `/v1/status` (what is loaded, from where, reload history, limits, auth,
+//! TLS; never a secret) and `/metrics` (whose `flex_auth_ready` reads the same report).
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use serde_json::Value;
+
+use super::Api;
+use crate::http::json_response;
+use crate::readiness::{Check, Report, Status};
+use crate::registry::RegistryKind;
+
+impl Api {
+    /// Readiness: `ready`, `degraded` (the last reload failed, the previous version serves) or
+    /// `unready` (nothing loaded, or a registered probe fails), with one check per concern.
+    pub(super) fn readiness(&self) -> Report {
+        let (status, checks) = self.source_readiness();
+        Report::new(status, checks, &self.probes)
+    }
+
+    /// `GET /metrics`: the Prometheus text exposition.
+    pub(crate) fn metrics_response(&self) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(Bytes::from(self.metrics.render(
+            &self.state,
+            &self.audit,
+            self.readiness().is_ready(),
+        ))));
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        response
+    }
+
+    fn limits_status(&self) -> Value {
+        let mut limits = self
+            .listener
+            .as_ref()
+            .map_or_else(|| serde_json::json!({}), |l| l.0.status());
+        if let Some(object) = limits.as_object_mut() {
+            object.insert(
+                "max_body_bytes".to_owned(),
+                self.config.max_body_bytes.into(),
+            );
+            object.insert("max_batch".to_owned(), self.config.max_batch.into());
+        }
+        limits
+    }
+
+    fn source_readiness(&self) -> (Status, Vec<Check>) {
+        let loaded = self.state.current();
+        match (loaded.as_ref(), self.state.last_error()) {
+            (Some(_), None) => (
+                Status::Ready,
+                vec![Check::pass("policy"), Check::pass("registry")],
+            ),
+            (Some(_), Some(failure)) => (
+                Status::Degraded,
+                vec![
+                    Check::pass("policy"),
+                    Check::pass("registry"),
+                    Check::warn(
+                        "reload",
+                        format!(
+                            "last reload ({}) failed, the previous version still serves: {}",
+                            failure.trigger.as_str(),
+                            failure.message
+                        ),
+                        failure.problem,
+                    ),
+                ],
+            ),
+            (None, failure) => {
+                let (name, reason, problem) = match &failure {
+                    Some(f) if f.setting == "FLEX_AUTH_POLICY" => {
+                        ("policy", f.message.clone(), f.problem)
+                    }
+                    Some(f) => ("registry", f.message.clone(), f.problem),
+                    None => ("policy", "not loaded yet".to_owned(), "not-loaded"),
+                };
+                (Status::Unready, vec![Check::fail(name, reason, problem)])
+            }
+        }
+    }
+
+    pub(super) fn readyz(&self) -> Response<Full<Bytes>> {
+        let report = self.readiness();
+        let code = if report.is_ready() {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        json_response(code, &report)
+    }
+
+    /// `GET /v1/status`: what is loaded, from where, reload history and limits. Never a secret.
+    pub(crate) fn status(&self) -> Response<Full<Bytes>> {
+        let Report {
+            status: readiness,
+            checks,
+        } = self.readiness();
+        let loaded = self.state.current();
+        let sources = self.state.sources();
+        let (policy, registry) = match loaded.as_ref() {
+            Some(loaded) => {
+                let engine = &loaded.engine;
+                let package = engine.policy();
+                let reg = engine.registry();
+                let details = match reg.kind() {
+                    RegistryKind::Snapshot {
+                        schema_version,
+                        generated_at,
+                        source,
+                        ..
+                    } => serde_json::json!({
+                        "format": "snapshot", "schema_version": schema_version,
+                        "generated_at": generated_at, "source": source,
+                    }),
+                    RegistryKind::CedarEntities => serde_json::json!({"format": "cedar_entities"}),
+                };
+                let loaded_at = humantime::format_rfc3339_seconds(loaded.loaded_at).to_string();
+                let files: Vec<String> = package
+                    .sources()
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                (
+                    serde_json::json!({
+                        "name": package.name(),
+                        "declared_version": package.declared_version(),
+                        "hash": package.hash().as_str(),
+                        "policies": package.policy_count(),
+                        "schema": package.schema().is_some(),
+                        "files": files,
+                        "loaded_at": loaded_at,
+                    }),
+                    serde_json::json!({
+                        "hash": reg.hash().as_str(),
+                        "entities": reg.entity_count(),
+                        "details": details,
+                        "loaded_at": loaded_at,
+                        "load_ms": u64::try_from(loaded.load_duration.as_millis()).unwrap_or(u64::MAX),
+                        "loaded_by": loaded.trigger.as_str(),
+                    }),
+                )
+            }
+            None => (Value::Null, Value::Null),
+        };
+        let last_error = self.state.last_error().map(|f| {
+            serde_json::json!({
+                "message": f.message,
+                "setting": f.setting,
+                "trigger": f.trigger.as_str(),
+                "at": humantime::format_rfc3339_seconds(f.at).to_string(),
+                "docs": format!("docs/runbook.md#{}", f.problem),
+            })
+        });
+        let reloads: serde_json::Map<String, Value> = self
+            .state
+            .counters()
+            .snapshot()
+            .into_iter()
+            .map(|(trigger, counts)| (trigger.to_owned(), serde_json::json!(counts)))
+            .collect();
+        json_response(
+            StatusCode::OK,
+            &serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "status": readiness,
+                "checks": checks,
+                "sources": {
+                    "policy": sources.policy.display().to_string(),
+                    "registry": sources.registry.path().display().to_string(),
+                },
+                "policy": policy,
+                "registry": registry,
+                "last_reload_error": last_error,
+                "reloads": reloads,
+                "auth": self.gate.as_ref().map_or_else(
+                    || serde_json::json!({"configured": false}),
+                    |g| g.auth().status(),
+                ),
+                "routes": self.gate.as_ref().map(|g| g.routes().len()),
+                "limits": self.limits_status(),
+                "tls": self.listener.as_ref().and_then(|l| l.1.as_ref()).map_or_else(
+                    || serde_json::json!({"enabled": false}),
+                    |tls| tls.status(),
+                ),
+            }),
+        )
+    }
+}
