@@ -199,59 +199,10 @@ impl Gate {
             check,
             params,
         } = matched;
-        let principal = match self.auth.authenticate(target.headers).await {
-            Ok(principal) => principal,
-            Err(e) => {
-                self.metrics.record_auth_failure(e.reason());
-                tracing::debug!(reason = e.reason(), error = %e, route = %route.name, "credential refused");
-                return Err(ApiError::Unauthenticated {
-                    message: e.to_string(),
-                    unavailable: matches!(e, AuthError::Unavailable(_)),
-                });
-            }
-        };
-        let parsed_body = match (route.body_limit, body) {
-            (None, _) => None,
-            (Some(_), None) => return Err(ApiError::BodyUnavailable(route.name.clone())),
-            (Some(_), Some(bytes)) => {
-                // Read the body only as the type it declares: a form (or anything else) that
-                // happens to parse as JSON would be authorized on values the upstream never sees.
-                let declared = target.headers.get(http::header::CONTENT_TYPE);
-                if !declared.is_some_and(crate::http::is_json) {
-                    return Err(ApiError::UnsupportedMediaType(
-                        declared.map_or_else(String::new, |v| {
-                            String::from_utf8_lossy(v.as_bytes()).into_owned()
-                        }),
-                    ));
-                }
-                Some(crate::json::parse_value(bytes).map_err(ApiError::from)?)
-            }
-        };
-        let inputs = Inputs {
-            query: target.query,
-            headers: target.headers,
-            claims: &principal.claims,
-            body: parsed_body.as_ref(),
-        };
-        let (resource_id, context) =
-            check
-                .extract(params, &inputs)
-                .map_err(|e| ApiError::RouteInput {
-                    field: e.field.clone(),
-                    message: e.to_string(),
-                })?;
-        let request = CheckRequest {
-            subject: SubjectRef {
-                entity_type: self.routes.subject_type.clone(),
-                id: principal.subject.clone(),
-            },
-            action: check.action.clone(),
-            resource: ResourceRef {
-                entity_type: check.resource_type.clone(),
-                id: resource_id,
-            },
-            context: Some(context),
-        };
+        let principal = self.authenticate(route, target).await?;
+        let parsed_body = parse_body(route, target, body)?;
+        let request =
+            self.check_request(check, params, target, &principal, parsed_body.as_ref())?;
         let origin = format!("{}:{}", surface.as_str(), route.name);
         let (result, pending) = self.verdicts.with_engine(|engine, pending| {
             let started = Instant::now();
@@ -292,6 +243,58 @@ impl Gate {
         result
     }
 
+    /// The verified principal, or the 401 (503 when keys cannot be had) that refuses it.
+    async fn authenticate(
+        &self,
+        route: &Route,
+        target: &Target<'_>,
+    ) -> Result<crate::auth::Principal, ApiError> {
+        self.auth.authenticate(target.headers).await.map_err(|e| {
+            self.metrics.record_auth_failure(e.reason());
+            tracing::debug!(reason = e.reason(), error = %e, route = %route.name, "credential refused");
+            ApiError::Unauthenticated {
+                message: e.to_string(),
+                unavailable: matches!(e, AuthError::Unavailable(_)),
+            }
+        })
+    }
+
+    /// The check the route asks for, with values read from the request.
+    fn check_request(
+        &self,
+        check: &Check,
+        params: &[(String, String)],
+        target: &Target<'_>,
+        principal: &crate::auth::Principal,
+        body: Option<&serde_json::Value>,
+    ) -> Result<CheckRequest, ApiError> {
+        let inputs = Inputs {
+            query: target.query,
+            headers: target.headers,
+            claims: &principal.claims,
+            body,
+        };
+        let (resource_id, context) =
+            check
+                .extract(params, &inputs)
+                .map_err(|e| ApiError::RouteInput {
+                    field: e.field.clone(),
+                    message: e.to_string(),
+                })?;
+        Ok(CheckRequest {
+            subject: SubjectRef {
+                entity_type: self.routes.subject_type.clone(),
+                id: principal.subject.clone(),
+            },
+            action: check.action.clone(),
+            resource: ResourceRef {
+                entity_type: check.resource_type.clone(),
+                id: resource_id,
+            },
+            context: Some(context),
+        })
+    }
+
     /// The `jwks` readiness check: `Ok` or why not.
     pub fn readiness(&self) -> Result<(), String> {
         self.auth.readiness().map_err(|e| e.message)
@@ -321,5 +324,32 @@ pub fn admit(extensions: &http::Extensions) -> Result<(), ApiError> {
     match extensions.get::<Arc<Admission>>() {
         Some(admission) => admission.admit().map_err(|_| ApiError::Overloaded),
         None => Ok(()),
+    }
+}
+
+/// The body as JSON when the route reads it: `body_unavailable` when it cannot be had, and read
+/// only as the type it declares — a form (or anything else) that happens to parse as JSON would
+/// be authorized on values the upstream never sees.
+fn parse_body(
+    route: &Route,
+    target: &Target<'_>,
+    body: Option<&[u8]>,
+) -> Result<Option<serde_json::Value>, ApiError> {
+    match (route.body_limit, body) {
+        (None, _) => Ok(None),
+        (Some(_), None) => Err(ApiError::BodyUnavailable(route.name.clone())),
+        (Some(_), Some(bytes)) => {
+            let declared = target.headers.get(http::header::CONTENT_TYPE);
+            if !declared.is_some_and(crate::http::is_json) {
+                return Err(ApiError::UnsupportedMediaType(
+                    declared.map_or_else(String::new, |v| {
+                        String::from_utf8_lossy(v.as_bytes()).into_owned()
+                    }),
+                ));
+            }
+            Ok(Some(
+                crate::json::parse_value(bytes).map_err(ApiError::from)?,
+            ))
+        }
     }
 }

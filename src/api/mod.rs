@@ -186,33 +186,54 @@ impl Api {
                 return response;
             }
         }
-        if endpoint == Endpoint::ForwardAuth {
-            let response = match &self.gate {
-                Some(gate) => {
-                    let span = crate::gate::request_span(
-                        "forward_auth",
-                        request.method(),
-                        request.uri().path(),
-                    );
-                    async {
-                        let response = crate::forward_auth::answer(gate, request)
-                            .await
-                            .unwrap_or_else(ApiError::into_response);
-                        tracing::debug!(status = response.status().as_u16(), "answered");
-                        response
-                    }
-                    .instrument(span)
-                    .await
+        let response = if endpoint == Endpoint::ForwardAuth {
+            self.forward_auth(request).await
+        } else {
+            self.dispatch(request)
+                .await
+                .unwrap_or_else(ApiError::into_response)
+        };
+        self.metrics.record_response(endpoint, response.status());
+        response
+    }
+
+    /// `/v1/authz/envoy…` and `/v1/authz/nginx`, through the gate when there is one.
+    async fn forward_auth<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        match &self.gate {
+            Some(gate) => {
+                let span = crate::gate::request_span(
+                    "forward_auth",
+                    request.method(),
+                    request.uri().path(),
+                );
+                async {
+                    let response = crate::forward_auth::answer(gate, request)
+                        .await
+                        .unwrap_or_else(ApiError::into_response);
+                    tracing::debug!(status = response.status().as_u16(), "answered");
+                    response
                 }
-                None => ApiError::NotFound(
-                    "forward-auth needs --routes and an authentication configuration".to_owned(),
-                )
-                .into_response(),
-            };
-            self.metrics.record_response(endpoint, response.status());
-            return response;
+                .instrument(span)
+                .await
+            }
+            None => ApiError::NotFound(
+                "forward-auth needs --routes and an authentication configuration".to_owned(),
+            )
+            .into_response(),
         }
-        let result = match (request.uri().path(), request.method()) {
+    }
+
+    /// Every other endpoint by path and method.
+    async fn dispatch<B>(&self, request: Request<B>) -> Result<Response<Full<Bytes>>, ApiError>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        match (request.uri().path(), request.method()) {
             ("/v1/check", &Method::POST) => self.check(request).await,
             ("/v1/check/batch", &Method::POST) => self.check_batch(request).await,
             (crate::authzen::EVALUATION_PATH, &Method::POST) => {
@@ -249,10 +270,7 @@ impl Api {
                 Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" })
             }
             (path, _) => Err(ApiError::NotFound(path.to_owned())),
-        };
-        let response = result.unwrap_or_else(ApiError::into_response);
-        self.metrics.record_response(endpoint, response.status());
-        response
+        }
     }
 }
 
