@@ -1,0 +1,346 @@
+//! The one declaration of every command, flag and `FLEX_AUTH_*` environment variable, and the
+//! checks that need more than one flag. No other module reads the environment.
+//!
+//! `serve` holds the `serve` flags (sources aside): listeners, limits, TLS, proxy, auth.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+mod serve;
+
+pub use serve::{AuthArgs, LimitsArgs, MetricsListener, Mode, ProxyArgs, ServeArgs, TlsArgs};
+
+/// flex-auth: a Cedar policy decision point and fail-closed authorization proxy.
+#[derive(Debug, Parser)]
+#[command(name = "flex-auth", version, about, long_about = None)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(long, global = true, env = "FLEX_AUTH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json,
+          help_heading = "Logging (every command)", display_order = 900)]
+    pub log_format: LogFormat,
+
+    /// Log filter, e.g. `info` or `flex_auth=debug`. When unset, `RUST_LOG`, else `info`.
+    #[arg(
+        long = "log-level",
+        global = true,
+        env = "FLEX_AUTH_LOG",
+        help_heading = "Logging (every command)",
+        display_order = 901
+    )]
+    pub log_level: Option<String>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the decision API (`POST /v1/check`, `/v1/check/batch`, `/healthz`, `/readyz`).
+    Serve(Box<ServeArgs>),
+    /// Load a policy package (and a registry, when given), report errors with file:line:col;
+    /// exit 0 when valid, 1 when not.
+    Validate(ValidateArgs),
+    /// Ask for one decision, from files or from a running server; exit 0 allow, 1 deny, 2 cannot
+    /// decide.
+    Check(CheckArgs),
+    /// Run policy test cases (YAML or JSON) against a package and registry.
+    Test(TestArgs),
+    /// Read decision records back from a decision log.
+    #[command(subcommand)]
+    Decisions(DecisionsCommand),
+    /// Validate a registry snapshot, then install it atomically where a server watches
+    /// (`--target`) or push it to a running server's admin API (`--url`).
+    LoadRegistry(LoadRegistryArgs),
+    /// Print the configuration reference: every flag with its `FLEX_AUTH_*` variable, default
+    /// and meaning (`config reference --markdown` writes docs/configuration.md).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `flex-auth config …`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print every flag and `FLEX_AUTH_*` variable with its default and meaning (the source of
+    /// `docs/configuration.md`).
+    Reference {
+        /// Print the Markdown of `docs/configuration.md` instead of plain text.
+        #[arg(long, env = "FLEX_AUTH_REFERENCE_MARKDOWN")]
+        markdown: bool,
+    },
+}
+
+/// Where the policy package and the registry come from.
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
+    /// Policy package: a directory, a `.cedar` file or a Markdown file with ```cedar blocks.
+    #[arg(long, env = "FLEX_AUTH_POLICY", value_name = "PATH")]
+    pub policy: Option<PathBuf>,
+
+    /// Registry snapshot (JSON, see registry/schema/registry-snapshot.schema.json).
+    #[arg(
+        long,
+        env = "FLEX_AUTH_REGISTRY",
+        value_name = "FILE",
+        conflicts_with = "entities"
+    )]
+    pub registry: Option<PathBuf>,
+
+    /// Raw Cedar entities JSON, instead of a registry snapshot.
+    #[arg(long, env = "FLEX_AUTH_ENTITIES", value_name = "FILE")]
+    pub entities: Option<PathBuf>,
+}
+
+impl SourceArgs {
+    /// The sources, or which flag is missing.
+    pub fn sources(&self) -> Result<crate::state::Sources, ConfigError> {
+        let policy = self.policy.clone().ok_or(ConfigError::Missing {
+            flag: "--policy",
+            env: "FLEX_AUTH_POLICY",
+        })?;
+        let registry = match (&self.registry, &self.entities) {
+            (Some(path), None) => crate::state::RegistrySource::Snapshot(path.clone()),
+            (None, Some(path)) => crate::state::RegistrySource::Entities(path.clone()),
+            _ => {
+                return Err(ConfigError::Missing {
+                    flag: "--registry (or --entities)",
+                    env: "FLEX_AUTH_REGISTRY",
+                })
+            }
+        };
+        Ok(crate::state::Sources { policy, registry })
+    }
+}
+
+/// `flex-auth validate`.
+#[derive(Debug, Clone, Args)]
+pub struct ValidateArgs {
+    /// Policy and registry (without a registry, the package alone is validated).
+    #[command(flatten)]
+    pub sources: SourceArgs,
+
+    /// Treat validator warnings (e.g. a policy that can never apply: a typo that disables a
+    /// `forbid`) as errors: exit 1.
+    #[arg(long, env = "FLEX_AUTH_DENY_WARNINGS")]
+    pub deny_warnings: bool,
+}
+
+/// `flex-auth check`.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// Policy and registry, for a local decision (ignored with `--url`).
+    #[command(flatten)]
+    pub sources: SourceArgs,
+
+    /// Ask a running server instead of deciding locally, e.g. `http://127.0.0.1:8080`.
+    #[arg(long, env = "FLEX_AUTH_URL")]
+    pub url: Option<String>,
+
+    /// How long to wait for the server before giving up (exit 2).
+    #[arg(long, env = "FLEX_AUTH_TIMEOUT", value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// The whole request as JSON, in the `POST /v1/check` body form (`{"subject": {"id": …},
+    /// "action": …, "resource": {"type": …, "id": …}, "context": {…}}`), from a file or `-` for stdin. Overrides the
+    /// per-field flags.
+    #[arg(long, env = "FLEX_AUTH_REQUEST", value_name = "FILE")]
+    pub request: Option<PathBuf>,
+
+    /// Subject id, e.g. `agt-state-hub-bridge` or `iam:agt-state-hub-bridge`.
+    #[arg(long, env = "FLEX_AUTH_SUBJECT")]
+    pub subject: Option<String>,
+
+    /// Subject entity type.
+    #[arg(long, env = "FLEX_AUTH_SUBJECT_TYPE")]
+    pub subject_type: Option<String>,
+
+    /// Action name, e.g. `sign`.
+    #[arg(long, env = "FLEX_AUTH_ACTION")]
+    pub action: Option<String>,
+
+    /// Resource entity type.
+    #[arg(long, env = "FLEX_AUTH_RESOURCE_TYPE", default_value = "Actor")]
+    pub resource_type: String,
+
+    /// Resource id; defaults to the subject id without an `iam:` prefix.
+    #[arg(long, env = "FLEX_AUTH_RESOURCE_ID")]
+    pub resource_id: Option<String>,
+
+    /// Context as a JSON object, e.g. `{"ttl_hours":4,"principals":["state-hub"]}`.
+    #[arg(long, env = "FLEX_AUTH_CONTEXT")]
+    pub context: Option<String>,
+
+    /// Print the full JSON response instead of one line.
+    #[arg(long, env = "FLEX_AUTH_JSON")]
+    pub json: bool,
+}
+
+/// `flex-auth test`.
+#[derive(Debug, Clone, Args)]
+pub struct TestArgs {
+    /// Policy and registry.
+    #[command(flatten)]
+    pub sources: SourceArgs,
+
+    /// Test case files (YAML or JSON): `cases: [{name, request, expect: {decision, reasons}}]`.
+    #[arg(required = true, env = "FLEX_AUTH_TEST_CASES", value_delimiter = ',')]
+    pub cases: Vec<PathBuf>,
+}
+
+/// `flex-auth decisions …`.
+#[derive(Debug, Subcommand)]
+pub enum DecisionsCommand {
+    /// Print the record of one decision (exit 1 when it is not found).
+    Show {
+        /// The decision id, e.g. `decision:032b096c433ad80c`.
+        #[arg(env = "FLEX_AUTH_DECISION_ID")]
+        decision_id: String,
+        /// The sink to read: `file:PATH` (rotated files included) or `sqlite:PATH`.
+        #[arg(long, visible_alias = "decision-log", env = "FLEX_AUTH_DECISION_LOG", value_parser = parse_sink)]
+        log: crate::audit::Sink,
+    },
+    /// Print the newest records.
+    Tail {
+        /// The sink to read: `file:PATH` (rotated files included) or `sqlite:PATH`.
+        #[arg(long, visible_alias = "decision-log", env = "FLEX_AUTH_DECISION_LOG", value_parser = parse_sink)]
+        log: crate::audit::Sink,
+        /// How many records.
+        #[arg(
+            short = 'n',
+            long,
+            env = "FLEX_AUTH_TAIL_LINES",
+            value_name = "N",
+            default_value_t = 20
+        )]
+        lines: usize,
+    },
+}
+
+fn parse_sink(text: &str) -> Result<crate::audit::Sink, String> {
+    text.parse()
+}
+
+/// `flex-auth load-registry`.
+#[derive(Debug, Clone, Args)]
+pub struct LoadRegistryArgs {
+    /// The snapshot to validate and install.
+    #[arg(long, env = "FLEX_AUTH_REGISTRY_FILE", value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Policy package whose Cedar schema the snapshot must also satisfy (recommended).
+    #[arg(long, env = "FLEX_AUTH_POLICY", value_name = "PATH")]
+    pub policy: Option<PathBuf>,
+
+    /// The file is raw Cedar entities JSON rather than a registry snapshot.
+    #[arg(long, env = "FLEX_AUTH_REGISTRY_IS_ENTITIES")]
+    pub entities: bool,
+
+    /// Install at this path (temporary file in the same directory, fsync, rename, fsync the
+    /// directory), for a watching server to pick up.
+    #[arg(
+        long,
+        env = "FLEX_AUTH_REGISTRY_TARGET",
+        value_name = "PATH",
+        conflicts_with = "url"
+    )]
+    pub target: Option<PathBuf>,
+
+    /// Push to a running server's admin API, e.g. `http://127.0.0.1:9901`.
+    #[arg(long, env = "FLEX_AUTH_ADMIN_URL")]
+    pub url: Option<String>,
+
+    /// File holding the admin bearer token, with `--url`.
+    #[arg(long, env = "FLEX_AUTH_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// How long to wait for the server, with `--url`.
+    #[arg(long, env = "FLEX_AUTH_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// A configuration that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A required setting is absent.
+    #[error("missing {flag} (or {env})")]
+    Missing {
+        /// The flag.
+        flag: &'static str,
+        /// Its environment variable.
+        env: &'static str,
+    },
+    /// A setting has a value that cannot work.
+    #[error("{flag}: {message}")]
+    Invalid {
+        /// The flag.
+        flag: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Durations are written like `5s`, `500ms`, `2m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration like `5s` or `500ms`: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::serve::parse_positive_duration;
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_declaration_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn duration_limits_are_bounded_so_deadlines_cannot_overflow() {
+        assert!(parse_positive_duration("10s").is_ok());
+        assert!(parse_positive_duration("24h").is_ok());
+        assert!(parse_positive_duration("0s").is_err());
+        let huge = parse_positive_duration("100000000000y").unwrap_err();
+        assert!(huge.contains("24h") || huge.contains("duration"), "{huge}");
+        assert!(
+            Cli::try_parse_from(["flex-auth", "serve", "--keepalive-timeout", "1000000d"]).is_err()
+        );
+    }
+
+    #[test]
+    fn every_flag_has_an_environment_variable() {
+        // Every level of subcommands (`decisions show`, `config reference`, …), not just the first.
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>, seen: &mut usize) {
+            for arg in command.get_arguments() {
+                *seen += 1;
+                if arg.get_env().is_none() && !matches!(arg.get_id().as_str(), "help" | "version") {
+                    missing.push(format!("{path} {}", arg.get_id()).trim().to_owned());
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing, seen);
+            }
+        }
+        let mut missing = Vec::new();
+        let mut seen = 0;
+        walk(&Cli::command(), "", &mut missing, &mut seen);
+        assert!(seen > 60, "the walk reached only {seen} flags");
+        assert!(
+            missing.is_empty(),
+            "flags without FLEX_AUTH_* env: {missing:?}"
+        );
+    }
+}
