@@ -1,347 +1,13 @@
-//! The decision log: one JSON record per decision, written by one writer thread to stdout, a
-//! JSON-lines file (size-based rotation) or a SQLite database (WAL, `synchronous=FULL`, indexed
-//! by decision id). In `required` mode a decision is answered only after its record is durable
-//! (written and fsync'd, or committed); the writer batches whatever records are waiting into one
-//! write and one fsync / one transaction (group commit), so concurrency does not serialize on it.
-//!
-//! Load-bearing invariant: in required mode nothing is allowed unless its record is durable. A
-//! failed write answers 503 `audit_unavailable`, and readiness stays unready until a probe
-//! write succeeds again.
+//! The writer thread: group commit to stdout, a rotating JSON-lines file or SQLite; every
+//! PROBE_EVERY it checks that the path still names the open file, and reopens or recreates it.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 
-use serde::Serialize;
-
-use crate::decision::{CheckRequest, Engine, Outcome, ResourceRef, SubjectRef};
-
-pub mod sqlite;
-
-/// How many records may wait for the writer before best-effort records are dropped.
-const QUEUE: usize = 16 * 1024;
-/// Most records written (and fsync'd) together.
-const GROUP: usize = 1024;
-/// The `docs/runbook.md` anchor for a decision log that cannot write.
-pub const PROBLEM: &str = "decision-log-unavailable";
-
-/// How often an unhealthy sink is probed for recovery.
-const PROBE_EVERY: Duration = Duration::from_millis(500);
-
-/// Where records go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sink {
-    /// JSON lines on standard output.
-    Stdout,
-    /// A JSON-lines file, rotated by size.
-    File(PathBuf),
-    /// A SQLite database (table `decisions`), created if missing.
-    Sqlite(PathBuf),
-}
-
-impl std::str::FromStr for Sink {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        if text == "stdout" {
-            return Ok(Self::Stdout);
-        }
-        let file = text.strip_prefix("file:").map(|p| (p, false));
-        match file.or_else(|| text.strip_prefix("sqlite:").map(|p| (p, true))) {
-            Some((path, false)) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
-            Some((path, true)) if !path.is_empty() => Ok(Self::Sqlite(PathBuf::from(path))),
-            _ => Err(format!(
-                "`{text}` is not a decision-log sink: use `stdout`, `file:PATH` or `sqlite:PATH`"
-            )),
-        }
-    }
-}
-
-/// Whether and how strictly decisions are logged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
-    /// No decision log.
-    Off,
-    /// Log without waiting; a record that cannot be written is dropped and counted.
-    BestEffort,
-    /// Answer a decision only after its record is durable; otherwise 503 `audit_unavailable`.
-    Required,
-}
-
-/// One decision, as logged. Credentials never appear here.
-#[derive(Debug, Serialize)]
-pub struct Record<'a> {
-    /// The decision id returned to the caller.
-    pub decision_id: String,
-    /// RFC 3339 time of the decision, in milliseconds.
-    pub time: String,
-    /// Where the request came in: `api:check`, `api:batch`.
-    pub origin: &'a str,
-    /// Subject type and id (absent for a batch item that could not be read).
-    pub subject: Option<&'a SubjectRef>,
-    /// Action name.
-    pub action: Option<&'a str>,
-    /// Resource type and id.
-    pub resource: Option<&'a ResourceRef>,
-    /// The request's context, as evaluated.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub context: Option<&'a serde_json::Map<String, serde_json::Value>>,
-    /// AuthZEN `subject.properties` / `resource.properties` the request sent, as sent (what the
-    /// engine made of them depends on `--authzen-properties`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub properties: Option<&'a serde_json::Value>,
-    /// `allow` or `deny`.
-    pub decision: &'a str,
-    /// Reason codes.
-    pub reasons: &'a [String],
-    /// Determining (or erroring) policy ids.
-    pub policies: &'a [String],
-    /// Loaded policy package version.
-    pub policy_version: &'a str,
-    /// Loaded registry version.
-    pub registry_version: &'a str,
-    /// Microseconds spent deciding.
-    pub latency_us: u64,
-    /// sha256 (hex) of the bearer credential of a proxied or forward-auth request; never the
-    /// credential itself.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub credential_sha256: Option<&'a str>,
-}
-
-/// What a surface adds to a record beyond the check and its outcome.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Extra<'a> {
-    /// sha256 (hex) of the bearer credential (proxy, forward-auth).
-    pub credential_sha256: Option<&'a str>,
-    /// AuthZEN properties as sent.
-    pub properties: Option<&'a serde_json::Value>,
-}
-
-/// Rotation of a file sink.
-#[derive(Debug, Clone, Copy)]
-pub struct Rotation {
-    /// Rotate when the file reaches this size.
-    pub max_bytes: u64,
-    /// How many rotated files to keep (`PATH.1` … `PATH.N`).
-    pub keep: usize,
-}
-
-struct Job {
-    line: Vec<u8>,
-    done: Option<tokio::sync::oneshot::Sender<bool>>,
-}
-
-/// The `decision_log` readiness check of a required-mode log (registered only in that mode: a
-/// best-effort log never makes flex-auth unready).
-impl crate::readiness::Probe for AuditLog {
-    fn name(&self) -> &'static str {
-        "decision_log"
-    }
-
-    fn problem(&self) -> &'static str {
-        PROBLEM
-    }
-
-    fn check(&self) -> Result<(), String> {
-        if self.mode() != Mode::Required || self.healthy() {
-            Ok(())
-        } else {
-            Err("the decision log cannot write durably; in required mode every decision is refused (503 audit_unavailable) until it can".to_owned())
-        }
-    }
-}
-
-/// Handle to the decision log; cheap to clone.
-#[derive(Debug, Clone)]
-pub struct AuditLog {
-    mode: Mode,
-    tx: Option<SyncSender<Job>>,
-    healthy: Arc<AtomicBool>,
-    failures: Arc<AtomicU64>,
-    written: Arc<AtomicU64>,
-}
-
-/// Why a record could not be made durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Unavailable;
-
-impl AuditLog {
-    /// No decision log.
-    pub fn off() -> Self {
-        Self {
-            mode: Mode::Off,
-            tx: None,
-            healthy: Arc::new(AtomicBool::new(true)),
-            failures: Arc::new(AtomicU64::new(0)),
-            written: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    /// Start the writer thread for `sink`.
-    pub fn start(sink: Sink, mode: Mode, rotation: Rotation) -> std::io::Result<Self> {
-        if mode == Mode::Off {
-            return Ok(Self::off());
-        }
-        let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE);
-        let log = Self {
-            mode,
-            tx: Some(tx),
-            healthy: Arc::new(AtomicBool::new(true)),
-            failures: Arc::new(AtomicU64::new(0)),
-            written: Arc::new(AtomicU64::new(0)),
-        };
-        let mut writer = Writer::open(sink, rotation, mode == Mode::Required)?;
-        let (healthy, failures, written) = (
-            log.healthy.clone(),
-            log.failures.clone(),
-            log.written.clone(),
-        );
-        std::thread::Builder::new()
-            .name("flex-auth-decision-log".to_owned())
-            .spawn(move || writer.run(&rx, &healthy, &failures, &written))?;
-        Ok(log)
-    }
-
-    /// The mode.
-    pub fn mode(&self) -> Mode {
-        self.mode
-    }
-
-    /// Whether records are being written at all.
-    pub fn enabled(&self) -> bool {
-        self.tx.is_some()
-    }
-
-    /// False while a required-mode log cannot write (readiness turns unready).
-    pub fn healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
-    }
-
-    /// Records that could not be written (or were dropped), since start.
-    pub fn failures(&self) -> u64 {
-        self.failures.load(Ordering::Relaxed)
-    }
-
-    /// Records written, since start.
-    pub fn written(&self) -> u64 {
-        self.written.load(Ordering::Relaxed)
-    }
-
-    /// Serialize a record as one JSON line (`None` only if serialization failed, which is
-    /// counted, and in required mode must refuse the decision).
-    pub fn line(&self, record: &Record<'_>) -> Option<Vec<u8>> {
-        match serde_json::to_vec(record) {
-            Ok(mut line) => {
-                line.push(b'\n');
-                Some(line)
-            }
-            Err(_) => {
-                self.failures.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-        }
-    }
-
-    /// The line for one decision: `None` when the log is off, `Some(None)` when the record could
-    /// not be serialized (which a required log must refuse).
-    pub fn record_line(
-        &self,
-        engine: &Engine,
-        origin: &str,
-        check: Option<&CheckRequest>,
-        outcome: &Outcome,
-        started: std::time::Instant,
-        extra: Extra<'_>,
-    ) -> Option<Option<Vec<u8>>> {
-        self.enabled().then(|| {
-            self.line(&Record {
-                decision_id: outcome.id.to_string(),
-                time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-                origin,
-                subject: check.map(|c| &c.subject),
-                action: check.map(|c| c.action.as_str()),
-                resource: check.map(|c| &c.resource),
-                context: check.and_then(|c| c.context.as_ref()),
-                properties: extra.properties,
-                decision: outcome.decision.as_str(),
-                reasons: &outcome.reasons,
-                policies: &outcome.policies,
-                policy_version: engine.policy().hash().as_str(),
-                registry_version: engine.registry().hash().as_str(),
-                latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-                credential_sha256: extra.credential_sha256,
-            })
-        })
-    }
-
-    /// Hand decision lines to the log; in required mode wait for durability. A `None` line — a
-    /// record that could not be serialized — is unavailable in required mode.
-    pub async fn commit(&self, lines: Vec<Option<Vec<u8>>>) -> Result<(), Unavailable> {
-        if lines.is_empty() {
-            return Ok(());
-        }
-        match lines.into_iter().collect::<Option<Vec<Vec<u8>>>>() {
-            Some(lines) => self.log(lines).await,
-            None if self.mode == Mode::Required => Err(Unavailable),
-            None => Ok(()),
-        }
-    }
-
-    /// Log lines. In required mode, wait (off the async workers) until they are durable and
-    /// return `Err(Unavailable)` if they are not; otherwise hand them over and return at once.
-    pub async fn log(&self, lines: Vec<Vec<u8>>) -> Result<(), Unavailable> {
-        let Some(tx) = &self.tx else {
-            return Ok(());
-        };
-        if self.mode != Mode::Required {
-            for line in lines {
-                if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-                    tx.try_send(Job { line, done: None })
-                {
-                    self.failures.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            return Ok(());
-        }
-        // Required: every line is acknowledged, and all must be durable (the writer may put
-        // them in different groups). A full queue refuses rather than blocks: under a burst the
-        // answer is 503, never an unlogged allow and never a stalled worker.
-        let mut acks = Vec::with_capacity(lines.len());
-        for line in lines {
-            let (done, ack) = tokio::sync::oneshot::channel();
-            if tx
-                .try_send(Job {
-                    line,
-                    done: Some(done),
-                })
-                .is_err()
-            {
-                self.failures.fetch_add(1, Ordering::Relaxed);
-                return Err(Unavailable);
-            }
-            acks.push(ack);
-        }
-        let all = async {
-            for ack in acks {
-                if !ack.await.unwrap_or(false) {
-                    return false;
-                }
-            }
-            true
-        };
-        let durable = tokio::time::timeout(Duration::from_secs(10), all)
-            .await
-            .unwrap_or(false);
-        if durable {
-            Ok(())
-        } else {
-            Err(Unavailable)
-        }
-    }
-}
+use super::{sqlite, Job, Rotation, Sink, GROUP, PROBE_EVERY};
 
 enum Output {
     Stdout(std::io::Stdout),
@@ -409,14 +75,14 @@ fn moved(path: &Path) -> std::io::Error {
     ))
 }
 
-struct Writer {
+pub(super) struct Writer {
     output: Output,
     /// fsync each group (required mode); best-effort leaves flushing to the OS.
     sync: bool,
 }
 
 impl Writer {
-    fn open(sink: Sink, rotation: Rotation, sync: bool) -> std::io::Result<Self> {
+    pub(super) fn open(sink: Sink, rotation: Rotation, sync: bool) -> std::io::Result<Self> {
         let output = match sink {
             Sink::Stdout => Output::Stdout(std::io::stdout()),
             Sink::File(path) => {
@@ -439,7 +105,7 @@ impl Writer {
         Ok(Self { output, sync })
     }
 
-    fn run(
+    pub(super) fn run(
         &mut self,
         rx: &Receiver<Job>,
         healthy: &AtomicBool,
@@ -695,40 +361,9 @@ fn ignore_missing(e: std::io::Error) -> std::io::Result<()> {
     }
 }
 
-/// The files of a file sink, newest first: `PATH`, `PATH.1`, `PATH.2`, ….
-pub fn sink_files(path: &Path) -> Vec<PathBuf> {
-    let mut files = vec![path.to_path_buf()];
-    for n in 1.. {
-        let mut name = path.as_os_str().to_owned();
-        name.push(format!(".{n}"));
-        let candidate = PathBuf::from(name);
-        if !candidate.exists() || n > 10_000 {
-            break;
-        }
-        files.push(candidate);
-    }
-    files
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sinks_parse() {
-        assert_eq!("stdout".parse::<Sink>(), Ok(Sink::Stdout));
-        assert_eq!(
-            "file:/tmp/d.log".parse::<Sink>(),
-            Ok(Sink::File("/tmp/d.log".into()))
-        );
-        assert!("file:".parse::<Sink>().is_err());
-        assert_eq!(
-            "sqlite:/tmp/d.db".parse::<Sink>(),
-            Ok(Sink::Sqlite("/tmp/d.db".into()))
-        );
-        assert!("sqlite:".parse::<Sink>().is_err());
-        assert!("postgres://x".parse::<Sink>().is_err());
-    }
 
     #[test]
     fn rotation_keeps_the_newest_files() {
