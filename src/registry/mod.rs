@@ -1,0 +1,416 @@
+//! Registry snapshots: the JSON format, its JSON Schema, and compiling a snapshot into Cedar
+//! entities once at load time.
+//!
+//! A snapshot lists actors; each becomes an `Actor::"<id>"` entity whose `allowed_subjects` are
+//! `Subject` entity references, so a policy can say
+//! `resource.allowed_subjects.contains(principal)`. The entity store Cedar evaluates against is a
+//! hash map, so a decision costs the same with ten actors or a hundred thousand. Users without
+//! the actor model load a raw Cedar entities JSON file instead.
+//!
+//! `snapshot` holds the snapshot's Rust shape and its compilation into entities, `json_schema`
+//! the JSON Schema check and its messages (each naming the actor and field at fault).
+
+use std::path::Path;
+
+use cedar_policy::{Entities, Schema};
+use serde_json::Value;
+
+mod json_schema;
+mod snapshot;
+
+use json_schema::schema_errors;
+use snapshot::{compile_entities, semantic_errors, Snapshot};
+
+use crate::hash::ContentHash;
+
+/// The JSON Schema every snapshot must satisfy (shipped as
+/// `registry/schema/registry-snapshot.schema.json`).
+pub const SNAPSHOT_JSON_SCHEMA: &str =
+    include_str!("../../registry/schema/registry-snapshot.schema.json");
+
+/// Cedar entity type of a registry actor.
+pub const ACTOR_TYPE: &str = "Actor";
+/// Cedar entity type of a request subject (and of `allowed_subjects` members).
+pub const SUBJECT_TYPE: &str = "Subject";
+
+/// Attribute names the compiler sets on every actor; free attributes may not reuse them.
+const RESERVED_ATTRIBUTES: [&str; 6] = [
+    "type",
+    "principals",
+    "allowed_subjects",
+    "max_ttl_hours",
+    "default_ttl_hours",
+    "relationships",
+];
+
+/// How many schema errors one rejection lists before it says how many more there were.
+const MAX_REPORTED_ERRORS: usize = 20;
+
+/// A loaded registry: Cedar entities plus what describes them. Only the loaders build one.
+#[derive(Debug)]
+pub struct Registry {
+    entities: Entities,
+    kind: RegistryKind,
+    hash: ContentHash,
+    entity_count: usize,
+}
+
+/// Where the entities came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryKind {
+    /// An actor-model snapshot.
+    Snapshot {
+        /// `schema_version` of the snapshot.
+        schema_version: String,
+        /// `generated_at` of the snapshot.
+        generated_at: String,
+        /// `source` of the snapshot.
+        source: String,
+        /// Number of actors.
+        actors: usize,
+    },
+    /// A raw Cedar entities file.
+    CedarEntities,
+}
+
+impl Registry {
+    /// The Cedar entities decisions are evaluated against.
+    pub fn entities(&self) -> &Entities {
+        &self.entities
+    }
+
+    /// What kind of input this registry was loaded from.
+    pub fn kind(&self) -> &RegistryKind {
+        &self.kind
+    }
+
+    /// Whether this registry is the only source of entities of `type_name`, so that a request
+    /// may not describe one it does not hold (AuthZEN properties): a snapshot's actors.
+    pub fn is_authoritative_for(&self, type_name: &cedar_policy::EntityTypeName) -> bool {
+        matches!(self.kind, RegistryKind::Snapshot { .. }) && type_name.to_string() == ACTOR_TYPE
+    }
+
+    /// Content hash of the file.
+    pub fn hash(&self) -> &ContentHash {
+        &self.hash
+    }
+
+    /// Number of entities (actors, or raw entities), not counting schema action entities.
+    pub fn entity_count(&self) -> usize {
+        self.entity_count
+    }
+}
+
+/// Why a registry was rejected. The snapshot is rejected as a whole; nothing of it is used.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The file could not be read.
+    #[error("cannot read `{path}`: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// Not JSON at all (or truncated).
+    #[error("`{path}`:{line}:{column}: invalid JSON: {message}")]
+    Json {
+        /// The path.
+        path: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The parser's message.
+        message: String,
+    },
+    /// An object names a key twice: which value counts would depend on the reader.
+    #[error("`{path}`: duplicate key `{key_path}`: an object may name a key only once")]
+    DuplicateKey {
+        /// The path.
+        path: String,
+        /// JSON path of the second occurrence (`actors[0].max_ttl_hours`).
+        key_path: String,
+    },
+    /// JSON that does not fit the snapshot format.
+    #[error("`{path}` does not match the registry snapshot schema:\n  {}", .errors.join("\n  "))]
+    Schema {
+        /// The path.
+        path: String,
+        /// One line per problem, each naming the field (`actors[3].max_ttl_hours …`).
+        errors: Vec<String>,
+    },
+    /// The entities do not fit the policy package's Cedar schema, or are otherwise invalid.
+    #[error("`{path}`: {message}")]
+    Entities {
+        /// The path.
+        path: String,
+        /// Cedar's message, naming the entity.
+        message: String,
+    },
+}
+
+/// Read and compile a registry snapshot file, validating it against the JSON Schema and, when
+/// given, the policy package's Cedar schema.
+pub fn load_snapshot(path: &Path, schema: Option<&Schema>) -> Result<Registry, RegistryError> {
+    let bytes = read_registry(path)?;
+    parse_snapshot(&bytes, &path.display().to_string(), schema)
+}
+
+/// Read a raw Cedar entities JSON file.
+pub fn load_entities(path: &Path, schema: Option<&Schema>) -> Result<Registry, RegistryError> {
+    let bytes = read_registry(path)?;
+    parse_entities(&bytes, &path.display().to_string(), schema)
+}
+
+/// Read a registry file's bytes (hashed before anything is parsed, to skip no-op reloads).
+pub fn read_registry(path: &Path) -> Result<Vec<u8>, RegistryError> {
+    std::fs::read(path).map_err(|source| RegistryError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Replace `path` with `bytes` so that a reader sees the old file or the new one, never a part:
+/// write a temporary file in the same directory, fsync it, rename it over `path`, fsync the
+/// directory.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map_or_else(|| "registry".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(
+        ".{name}.tmp-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, path)?;
+        #[cfg(unix)]
+        std::fs::File::open(&dir)?.sync_all()?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn parse_json(bytes: &[u8], origin: &str) -> Result<Value, RegistryError> {
+    crate::json::parse_value(bytes).map_err(|e| match e {
+        crate::json::JsonError::Syntax(e) => RegistryError::Json {
+            path: origin.to_owned(),
+            line: e.line(),
+            column: e.column(),
+            message: e.to_string(),
+        },
+        crate::json::JsonError::DuplicateKey { path } => RegistryError::DuplicateKey {
+            path: origin.to_owned(),
+            key_path: path,
+        },
+    })
+}
+
+/// Parse, check and compile snapshot bytes; `origin` names them in errors.
+pub fn parse_snapshot(
+    bytes: &[u8],
+    origin: &str,
+    schema: Option<&Schema>,
+) -> Result<Registry, RegistryError> {
+    let value = parse_json(bytes, origin)?;
+    let errors = schema_errors(&value);
+    if !errors.is_empty() {
+        return Err(RegistryError::Schema {
+            path: origin.to_owned(),
+            errors,
+        });
+    }
+    // By value: the strings move into the typed snapshot and the JSON tree is freed now, not
+    // after the entities are built (it is the largest transient allocation of a load).
+    let snapshot: Snapshot =
+        serde_path_to_error::deserialize(value).map_err(|e| RegistryError::Schema {
+            path: origin.to_owned(),
+            errors: vec![format!("{}: {}", e.path(), e.inner())],
+        })?;
+    let errors = semantic_errors(&snapshot);
+    if !errors.is_empty() {
+        return Err(RegistryError::Schema {
+            path: origin.to_owned(),
+            errors,
+        });
+    }
+    let actors = snapshot.actors.len();
+    let entities =
+        compile_entities(&snapshot.actors, schema).map_err(|message| RegistryError::Entities {
+            path: origin.to_owned(),
+            message,
+        })?;
+    Ok(Registry {
+        entities,
+        kind: RegistryKind::Snapshot {
+            schema_version: snapshot.schema_version,
+            generated_at: snapshot.generated_at,
+            source: snapshot.source,
+            actors,
+        },
+        hash: ContentHash::of_bytes(bytes),
+        entity_count: actors,
+    })
+}
+
+/// Parse raw Cedar entities JSON; `origin` names it in errors.
+pub fn parse_entities(
+    bytes: &[u8],
+    origin: &str,
+    schema: Option<&Schema>,
+) -> Result<Registry, RegistryError> {
+    let value = parse_json(bytes, origin)?;
+    let count = match &value {
+        Value::Array(items) => items.len(),
+        _ => {
+            return Err(RegistryError::Entities {
+                path: origin.to_owned(),
+                message: "expected a JSON array of Cedar entities".to_owned(),
+            })
+        }
+    };
+    let entities =
+        Entities::from_json_value(value, schema).map_err(|e| RegistryError::Entities {
+            path: origin.to_owned(),
+            message: cedar_message(&e),
+        })?;
+    Ok(Registry {
+        entities,
+        kind: RegistryKind::CedarEntities,
+        hash: ContentHash::of_bytes(bytes),
+        entity_count: count,
+    })
+}
+
+fn cedar_message(e: &dyn miette::Diagnostic) -> String {
+    let mut message = e.to_string();
+    let mut cause = e.source();
+    while let Some(inner) = cause {
+        let text = inner.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = inner.source();
+    }
+    if let Some(help) = e.help() {
+        message.push_str(&format!(" (help: {help})"));
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::json_schema::dotted_path;
+    use super::*;
+
+    fn snapshot(actors: Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "schema_version": "1.0",
+            "generated_at": "2026-11-01T00:00:00Z",
+            "source": "test",
+            "actors": actors,
+        }))
+        .unwrap()
+    }
+
+    fn actor(id: &str) -> Value {
+        json!({"id": id, "type": "agent", "principals": ["p"], "allowed_subjects": [id],
+               "max_ttl_hours": 8, "default_ttl_hours": 4})
+    }
+
+    fn schema_error(bytes: &[u8]) -> Vec<String> {
+        match parse_snapshot(bytes, "t.json", None) {
+            Err(RegistryError::Schema { errors, .. }) => errors,
+            other => panic!("expected a schema error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_max_ttl_names_actor_and_field() {
+        let mut bad = actor("atm-backup-daily");
+        bad["max_ttl_hours"] = json!(0);
+        bad["default_ttl_hours"] = json!(0);
+        let errors = schema_error(&snapshot(json!([actor("a"), actor("b"), actor("c"), bad])));
+        assert!(
+            errors.iter().any(|e| e
+                == "actors[3].max_ttl_hours (actor `atm-backup-daily`): expected integer ≥ 1 ≤ 8760, got 0"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_and_missing_and_unknown_fields_are_named() {
+        let mut bad = actor("x");
+        bad["max_ttl_hours"] = json!("8");
+        bad.as_object_mut().unwrap().remove("principals");
+        bad["max_ttl_hour"] = json!(3);
+        let errors = schema_error(&snapshot(json!([bad])));
+        let all = errors.join("\n");
+        assert!(
+            all.contains("actors[0].max_ttl_hours (actor `x`): expected integer"),
+            "{all}"
+        );
+        assert!(all.contains("missing required field `principals`"), "{all}");
+        assert!(all.contains("unknown field `max_ttl_hour`"), "{all}");
+    }
+
+    #[test]
+    fn duplicate_ids_and_default_over_max_are_rejected() {
+        let mut over = actor("y");
+        over["default_ttl_hours"] = json!(9);
+        let errors = schema_error(&snapshot(json!([actor("x"), actor("x"), over])));
+        assert!(errors
+            .iter()
+            .any(|e| e.contains("actors[1].id: duplicate actor id `x`")));
+        assert!(errors
+            .iter()
+            .any(|e| e.contains("actors[2].default_ttl_hours (actor `y`): 9 exceeds")));
+    }
+
+    #[test]
+    fn truncated_json_is_a_json_error_with_position() {
+        let mut bytes = snapshot(json!([actor("x")]));
+        bytes.truncate(bytes.len() / 2);
+        assert!(matches!(
+            parse_snapshot(&bytes, "t.json", None),
+            Err(RegistryError::Json { line: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn snapshot_compiles_to_actor_entities() {
+        let registry =
+            parse_snapshot(&snapshot(json!([actor("x"), actor("y")])), "t", None).unwrap();
+        assert_eq!(registry.entity_count(), 2);
+        let uid = cedar_policy::EntityUid::from_type_name_and_id(
+            ACTOR_TYPE.parse().unwrap(),
+            cedar_policy::EntityId::new("x"),
+        );
+        assert!(registry.entities().get(&uid).is_some());
+    }
+
+    #[test]
+    fn dotted_path_formats_indices() {
+        assert_eq!(
+            dotted_path("/actors/3/max_ttl_hours"),
+            "actors[3].max_ttl_hours"
+        );
+        assert_eq!(dotted_path(""), "");
+    }
+}
