@@ -160,6 +160,11 @@ fn low_modules_never_reach_up() {
             broken.push(format!("`http` imports `{dep}`"));
         }
     }
+    // `readiness` is a leaf too: owners of dependencies implement its `Probe` without knowing
+    // who lists them.
+    for dep in graph.get("readiness").expect("a `readiness` module") {
+        broken.push(format!("`readiness` imports `{dep}`"));
+    }
     assert!(broken.is_empty(), "{}", broken.join("\n"));
 }
 
