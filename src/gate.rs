@@ -165,7 +165,7 @@ impl Gate {
 
     async fn deny_unrouted(&self, surface: Surface) -> ApiError {
         let started = Instant::now();
-        let denied = self.verdicts.with_engine(|engine, pending| {
+        let denied = self.verdicts.decide(|engine, pending| {
             let outcome = self.verdicts.deny(
                 pending,
                 engine,
@@ -176,12 +176,8 @@ impl Gate {
             );
             Ok(ApiError::forbidden(engine, &outcome))
         });
-        match denied {
-            Ok((denied, pending)) => match self.verdicts.commit(pending).await {
-                Ok(()) => denied,
-                Err(refused) => refused,
-            },
-            Err(not_ready) => not_ready,
+        match denied.await {
+            Ok(denied) | Err(denied) => denied,
         }
     }
 
@@ -204,43 +200,43 @@ impl Gate {
         let request =
             self.check_request(check, params, target, &principal, parsed_body.as_ref())?;
         let origin = format!("{}:{}", surface.as_str(), route.name);
-        let (result, pending) = self.verdicts.with_engine(|engine, pending| {
-            let started = Instant::now();
-            let outcome = engine.decide(&request).map_err(ApiError::Request)?;
-            self.metrics
-                .observe_check(Endpoint::Check, started.elapsed());
-            self.verdicts.record(
-                pending,
-                engine,
-                &origin,
-                Some(&request),
-                &outcome,
-                started,
-                crate::audit::Extra {
-                    credential_sha256: Some(&principal.credential_sha256),
-                    properties: None,
-                },
-            );
-            tracing::Span::current().record("decision_id", tracing::field::display(&outcome.id));
-            Ok(match outcome.decision {
-                Decision::Allow => Ok(Allowed {
-                    decision_id: outcome.id,
-                    subject: principal.subject.clone(),
-                }),
-                Decision::Deny
-                    if outcome
-                        .reasons
-                        .iter()
-                        .any(|r| r == crate::decision::REASON_POLICY_ERROR) =>
-                {
-                    Err(ApiError::PolicyFailure(outcome.id))
-                }
-                Decision::Deny => Err(ApiError::forbidden(engine, &outcome)),
+        self.verdicts
+            .decide(|engine, pending| {
+                let started = Instant::now();
+                let outcome = engine.decide(&request).map_err(ApiError::Request)?;
+                self.metrics
+                    .observe_check(Endpoint::Check, started.elapsed());
+                self.verdicts.record(
+                    pending,
+                    engine,
+                    &origin,
+                    Some(&request),
+                    &outcome,
+                    started,
+                    crate::audit::Extra {
+                        credential_sha256: Some(&principal.credential_sha256),
+                        properties: None,
+                    },
+                );
+                tracing::Span::current()
+                    .record("decision_id", tracing::field::display(&outcome.id));
+                Ok(match outcome.decision {
+                    Decision::Allow => Ok(Allowed {
+                        decision_id: outcome.id,
+                        subject: principal.subject.clone(),
+                    }),
+                    Decision::Deny
+                        if outcome
+                            .reasons
+                            .iter()
+                            .any(|r| r == crate::decision::REASON_POLICY_ERROR) =>
+                    {
+                        Err(ApiError::PolicyFailure(outcome.id))
+                    }
+                    Decision::Deny => Err(ApiError::forbidden(engine, &outcome)),
+                })
             })
-        })?;
-        // Denies are committed too: the record of a refusal is as required as that of an allow.
-        self.verdicts.commit(pending).await?;
-        result
+            .await?
     }
 
     /// The verified principal, or the 401 (503 when keys cannot be had) that refuses it.

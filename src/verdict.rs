@@ -69,6 +69,18 @@ impl Verdicts {
         Ok((value, pending))
     }
 
+    /// The whole path in one call: decide on the engine in force, then commit what was recorded
+    /// (waiting for durability in required mode) and only then hand back the answer. Denies are
+    /// committed too: the record of a refusal is as required as that of an allow.
+    pub async fn decide<T>(
+        &self,
+        decide: impl FnOnce(&Engine, &mut Pending) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let (value, pending) = self.with_engine(decide)?;
+        self.commit(pending).await?;
+        Ok(value)
+    }
+
     /// Record one decision of `engine` (logged and counted when committed).
     #[expect(
         clippy::too_many_arguments,

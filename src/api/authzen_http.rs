@@ -7,14 +7,13 @@ use bytes::Bytes;
 use http::header::HOST;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Body;
 
-use super::{read_json_body, Api, BoxError};
+use super::Api;
 use crate::authzen::{
     configuration, Evaluation, EvaluationResponse, EvaluationsRequest, EvaluationsResponse, Mapped,
 };
 use crate::decision::{Engine, Outcome};
-use crate::http::{classify_json_error, json_response, parse_json, ApiError};
+use crate::http::{classify_json_error, json_response, ApiError};
 // Latency is observed as `check` (one evaluation) or `batch` (an evaluations array), like the
 // /v1 endpoints; responses are counted under the `authzen` endpoint label.
 use crate::audit::Extra;
@@ -26,54 +25,37 @@ const ORIGIN: &str = "api:authzen";
 
 impl Api {
     /// `POST /access/v1/evaluation`.
-    pub(super) async fn authzen_evaluation<B>(
+    pub(super) async fn authzen_evaluation(
         &self,
-        request: Request<B>,
-    ) -> Result<Response<Full<Bytes>>, ApiError>
-    where
-        B: Body<Data = Bytes>,
-        B::Error: Into<BoxError>,
-    {
-        let body = read_json_body(request, self.config.max_body_bytes).await?;
-        let evaluation: Evaluation = parse_json(&body)?;
+        evaluation: Evaluation,
+    ) -> Result<Response<Full<Bytes>>, ApiError> {
         self.answer_one(evaluation.into_mapped()).await
     }
 
     /// Decide one evaluation, log it (waiting for durability in required mode) and answer it.
     async fn answer_one(&self, evaluation: Mapped) -> Result<Response<Full<Bytes>>, ApiError> {
         let verdicts = &self.verdicts;
-        let (response, pending) = verdicts.with_engine(|engine, pending| {
-            let started = Instant::now();
-            let outcome = self.evaluate(engine, &evaluation, started, pending)?;
-            self.metrics
-                .observe_check(Endpoint::Check, started.elapsed());
-            Ok(json_response(
-                StatusCode::OK,
-                &self.decided(engine, &outcome),
-            ))
-        })?;
-        verdicts.commit(pending).await?;
-        Ok(response)
+        verdicts
+            .decide(|engine, pending| {
+                let started = Instant::now();
+                let outcome = self.evaluate(engine, &evaluation, started, pending)?;
+                self.metrics
+                    .observe_check(Endpoint::Check, started.elapsed());
+                Ok(json_response(
+                    StatusCode::OK,
+                    &self.decided(engine, &outcome),
+                ))
+            })
+            .await
     }
 
     /// `POST /access/v1/evaluations`.
-    pub(super) async fn authzen_evaluations<B>(
+    pub(super) async fn authzen_evaluations(
         &self,
-        request: Request<B>,
-    ) -> Result<Response<Full<Bytes>>, ApiError>
-    where
-        B: Body<Data = Bytes>,
-        B::Error: Into<BoxError>,
-    {
-        let body = read_json_body(request, self.config.max_body_bytes).await?;
-        let batch: EvaluationsRequest = parse_json(&body)?;
+        batch: EvaluationsRequest,
+    ) -> Result<Response<Full<Bytes>>, ApiError> {
         let items = batch.evaluations.as_deref().unwrap_or_default();
-        if items.len() > self.config.max_batch {
-            return Err(ApiError::BatchTooLarge {
-                max: self.config.max_batch,
-                got: items.len(),
-            });
-        }
+        self.within_batch_limit(items.len())?;
         if items.is_empty() {
             // No `evaluations`: the top level is one evaluation, answered as one.
             let evaluation: Evaluation = serde_path_to_error::deserialize(batch.top_level())
@@ -86,29 +68,29 @@ impl Api {
             .map(|o| o.evaluations_semantic)
             .unwrap_or_default();
         let verdicts = &self.verdicts;
-        let (response, pending) = verdicts.with_engine(|engine, pending| {
-            let started = Instant::now();
-            self.metrics.observe_batch(items.len());
-            let mut evaluations = Vec::with_capacity(items.len());
-            for (index, item) in items.iter().enumerate() {
-                let item_started = Instant::now();
-                let answer =
-                    self.evaluate_item(engine, index, &batch.item(item), item_started, pending);
-                let stop = semantic.stops_after(answer.decision);
-                evaluations.push(answer);
-                if stop {
-                    break;
+        verdicts
+            .decide(|engine, pending| {
+                let started = Instant::now();
+                self.metrics.observe_batch(items.len());
+                let mut evaluations = Vec::with_capacity(items.len());
+                for (index, item) in items.iter().enumerate() {
+                    let item_started = Instant::now();
+                    let answer =
+                        self.evaluate_item(engine, index, &batch.item(item), item_started, pending);
+                    let stop = semantic.stops_after(answer.decision);
+                    evaluations.push(answer);
+                    if stop {
+                        break;
+                    }
                 }
-            }
-            self.metrics
-                .observe_check(Endpoint::Batch, started.elapsed());
-            Ok(json_response(
-                StatusCode::OK,
-                &EvaluationsResponse { evaluations },
-            ))
-        })?;
-        verdicts.commit(pending).await?;
-        Ok(response)
+                self.metrics
+                    .observe_check(Endpoint::Batch, started.elapsed());
+                Ok(json_response(
+                    StatusCode::OK,
+                    &EvaluationsResponse { evaluations },
+                ))
+            })
+            .await
     }
 
     /// `GET /.well-known/authzen-configuration`.

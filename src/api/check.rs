@@ -4,22 +4,21 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Body;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{read_json_body, Api, ApiError, BoxError};
+use super::{Api, ApiError};
 use crate::audit::Extra;
 use crate::decision::{CheckRequest, Engine, Outcome};
-use crate::http::{classify_json_error, json_response, parse_json, DecisionBody};
+use crate::http::{classify_json_error, json_response, DecisionBody};
 use crate::telemetry::Endpoint;
 use crate::verdict::{Pending, REASON_INVALID_REQUEST};
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BatchRequest {
+pub(super) struct BatchRequest {
     checks: Vec<Value>,
 }
 
@@ -29,72 +28,55 @@ struct BatchResponse<'a> {
 }
 
 impl Api {
-    pub(super) async fn check<B>(
+    pub(super) async fn check(
         &self,
-        request: Request<B>,
-    ) -> Result<Response<Full<Bytes>>, ApiError>
-    where
-        B: Body<Data = Bytes>,
-        B::Error: Into<BoxError>,
-    {
-        let body = read_json_body(request, self.config.max_body_bytes).await?;
-        let check: CheckRequest = parse_json(&body)?;
+        check: CheckRequest,
+    ) -> Result<Response<Full<Bytes>>, ApiError> {
         let verdicts = &self.verdicts;
-        let (response, pending) = verdicts.with_engine(|engine, pending| {
-            let started = Instant::now();
-            let outcome = engine.decide(&check).map_err(ApiError::Request)?;
-            self.metrics
-                .observe_check(Endpoint::Check, started.elapsed());
-            verdicts.record(
-                pending,
-                engine,
-                "api:check",
-                Some(&check),
-                &outcome,
-                started,
-                Extra::default(),
-            );
-            Ok(json_response(
-                StatusCode::OK,
-                &DecisionBody::new(engine, outcome),
-            ))
-        })?;
-        verdicts.commit(pending).await?;
-        Ok(response)
+        verdicts
+            .decide(|engine, pending| {
+                let started = Instant::now();
+                let outcome = engine.decide(&check).map_err(ApiError::Request)?;
+                self.metrics
+                    .observe_check(Endpoint::Check, started.elapsed());
+                verdicts.record(
+                    pending,
+                    engine,
+                    "api:check",
+                    Some(&check),
+                    &outcome,
+                    started,
+                    Extra::default(),
+                );
+                Ok(json_response(
+                    StatusCode::OK,
+                    &DecisionBody::new(engine, outcome),
+                ))
+            })
+            .await
     }
 
-    pub(super) async fn check_batch<B>(
+    pub(super) async fn check_batch(
         &self,
-        request: Request<B>,
-    ) -> Result<Response<Full<Bytes>>, ApiError>
-    where
-        B: Body<Data = Bytes>,
-        B::Error: Into<BoxError>,
-    {
-        let body = read_json_body(request, self.config.max_body_bytes).await?;
-        let batch: BatchRequest = parse_json(&body)?;
-        if batch.checks.len() > self.config.max_batch {
-            return Err(ApiError::BatchTooLarge {
-                max: self.config.max_batch,
-                got: batch.checks.len(),
-            });
-        }
+        batch: BatchRequest,
+    ) -> Result<Response<Full<Bytes>>, ApiError> {
+        self.within_batch_limit(batch.checks.len())?;
         let verdicts = &self.verdicts;
-        let (response, pending) = verdicts.with_engine(|engine, pending| {
-            self.metrics.observe_batch(batch.checks.len());
-            let started = Instant::now();
-            let results: Vec<DecisionBody<'_>> = batch
-                .checks
-                .into_iter()
-                .enumerate()
-                .map(|(index, item)| self.decide_item(engine, index, item, pending))
-                .collect();
-            self.metrics
-                .observe_check(Endpoint::Batch, started.elapsed());
-            Ok(json_response(StatusCode::OK, &BatchResponse { results }))
-        })?;
-        verdicts.commit(pending).await?;
-        Ok(response)
+        verdicts
+            .decide(|engine, pending| {
+                self.metrics.observe_batch(batch.checks.len());
+                let started = Instant::now();
+                let results: Vec<DecisionBody<'_>> = batch
+                    .checks
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, item)| self.decide_item(engine, index, item, pending))
+                    .collect();
+                self.metrics
+                    .observe_check(Endpoint::Batch, started.elapsed());
+                Ok(json_response(StatusCode::OK, &BatchResponse { results }))
+            })
+            .await
     }
 
     /// Decide one batch item, recording it in `pending`.

@@ -234,13 +234,17 @@ impl Api {
         B::Error: Into<BoxError>,
     {
         match (request.uri().path(), request.method()) {
-            ("/v1/check", &Method::POST) => self.check(request).await,
-            ("/v1/check/batch", &Method::POST) => self.check_batch(request).await,
+            ("/v1/check", &Method::POST) => self.check(self.json_body(request).await?).await,
+            ("/v1/check/batch", &Method::POST) => {
+                self.check_batch(self.json_body(request).await?).await
+            }
             (crate::authzen::EVALUATION_PATH, &Method::POST) => {
-                self.authzen_evaluation(request).await
+                self.authzen_evaluation(self.json_body(request).await?)
+                    .await
             }
             (crate::authzen::EVALUATIONS_PATH, &Method::POST) => {
-                self.authzen_evaluations(request).await
+                self.authzen_evaluations(self.json_body(request).await?)
+                    .await
             }
             (crate::authzen::CONFIGURATION_PATH, &Method::GET | &Method::HEAD) => {
                 self.authzen_configuration(&request)
@@ -289,6 +293,29 @@ impl crate::server::Handler for Api {
     fn exempt_from_shedding(&self, request: &Request<hyper::body::Incoming>) -> bool {
         matches!(request.uri().path(), "/healthz" | "/readyz")
             && matches!(*request.method(), Method::GET | Method::HEAD)
+    }
+}
+
+impl Api {
+    /// The request's JSON body as `T`: content type, `--max-body-bytes`, the body deadline and
+    /// strict parsing (duplicate keys refused, the field at fault named).
+    async fn json_body<T, B>(&self, request: Request<B>) -> Result<T, ApiError>
+    where
+        T: serde::de::DeserializeOwned,
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let body = read_json_body(request, self.config.max_body_bytes).await?;
+        crate::http::parse_json(&body)
+    }
+
+    /// 413 `batch_too_large` past `--max-batch`.
+    fn within_batch_limit(&self, got: usize) -> Result<(), ApiError> {
+        let max = self.config.max_batch;
+        if got > max {
+            return Err(ApiError::BatchTooLarge { max, got });
+        }
+        Ok(())
     }
 }
 
