@@ -320,6 +320,8 @@ pub struct State {
     reload_lock: Mutex<Option<(ContentHash, ContentHash)>>,
     counters: ReloadCounters,
     shutting_down: std::sync::atomic::AtomicBool,
+    /// Engines built from disk (package parsed and validated, registry compiled).
+    builds: AtomicU64,
 }
 
 impl State {
@@ -332,7 +334,14 @@ impl State {
             reload_lock: Mutex::new(None),
             counters: ReloadCounters::default(),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
+            builds: AtomicU64::new(0),
         }
+    }
+
+    /// How many times a reload from disk parsed, validated and compiled the sources. A reload
+    /// whose files hash as the ones loaded reads and hashes them only, so this does not move.
+    pub fn builds(&self) -> u64 {
+        self.builds.load(Ordering::Relaxed)
     }
 
     /// Mark the process as shutting down: readiness fails from now on.
@@ -372,6 +381,7 @@ impl State {
             if self.current.load().is_some() && disk.as_ref() == Some(&hashes) {
                 return Ok(None);
             }
+            self.builds.fetch_add(1, Ordering::Relaxed);
             let engine = build(&self.sources, raw.build()?, &bytes)?;
             *disk = Some(hashes);
             Ok(Some(engine))

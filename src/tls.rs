@@ -420,3 +420,49 @@ pub fn client_config(ca: Option<&Path>) -> Result<ClientConfig, TlsError> {
         .with_root_certificates(roots)
         .with_no_client_auth())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate for `localhost`, written as PEM files in `dir`.
+    fn write_self_signed(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        (cert_path, key_path)
+    }
+
+    #[test]
+    fn a_panic_during_a_reload_does_not_end_certificate_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = write_self_signed(dir.path());
+        let tls = Arc::new(
+            Tls::load(TlsSettings {
+                cert,
+                key,
+                client_ca: None,
+                allowed_sans: Vec::new(),
+            })
+            .unwrap(),
+        );
+        // Poison the reload lock the way a panicking reload would.
+        let holder = Arc::clone(&tls);
+        let panicked = std::thread::spawn(move || {
+            let _held = holder.reload.lock().unwrap();
+            panic!("a reload panicked while holding the lock");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert!(tls.reload.is_poisoned());
+        // A rotated certificate is still picked up.
+        write_self_signed(dir.path());
+        assert!(tls.reload(), "the rotated certificate was not applied");
+        assert_eq!(tls.reloads_ok.load(Ordering::Relaxed), 1);
+    }
+}

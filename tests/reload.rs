@@ -366,3 +366,32 @@ async fn swaps_under_load_never_drop_or_mix_a_request() {
         "both good versions served during the run"
     );
 }
+
+#[test]
+fn an_unchanged_poll_reads_and_hashes_but_never_rebuilds() {
+    let setup = Setup::new(&bridge_snapshot(8));
+    let state = flex_auth::State::new(setup.sources());
+    assert_eq!(
+        state.reload(Trigger::Poll).unwrap(),
+        flex_auth::state::ReloadOutcome::Loaded
+    );
+    assert_eq!(state.builds(), 1);
+    // Same bytes, rewritten (new mtime, new inode): nothing to build.
+    let policy = setup.path("policy/policy_package.md");
+    let text = std::fs::read_to_string(&policy).unwrap();
+    write_and_rename(&policy, &text);
+    for _ in 0..3 {
+        assert_eq!(
+            state.reload(Trigger::Poll).unwrap(),
+            flex_auth::state::ReloadOutcome::Unchanged
+        );
+    }
+    assert_eq!(state.builds(), 1, "an unchanged poll rebuilt the engine");
+    // A real change builds once.
+    write_and_rename(&policy, &format!("{text}\n<!-- changed -->\n"));
+    assert_eq!(
+        state.reload(Trigger::Poll).unwrap(),
+        flex_auth::state::ReloadOutcome::Loaded
+    );
+    assert_eq!(state.builds(), 2);
+}
