@@ -8,16 +8,25 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use serde_json::Value;
 
+use std::sync::Arc;
+
 use super::Api;
 use crate::http::json_response;
 use crate::readiness::{Check, Report, Status};
 use crate::registry::RegistryKind;
+use crate::state::ReloadFailure;
 
 impl Api {
     /// Readiness: `ready`, `degraded` (the last reload failed, the previous version serves) or
     /// `unready` (nothing loaded, or a registered probe fails), with one check per concern.
     pub(super) fn readiness(&self) -> Report {
-        let (status, checks) = self.source_readiness();
+        self.readiness_of(self.state.current().is_some(), self.state.last_error())
+    }
+
+    /// Readiness of one snapshot of the state, so a page that shows the last reload error also
+    /// shows the readiness that goes with it.
+    fn readiness_of(&self, loaded: bool, last_error: Option<Arc<ReloadFailure>>) -> Report {
+        let (status, checks) = Self::source_readiness(loaded, last_error);
         Report::new(status, checks, &self.probes)
     }
 
@@ -50,14 +59,16 @@ impl Api {
         limits
     }
 
-    fn source_readiness(&self) -> (Status, Vec<Check>) {
-        let loaded = self.state.current();
-        match (loaded.as_ref(), self.state.last_error()) {
-            (Some(_), None) => (
+    fn source_readiness(
+        loaded: bool,
+        last_error: Option<Arc<ReloadFailure>>,
+    ) -> (Status, Vec<Check>) {
+        match (loaded, last_error) {
+            (true, None) => (
                 Status::Ready,
                 vec![Check::pass("policy"), Check::pass("registry")],
             ),
-            (Some(_), Some(failure)) => (
+            (true, Some(failure)) => (
                 Status::Degraded,
                 vec![
                     Check::pass("policy"),
@@ -73,7 +84,7 @@ impl Api {
                     ),
                 ],
             ),
-            (None, failure) => {
+            (false, failure) => {
                 let (name, reason, problem) = match &failure {
                     Some(f) if f.setting == "FLEX_AUTH_POLICY" => {
                         ("policy", f.message.clone(), f.problem)
@@ -98,11 +109,12 @@ impl Api {
 
     /// `GET /v1/status`: what is loaded, from where, reload history and limits. Never a secret.
     pub(crate) fn status(&self) -> Response<Full<Bytes>> {
+        let loaded = self.state.current();
+        let last_reload_error = self.state.last_error();
         let Report {
             status: readiness,
             checks,
-        } = self.readiness();
-        let loaded = self.state.current();
+        } = self.readiness_of(loaded.is_some(), last_reload_error.clone());
         let sources = self.state.sources();
         let (policy, registry) = match loaded.as_ref() {
             Some(loaded) => {
@@ -149,7 +161,7 @@ impl Api {
             }
             None => (Value::Null, Value::Null),
         };
-        let last_error = self.state.last_error().map(|f| {
+        let last_error = last_reload_error.map(|f| {
             serde_json::json!({
                 "message": f.message,
                 "setting": f.setting,
