@@ -7,6 +7,15 @@ use clap::Parser;
 use flex_auth::config::{Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+// The allocator decides how much of a replaced registry goes back to the OS; see Cargo.toml.
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // --log-level / FLEX_AUTH_LOG first, then RUST_LOG, then `info`; a filter that does not
