@@ -5,8 +5,9 @@
 //! count the decisions and let the surface answer. Surfaces differ only in how they turn a request
 //! into checks and how they render the outcome; shadow evaluation belongs here, once.
 //!
-//! Architecture invariant: an answer leaves [`Verdicts::with_engine`] only as a value the surface
-//! still has to pass through [`Verdicts::commit`]; nothing is counted before that.
+//! Architecture invariant: [`Verdicts::decide`] is the only way in: it commits what was recorded
+//! before it hands back the answer, and the steps inside it (`with_engine`, `commit`) are private,
+//! so no surface can answer before the record is accepted; nothing is counted before that.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -58,7 +59,7 @@ impl Verdicts {
 
     /// Run `decide` against the engine in force and return what it rendered with the decisions it
     /// recorded; the engine is released when this returns, before anything waits on the log.
-    pub fn with_engine<T>(
+    fn with_engine<T>(
         &self,
         decide: impl FnOnce(&Engine, &mut Pending) -> Result<T, ApiError>,
     ) -> Result<(T, Pending), ApiError> {
@@ -130,7 +131,7 @@ impl Verdicts {
 
     /// Hand the records to the decision log (in required mode: wait until they are durable), then
     /// count the decisions. What is counted is what is answered.
-    pub async fn commit(&self, pending: Pending) -> Result<(), ApiError> {
+    async fn commit(&self, pending: Pending) -> Result<(), ApiError> {
         self.audit
             .commit(pending.lines)
             .await
