@@ -14,10 +14,15 @@ use std::time::Duration;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use flex_auth::decision::PropertiesMode;
 use flex_auth::policy::load_package;
-use flex_auth::registry::parse_snapshot;
+use flex_auth::registry::{parse_entities, parse_snapshot, snapshot_entities_json};
 use flex_auth::{CheckRequest, Decision, Engine};
 
-const SIZES: [usize; 3] = [10, 1_000, 100_000];
+const SIZES: [usize; 4] = [10, 1_000, 100_000, 1_000_000];
+
+/// Registries up to this size are also decided on Cedar's whole store (the `--entities` path,
+/// and how snapshots were held before the compact store), for comparison in the same run; a
+/// million actors in Cedar's store take ~6 GiB.
+const WHOLE_STORE_UP_TO: usize = 100_000;
 
 fn package_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies/ops-warden")
@@ -55,6 +60,18 @@ fn decide(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("deny", size), &deny, |b, r| {
             b.iter(|| engine.decide(black_box(r)).unwrap())
         });
+        if size <= WHOLE_STORE_UP_TO {
+            let whole = whole_store_engine(&snapshot);
+            assert_eq!(whole.decide(&request).unwrap().decision, Decision::Allow);
+            group.bench_with_input(
+                BenchmarkId::new("allow_whole_store", size),
+                &request,
+                |b, r| b.iter(|| whole.decide(black_box(r)).unwrap()),
+            );
+            group.bench_with_input(BenchmarkId::new("deny_whole_store", size), &deny, |b, r| {
+                b.iter(|| whole.decide(black_box(r)).unwrap())
+            });
+        }
         // AuthZEN `properties`: the resource's attributes overridden for this request, evaluated
         // on the slice of the registry the request reaches (cost must not grow with `size`).
         let properties: serde_json::Map<String, serde_json::Value> =
@@ -86,11 +103,27 @@ fn decide(c: &mut Criterion) {
     group.finish();
 }
 
-/// Cedar's `is_authorized` alone on a prebuilt request: the floor under `decide`.
+/// The same actors held in Cedar's own store, as `--entities` loads them.
+fn whole_store_engine(snapshot: &str) -> Engine {
+    let package = load_package(&package_path()).unwrap();
+    let json = snapshot_entities_json(snapshot.as_bytes(), "bench").unwrap();
+    let bytes = serde_json::to_vec(&json).unwrap();
+    let registry = parse_entities(&bytes, "bench", package.schema()).unwrap();
+    Engine::new(package, registry).unwrap()
+}
+
+/// Cedar's `is_authorized` alone on a prebuilt request against Cedar's whole store: the floor
+/// under `decide`.
 fn cedar_only(c: &mut Criterion) {
     let package = load_package(&package_path()).unwrap();
     let snapshot = support::generate::snapshot_json(10);
-    let registry = parse_snapshot(snapshot.as_bytes(), "bench", package.schema()).unwrap();
+    let json = snapshot_entities_json(snapshot.as_bytes(), "bench").unwrap();
+    let registry = parse_entities(
+        &serde_json::to_vec(&json).unwrap(),
+        "bench",
+        package.schema(),
+    )
+    .unwrap();
     let uid = |t: &str, id: &str| {
         cedar_policy::EntityUid::from_type_name_and_id(
             t.parse().unwrap(),
@@ -113,7 +146,11 @@ fn cedar_only(c: &mut Criterion) {
     let authorizer = cedar_policy::Authorizer::new();
     c.bench_function("cedar_is_authorized/10", |b| {
         b.iter(|| {
-            authorizer.is_authorized(black_box(&request), package.policies(), registry.entities())
+            authorizer.is_authorized(
+                black_box(&request),
+                package.policies(),
+                registry.whole_store().unwrap(),
+            )
         })
     });
 }

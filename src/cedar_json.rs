@@ -9,7 +9,9 @@
 //! conversion (an entity reference or an `ipaddr` written as plain JSON): the fast form is only
 //! used when the schema accepts it as it is, so both paths give the same values.
 
-use cedar_policy::{Context, RestrictedExpression};
+use std::str::FromStr;
+
+use cedar_policy::{Context, EntityId, EntityTypeName, EntityUid, RestrictedExpression};
 use serde_json::{Map, Value};
 
 /// How deep the converter follows nested arrays and objects before handing the value to
@@ -49,6 +51,35 @@ fn fields(map: &Map<String, Value>, depth: usize) -> Option<Vec<(String, Restric
             Some((k.clone(), convert(v, depth + 1)?))
         })
         .collect()
+}
+
+/// Every entity uid `value` refers to: `{"__entity": {"type", "id"}}` escapes, and objects with
+/// exactly string `type` and `id` (parents, and schema-directed references in a context).
+pub fn entity_refs(value: &Value, out: &mut Vec<EntityUid>) {
+    match value {
+        Value::Object(map) => {
+            let reference = map.get("__entity").unwrap_or(value);
+            if let (Some(Value::String(t)), Some(Value::String(id))) =
+                (reference.get("type"), reference.get("id"))
+            {
+                if let Ok(type_name) = EntityTypeName::from_str(t) {
+                    out.push(EntityUid::from_type_name_and_id(
+                        type_name,
+                        EntityId::new(id),
+                    ));
+                }
+            }
+            for v in map.values() {
+                entity_refs(v, out);
+            }
+        }
+        Value::Array(items) => {
+            for v in items {
+                entity_refs(v, out);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// A Cedar context from a plain JSON object, or `None` when only Cedar's reader can read it.

@@ -235,10 +235,8 @@ impl Engine {
                 actions.insert(a.id().unescaped().to_owned(), a.clone());
             }
         }
-        for entity in registry.entities().iter() {
-            let uid = entity.uid();
-            let t = uid.type_name();
-            types.entry(t.to_string()).or_insert_with(|| t.clone());
+        for t in registry.entity_types() {
+            types.entry(t.to_string()).or_insert(t);
         }
         let mut literals: Vec<EntityUid> = policy
             .policies()
@@ -288,11 +286,20 @@ impl Engine {
         }
     }
 
-    /// Decide one request (borrowed: callers keep it to log it). `Err` only for requests that are malformed for this package (bad type
-    /// names, a context or entity types the schema rejects); every evaluation outcome is `Ok`.
+    /// Decide one request (borrowed: callers keep it to log it). `Err` only for requests that
+    /// are malformed for this package (bad type names, a context or entity types the schema
+    /// rejects); every evaluation outcome is `Ok`.
+    ///
+    /// A raw Cedar entities file is evaluated as Cedar holds it; a snapshot's actors are kept
+    /// compact, and the request is evaluated against the slice of them it reaches
+    /// ([`Engine::slice`]).
     pub fn decide(&self, request: &CheckRequest) -> Result<Outcome, RequestError> {
         let cedar_request = self.cedar_request(request)?;
-        Ok(self.evaluate(&cedar_request, self.registry.entities()))
+        if let Some(store) = self.registry.whole_store() {
+            return Ok(self.evaluate(&cedar_request, store));
+        }
+        let entities = self.slice(&cedar_request, request, &[], PropertiesMode::Ignore)?;
+        Ok(self.evaluate(&cedar_request, &entities))
     }
 
     /// Decide one request in which the subject and/or the resource carry attributes of their own
@@ -321,42 +328,46 @@ impl Engine {
         if let (Some(props), Some(uid)) = (resource_properties, cedar_request.resource()) {
             overrides.push(("resource.properties", uid.clone(), props));
         }
-        let seeds: Vec<EntityUid> = [
-            cedar_request.principal(),
-            cedar_request.action(),
-            cedar_request.resource(),
-        ]
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect();
-        let context = request.context.clone().unwrap_or_default();
-        let entities = self.slice(&overrides, seeds, &Value::Object(context), mode)?;
+        let entities = self.slice(&cedar_request, request, &overrides, mode)?;
         Ok(self.evaluate(&cedar_request, &entities))
     }
 
     /// The entities a request can reach, with `overrides` merged in: the overridden entities,
-    /// the request's principal, action and resource (`seeds`), every entity the policies name
-    /// literally, the context's entity references, and —
-    /// transitively — the ancestors and attribute/tag references of all of these. Cedar reads
-    /// entities only along those paths, so evaluating against the slice gives the same answer as
-    /// evaluating against the whole store with the overrides applied, at a cost that depends on
-    /// the slice, not on the registry's size.
+    /// the request's principal, action and resource, every entity the policies name literally,
+    /// the context's entity references, and — transitively — the parents and attribute
+    /// references of all of these. Cedar reads entities only along those paths, so evaluating
+    /// against the slice gives the same answer as evaluating against the whole store with the
+    /// overrides applied (`tests/slice_equivalence.rs` checks it), at a cost that depends on the
+    /// slice, not on the registry's size.
     fn slice(
         &self,
+        cedar_request: &Request,
+        request: &CheckRequest,
         overrides: &[(&'static str, EntityUid, &Map<String, Value>)],
-        seeds: Vec<EntityUid>,
-        context: &Value,
         mode: PropertiesMode,
     ) -> Result<Entities, RequestError> {
-        let store = self.registry.entities();
         let schema = self.policy.schema();
-        let mut seen: HashSet<EntityUid> = HashSet::new();
-        let mut queue: Vec<EntityUid> = seeds;
+        let mut seen = Seen::default();
+        let mut queue: Vec<EntityUid> = Vec::with_capacity(8 + self.literals.len());
+        queue.extend(
+            [
+                cedar_request.principal(),
+                cedar_request.action(),
+                cedar_request.resource(),
+            ]
+            .into_iter()
+            .flatten()
+            .cloned(),
+        );
         queue.extend(self.literals.iter().cloned());
         let mut slice: Vec<Entity> = Vec::new();
         for (field, uid, props) in overrides {
-            let stored = store.get(uid);
+            let mut ignored = Vec::new();
+            let stored = self
+                .registry
+                .entity(uid, &mut ignored)
+                .transpose()
+                .map_err(|e| RequestError::new("registry", e))?;
             if stored.is_none()
                 && mode == PropertiesMode::Extend
                 && self.registry.is_authoritative_for(uid.type_name())
@@ -388,25 +399,27 @@ impl Engine {
                     }
                 }
             }
-            entity_refs(&json, &mut queue);
+            cedar_json::entity_refs(&json, &mut queue);
             let entity = Entity::from_json_value(json, schema)
                 .map_err(|e| RequestError::new(field, error_chain(&e)))?;
-            seen.insert(uid.clone());
+            seen.insert(uid);
             slice.push(entity);
         }
-        entity_refs(context, &mut queue);
+        if let Some(context) = &request.context {
+            for value in context.values() {
+                cedar_json::entity_refs(value, &mut queue);
+            }
+        }
         // Bounded: every uid is expanded at most once, and only uids the store holds are.
         while let Some(uid) = queue.pop() {
-            if !seen.insert(uid.clone()) {
+            if !seen.insert(&uid) {
                 continue;
             }
-            let Some(entity) = store.get(&uid) else {
-                continue;
-            };
-            if let Ok(json) = entity.to_json_value() {
-                entity_refs(&json, &mut queue);
+            match self.registry.entity(&uid, &mut queue) {
+                Some(Ok(entity)) => slice.push(entity),
+                Some(Err(e)) => return Err(RequestError::new("registry", e)),
+                None => {}
             }
-            slice.push(entity.clone());
         }
         // Everything taken from the store was validated against the schema when it was loaded
         // (action entities included), and the merged entities just now; the slice needs only
@@ -525,6 +538,44 @@ impl Engine {
     }
 }
 
+/// The uids a slice has expanded: a short list scanned in place while the slice is small (the
+/// usual request reaches a handful of entities), a hash set once it is not.
+#[derive(Default)]
+enum Seen {
+    #[default]
+    Empty,
+    Few(Vec<EntityUid>),
+    Many(HashSet<EntityUid>),
+}
+
+impl Seen {
+    const FEW: usize = 16;
+
+    /// `true` when `uid` was not seen before.
+    fn insert(&mut self, uid: &EntityUid) -> bool {
+        match self {
+            Self::Empty => {
+                *self = Self::Few(vec![uid.clone()]);
+                true
+            }
+            Self::Few(uids) => {
+                if uids.contains(uid) {
+                    return false;
+                }
+                if uids.len() < Self::FEW {
+                    uids.push(uid.clone());
+                } else {
+                    let mut set: HashSet<EntityUid> = uids.drain(..).collect();
+                    set.insert(uid.clone());
+                    *self = Self::Many(set);
+                }
+                true
+            }
+            Self::Many(set) => set.insert(uid.clone()),
+        }
+    }
+}
+
 /// An error with its causes, `outer: inner: innermost` (Cedar's messages are terse at the top).
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut message = error.to_string();
@@ -537,35 +588,6 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     message
-}
-
-/// Every entity uid `value` refers to: `{"__entity": {"type", "id"}}` escapes, and objects with
-/// exactly string `type` and `id` (parents, and schema-directed references in a context).
-fn entity_refs(value: &Value, out: &mut Vec<EntityUid>) {
-    match value {
-        Value::Object(map) => {
-            let reference = map.get("__entity").unwrap_or(value);
-            if let (Some(Value::String(t)), Some(Value::String(id))) =
-                (reference.get("type"), reference.get("id"))
-            {
-                if let Ok(type_name) = EntityTypeName::from_str(t) {
-                    out.push(EntityUid::from_type_name_and_id(
-                        type_name,
-                        EntityId::new(id),
-                    ));
-                }
-            }
-            for v in map.values() {
-                entity_refs(v, out);
-            }
-        }
-        Value::Array(items) => {
-            for v in items {
-                entity_refs(v, out);
-            }
-        }
-        _ => {}
-    }
 }
 
 fn request_validation_error(e: RequestValidationError) -> RequestError {

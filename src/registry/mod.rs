@@ -12,14 +12,16 @@
 
 use std::path::Path;
 
-use cedar_policy::{Entities, Schema};
+use cedar_policy::{Entities, Entity, EntityTypeName, EntityUid, Schema};
 use serde_json::Value;
 
+mod compact;
 mod json_schema;
 mod snapshot;
 
+pub use compact::ActorStore;
 use json_schema::schema_errors;
-use snapshot::{compile_entities, semantic_errors, Snapshot};
+use snapshot::{compile_store, entities_json, semantic_errors, Snapshot};
 
 use crate::hash::ContentHash;
 
@@ -46,13 +48,27 @@ const RESERVED_ATTRIBUTES: [&str; 6] = [
 /// How many schema errors one rejection lists before it says how many more there were.
 const MAX_REPORTED_ERRORS: usize = 20;
 
-/// A loaded registry: Cedar entities plus what describes them. Only the loaders build one.
+/// A loaded registry: the entities decisions read, plus what describes them. Only the loaders
+/// build one.
 #[derive(Debug)]
 pub struct Registry {
-    entities: Entities,
+    store: Store,
     kind: RegistryKind,
     hash: ContentHash,
     entity_count: usize,
+}
+
+/// How the entities are held.
+#[derive(Debug)]
+enum Store {
+    /// A snapshot's actors in the compact store; a request's entities are rebuilt from it (see
+    /// `decision`'s slice). Beside them, the schema's action entities, as Cedar holds them.
+    Actors {
+        actors: Box<ActorStore>,
+        actions: Entities,
+    },
+    /// A raw Cedar entities file, held whole as Cedar holds it (`--entities`).
+    Cedar(Entities),
 }
 
 /// Where the entities came from.
@@ -74,9 +90,62 @@ pub enum RegistryKind {
 }
 
 impl Registry {
-    /// The Cedar entities decisions are evaluated against.
-    pub fn entities(&self) -> &Entities {
-        &self.entities
+    /// The whole Cedar entity store, for a raw entities file; `None` for a snapshot, whose
+    /// actors are kept compact and rebuilt per request ([`Registry::entity`]).
+    pub fn whole_store(&self) -> Option<&Entities> {
+        match &self.store {
+            Store::Cedar(entities) => Some(entities),
+            Store::Actors { .. } => None,
+        }
+    }
+
+    /// The entity `uid` names, if the registry holds it (for a snapshot: an actor, rebuilt, or
+    /// one of the schema's actions), with the uids it refers to — parents and entity references
+    /// in its attributes that could themselves be held — pushed onto `refs`. `Err` only when an
+    /// actor cannot be rebuilt, which load-time checks rule out.
+    pub fn entity(
+        &self,
+        uid: &EntityUid,
+        refs: &mut Vec<EntityUid>,
+    ) -> Option<Result<Entity, String>> {
+        match &self.store {
+            Store::Actors { actors, actions } => actors
+                .entity(uid, refs)
+                .or_else(|| actions.get(uid).cloned().map(Ok)),
+            Store::Cedar(entities) => {
+                let entity = entities.get(uid)?;
+                if let Ok(json) = entity.to_json_value() {
+                    crate::cedar_json::entity_refs(&json, refs);
+                }
+                Some(Ok(entity.clone()))
+            }
+        }
+    }
+
+    /// Every entity type the registry's entities name.
+    pub fn entity_types(&self) -> Vec<EntityTypeName> {
+        match &self.store {
+            Store::Actors { actors, .. } => actors.entity_types().cloned().collect(),
+            Store::Cedar(entities) => {
+                let mut types: Vec<EntityTypeName> = Vec::new();
+                for entity in entities.iter() {
+                    let uid = entity.uid();
+                    if !types.contains(uid.type_name()) {
+                        types.push(uid.type_name().clone());
+                    }
+                }
+                types
+            }
+        }
+    }
+
+    /// Heap bytes of the compact actor store; `None` for a raw Cedar entities file (Cedar does
+    /// not say what its store takes).
+    pub fn bytes(&self) -> Option<usize> {
+        match &self.store {
+            Store::Actors { actors, .. } => Some(actors.bytes()),
+            Store::Cedar(_) => None,
+        }
     }
 
     /// What kind of input this registry was loaded from.
@@ -219,12 +288,8 @@ fn parse_json(bytes: &[u8], origin: &str) -> Result<Value, RegistryError> {
     })
 }
 
-/// Parse, check and compile snapshot bytes; `origin` names them in errors.
-pub fn parse_snapshot(
-    bytes: &[u8],
-    origin: &str,
-    schema: Option<&Schema>,
-) -> Result<Registry, RegistryError> {
+/// Snapshot bytes parsed and checked against the JSON Schema and the rules it cannot express.
+fn checked_snapshot(bytes: &[u8], origin: &str) -> Result<Snapshot, RegistryError> {
     let value = parse_json(bytes, origin)?;
     let errors = schema_errors(&value);
     if !errors.is_empty() {
@@ -247,14 +312,27 @@ pub fn parse_snapshot(
             errors,
         });
     }
+    Ok(snapshot)
+}
+
+/// Parse, check and compile snapshot bytes; `origin` names them in errors.
+pub fn parse_snapshot(
+    bytes: &[u8],
+    origin: &str,
+    schema: Option<&Schema>,
+) -> Result<Registry, RegistryError> {
+    let snapshot = checked_snapshot(bytes, origin)?;
     let actors = snapshot.actors.len();
-    let entities =
-        compile_entities(&snapshot.actors, schema).map_err(|message| RegistryError::Entities {
+    let (store, actions) =
+        compile_store(&snapshot.actors, schema).map_err(|message| RegistryError::Entities {
             path: origin.to_owned(),
             message,
         })?;
     Ok(Registry {
-        entities,
+        store: Store::Actors {
+            actors: Box::new(store),
+            actions,
+        },
         kind: RegistryKind::Snapshot {
             schema_version: snapshot.schema_version,
             generated_at: snapshot.generated_at,
@@ -264,6 +342,13 @@ pub fn parse_snapshot(
         hash: ContentHash::of_bytes(bytes),
         entity_count: actors,
     })
+}
+
+/// The Cedar entities JSON a snapshot stands for: what `--entities` would load to hold the same
+/// actors in Cedar's own store. Checked like [`parse_snapshot`] up to the compile.
+pub fn snapshot_entities_json(bytes: &[u8], origin: &str) -> Result<Value, RegistryError> {
+    let snapshot = checked_snapshot(bytes, origin)?;
+    Ok(entities_json(&snapshot.actors))
 }
 
 /// Parse raw Cedar entities JSON; `origin` names it in errors.
@@ -288,7 +373,7 @@ pub fn parse_entities(
             message: cedar_message(&e),
         })?;
     Ok(Registry {
-        entities,
+        store: Store::Cedar(entities),
         kind: RegistryKind::CedarEntities,
         hash: ContentHash::of_bytes(bytes),
         entity_count: count,
@@ -402,7 +487,14 @@ mod tests {
             ACTOR_TYPE.parse().unwrap(),
             cedar_policy::EntityId::new("x"),
         );
-        assert!(registry.entities().get(&uid).is_some());
+        let mut refs = Vec::new();
+        let entity = registry.entity(&uid, &mut refs).unwrap().unwrap();
+        assert_eq!(
+            entity.attr("max_ttl_hours").unwrap().unwrap(),
+            cedar_policy::EvalResult::Long(8)
+        );
+        assert!(registry.whole_store().is_none());
+        assert!(registry.bytes().unwrap() > 0);
     }
 
     #[test]
