@@ -302,6 +302,142 @@ impl<'de> Visitor<'de> for Build<'_> {
     }
 }
 
+/// Parse a JSON object, checking keys at every depth as [`parse_value`] does, with one member
+/// streamed: when `streamed` names an array, its elements are handed to `each` one at a time, in
+/// order, with their index, and never held together. Returns the other members, and whether the
+/// streamed member was an array (a non-array value under that key is returned as a member like
+/// the others, for the caller's schema check to name). The top level must be an object.
+pub fn parse_streamed(
+    bytes: &[u8],
+    streamed: &str,
+    each: &mut dyn FnMut(usize, Value),
+) -> Result<(Map<String, Value>, bool), JsonError> {
+    let mut trail = Trail::default();
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed = Top {
+        trail: &mut trail,
+        streamed,
+        each,
+    }
+    .deserialize(&mut de)
+    .and_then(|top| de.end().map(|()| top));
+    parsed.map_err(|e| trail.into_error(e))
+}
+
+/// The top-level object of [`parse_streamed`].
+struct Top<'t, 'f> {
+    trail: &'t mut Trail,
+    streamed: &'t str,
+    each: &'f mut dyn FnMut(usize, Value),
+}
+
+impl<'de> DeserializeSeed<'de> for Top<'_, '_> {
+    type Value = (Map<String, Value>, bool);
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Top<'_, '_> {
+    type Value = (Map<String, Value>, bool);
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut object = Map::new();
+        let mut was_streamed = false;
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) || (was_streamed && key == self.streamed) {
+                return Err(duplicate(self.trail, key));
+            }
+            let value = if key == self.streamed {
+                map.next_value_seed(Elements {
+                    trail: &mut *self.trail,
+                    each: &mut *self.each,
+                })
+            } else {
+                map.next_value_seed(Build {
+                    trail: &mut *self.trail,
+                })
+                .map(Some)
+            };
+            match value {
+                Ok(Some(value)) => {
+                    object.insert(key, value);
+                }
+                Ok(None) => was_streamed = true,
+                Err(e) => {
+                    self.trail.steps.push(Step::Key(key));
+                    return Err(e);
+                }
+            }
+        }
+        Ok((object, was_streamed))
+    }
+}
+
+/// The streamed member: an array's elements go to `each` (and the value is `None`); anything
+/// else is built as a [`Value`].
+struct Elements<'t, 'f> {
+    trail: &'t mut Trail,
+    each: &'f mut dyn FnMut(usize, Value),
+}
+
+impl<'de> DeserializeSeed<'de> for Elements<'_, '_> {
+    type Value = Option<Value>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Elements<'_, '_> {
+    type Value = Option<Value>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut index = 0;
+        loop {
+            match seq.next_element_seed(Build {
+                trail: &mut *self.trail,
+            }) {
+                Ok(Some(item)) => {
+                    (self.each)(index, item);
+                    index += 1;
+                }
+                Ok(None) => return Ok(None),
+                Err(e) => {
+                    self.trail.steps.push(Step::Index(index));
+                    return Err(e);
+                }
+            }
+        }
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        Build { trail: self.trail }.visit_map(map).map(Some)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Some(Value::Bool(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Some(Value::Number(v.into())))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Some(Value::Number(v.into())))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Some(
+            serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number),
+        ))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Some(Value::String(v.to_owned())))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Some(Value::Null))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,6 +453,43 @@ mod tests {
         };
         assert_eq!(checked, parsed, "both readers agree on {text}");
         checked
+    }
+
+    #[test]
+    fn a_streamed_array_is_handed_over_element_by_element_and_keys_are_still_checked() {
+        let mut seen = Vec::new();
+        let (rest, streamed) = parse_streamed(
+            br#"{"a":1,"items":[{"x":1},2,[3]],"b":"c"}"#,
+            "items",
+            &mut |i, v| seen.push((i, v)),
+        )
+        .unwrap();
+        assert!(streamed);
+        assert_eq!(rest.len(), 2);
+        assert_eq!(seen.len(), 3);
+        assert_eq!(seen[2], (2, serde_json::json!([3])));
+        let duplicate = |text: &str| match parse_streamed(text.as_bytes(), "items", &mut |_, _| {})
+        {
+            Err(JsonError::DuplicateKey { path }) => Some(path),
+            _ => None,
+        };
+        assert_eq!(
+            duplicate(r#"{"items":[{"k":1},{"k":1,"k":2}]}"#).as_deref(),
+            Some("items[1].k")
+        );
+        assert_eq!(
+            duplicate(r#"{"items":[],"items":[]}"#).as_deref(),
+            Some("items")
+        );
+        assert_eq!(
+            duplicate(r#"{"a":1,"a":2,"items":[]}"#).as_deref(),
+            Some("a")
+        );
+        let (rest, streamed) = parse_streamed(br#"{"items":5}"#, "items", &mut |_, _| {}).unwrap();
+        assert!(!streamed);
+        assert_eq!(rest["items"], 5);
+        assert!(parse_streamed(br#"[1]"#, "items", &mut |_, _| {}).is_err());
+        assert!(parse_streamed(br#"{"items":[1,"#, "items", &mut |_, _| {}).is_err());
     }
 
     #[test]

@@ -205,21 +205,23 @@ impl ReloadCounters {
 /// schema) into an engine. Does not touch any running state.
 pub fn load(sources: &Sources) -> Result<Engine, LoadError> {
     let package = load_package(&sources.policy)?;
+    let started = Instant::now();
     let bytes = read_registry(sources.registry.path())?;
-    build(sources, package, &bytes)
+    build(sources, package, &bytes, started.elapsed())
 }
 
 fn build(
     sources: &Sources,
     package: crate::policy::PolicyPackage,
     bytes: &[u8],
+    read: std::time::Duration,
 ) -> Result<Engine, LoadError> {
     let origin = sources.registry.path().display().to_string();
     let registry = match &sources.registry {
         RegistrySource::Snapshot(_) => parse_snapshot(bytes, &origin, package.schema())?,
         RegistrySource::Entities(_) => parse_entities(bytes, &origin, package.schema())?,
     };
-    Ok(Engine::new(package, registry)?)
+    Ok(Engine::new(package, registry.with_read_time(read))?)
 }
 
 /// Every `problem` a [`ReloadFailure`] can carry, plus `not-loaded`; each is an anchor in
@@ -322,6 +324,8 @@ pub struct State {
     shutting_down: std::sync::atomic::AtomicBool,
     /// Engines built from disk (package parsed and validated, registry compiled).
     builds: AtomicU64,
+    /// Nanoseconds the last swap took to publish the new engine.
+    last_swap_nanos: AtomicU64,
 }
 
 impl State {
@@ -335,7 +339,14 @@ impl State {
             counters: ReloadCounters::default(),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             builds: AtomicU64::new(0),
+            last_swap_nanos: AtomicU64::new(0),
         }
+    }
+
+    /// How long the last swap took to publish its engine (the load's last phase; reading,
+    /// parsing and compiling are in [`crate::registry::Registry::phases`]).
+    pub fn last_swap(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.last_swap_nanos.load(Ordering::Relaxed))
     }
 
     /// How many times a reload from disk parsed, validated and compiled the sources. A reload
@@ -375,14 +386,16 @@ impl State {
         let result = (|| {
             // Hash the raw bytes first: an unchanged poll reads the files and stops, without
             // parsing or validating a package it already serves.
+            let read_started = Instant::now();
             let raw = read_package(&self.sources.policy)?;
             let bytes = read_registry(self.sources.registry.path())?;
+            let read = read_started.elapsed();
             let hashes = (raw.hash(), ContentHash::of_bytes(&bytes));
             if self.current.load().is_some() && disk.as_ref() == Some(&hashes) {
                 return Ok(None);
             }
             self.builds.fetch_add(1, Ordering::Relaxed);
-            let engine = build(&self.sources, raw.build()?, &bytes)?;
+            let engine = build(&self.sources, raw.build()?, &bytes, read)?;
             *disk = Some(hashes);
             Ok(Some(engine))
         })();
@@ -435,12 +448,16 @@ impl State {
     }
 
     fn store(&self, engine: Engine, trigger: Trigger, started: Instant) {
-        let old = self.current.swap(Some(Arc::new(Loaded {
+        let loaded = Arc::new(Loaded {
             engine,
             loaded_at: SystemTime::now(),
             trigger,
             load_duration: started.elapsed(),
-        })));
+        });
+        let swap_started = Instant::now();
+        let old = self.current.swap(Some(loaded));
+        let swap = u64::try_from(swap_started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_swap_nanos.store(swap, Ordering::Relaxed);
         if let Some(old) = old {
             drop_off_the_request_path(old);
         }

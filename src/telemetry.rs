@@ -335,8 +335,17 @@ fn scrape_time_metrics(
         "registry_entities",
         "Actors (or raw entities) in the registry in force.",
     )?;
+    let bytes = IntGauge::new(
+        "registry_bytes",
+        "Heap bytes of the compact actor store in force (absent for a raw Cedar entities file).",
+    )?;
+    let mut has_bytes = false;
     if let Some(loaded) = state.current().as_ref() {
         let engine = &loaded.engine;
+        if let Some(b) = engine.registry().bytes() {
+            bytes.set(i64::try_from(b).unwrap_or(i64::MAX));
+            has_bytes = true;
+        }
         loaded_info
             .with_label_values(&[
                 engine.policy().name(),
@@ -370,6 +379,9 @@ fn scrape_time_metrics(
         Box::new(log_failures),
     ] {
         registry.register(collector)?;
+    }
+    if has_bytes {
+        registry.register(Box::new(bytes))?;
     }
     Ok(registry)
 }

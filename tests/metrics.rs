@@ -71,6 +71,20 @@ async fn counters_move_with_decisions_batches_and_reloads() {
         value(&before, "flex_auth_registry_entities", &[]),
         Some(1.0)
     );
+    // The compact store's size, as /v1/status tells it, with the last load's phases.
+    let status = server.get("/v1/status").await.json();
+    let bytes = status["registry"]["bytes"]
+        .as_f64()
+        .expect("registry bytes");
+    assert!(bytes > 0.0, "{status}");
+    assert_eq!(value(&before, "flex_auth_registry_bytes", &[]), Some(bytes));
+    let phases = &status["registry"]["load_phases_ms"];
+    for phase in ["read", "parse_validate", "compile", "swap"] {
+        assert!(
+            phases[phase].as_f64().is_some_and(|ms| ms >= 0.0),
+            "{phase}: {status}"
+        );
+    }
     assert_eq!(
         value(
             &before,

@@ -155,6 +155,8 @@ impl Api {
                         "details": details,
                         "loaded_at": loaded_at,
                         "load_ms": u64::try_from(loaded.load_duration.as_millis()).unwrap_or(u64::MAX),
+                        "bytes": reg.bytes(),
+                        "load_phases_ms": load_phases_ms(reg.phases(), self.state.last_swap()),
                         "loaded_by": loaded.trigger.as_str(),
                     }),
                 )
@@ -204,4 +206,15 @@ impl Api {
             }),
         )
     }
+}
+
+/// The last load's phases in milliseconds (fractions kept: a swap takes microseconds).
+fn load_phases_ms(phases: crate::registry::LoadPhases, swap: std::time::Duration) -> Value {
+    let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+    serde_json::json!({
+        "read": ms(phases.read),
+        "parse_validate": ms(phases.parse_validate),
+        "compile": ms(phases.compile),
+        "swap": ms(swap),
+    })
 }

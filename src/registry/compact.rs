@@ -117,16 +117,19 @@ impl ActorStore {
     }
 
     fn find(&self, id: &str) -> Option<&ActorRecord> {
+        self.actors.get(self.index_of(id)?)
+    }
+
+    /// Position of the actor `id` in the snapshot.
+    fn index_of(&self, id: &str) -> Option<usize> {
         let hash = self.hasher.hash_one(id);
-        let ix = self
-            .by_id
+        self.by_id
             .find(hash, |&ix| {
                 self.actors
                     .get(ix as usize)
                     .is_some_and(|a| self.str(a.id) == id)
             })
-            .copied()?;
-        self.actors.get(ix as usize)
+            .map(|&ix| ix as usize)
     }
 
     /// Whether `uid` names an actor of this store.
@@ -265,6 +268,21 @@ impl StoreBuilder {
             type_index: Vec::new(),
             stored_types,
         }
+    }
+
+    /// The type of the actors being added.
+    pub fn actor_type(&self) -> &EntityTypeName {
+        &self.store.actor_type
+    }
+
+    /// Position of the actor `id` among those added so far.
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.store.index_of(id)
+    }
+
+    /// Number of actors added so far.
+    pub fn len(&self) -> usize {
+        self.store.actors.len()
     }
 
     fn intern(&mut self, s: &str) -> Result<Sym, String> {

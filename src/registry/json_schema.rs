@@ -21,6 +21,60 @@ fn snapshot_schema() -> Result<&'static (Value, jsonschema::Validator), String> 
         .map_err(Clone::clone)
 }
 
+/// The snapshot schema without its top-level `required`: validating `{"actors": [actor]}`
+/// against it checks one actor exactly as the whole snapshot's check would.
+fn actor_schema() -> Result<&'static (Value, jsonschema::Validator), String> {
+    static VALIDATOR: OnceLock<Result<(Value, jsonschema::Validator), String>> = OnceLock::new();
+    VALIDATOR
+        .get_or_init(|| {
+            let (full, _) = snapshot_schema()?;
+            let mut schema = full.clone();
+            if let Some(top) = schema.as_object_mut() {
+                top.remove("required");
+            }
+            let validator = jsonschema::validator_for(&schema)
+                .map_err(|e| format!("built-in snapshot schema is invalid: {e}"))?;
+            Ok((schema, validator))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// Every way actor `index` misses the snapshot JSON Schema (at most `room` lines, named as in
+/// the whole snapshot: `actors[3].max_ttl_hours (actor `x`): …`), the number of problems, and
+/// the actor back.
+pub(super) fn actor_schema_errors(
+    index: usize,
+    actor: Value,
+    room: usize,
+) -> (Vec<String>, usize, Value) {
+    let (schema, validator) = match actor_schema() {
+        Ok(pair) => pair,
+        Err(e) => return (vec![e], 1, actor),
+    };
+    let wrapper = serde_json::json!({ "actors": [actor] });
+    let mut errors = Vec::new();
+    let mut total = 0usize;
+    for error in validator.iter_errors(&wrapper) {
+        total += 1;
+        if errors.len() < room {
+            let line = describe_schema_error(schema, &wrapper, &error);
+            errors.push(match line.strip_prefix("actors[0]") {
+                Some(rest) => format!("actors[{index}]{rest}"),
+                None => line,
+            });
+        }
+    }
+    let actor = match wrapper {
+        Value::Object(mut top) => match top.remove("actors") {
+            Some(Value::Array(mut items)) => items.pop().unwrap_or(Value::Null),
+            _ => Value::Null,
+        },
+        _ => Value::Null,
+    };
+    (errors, total, actor)
+}
+
 /// Every way `value` misses the snapshot JSON Schema, one readable line each.
 pub(super) fn schema_errors(value: &Value) -> Vec<String> {
     let (schema, validator) = match snapshot_schema() {

@@ -11,6 +11,7 @@
 //! the JSON Schema check and its messages (each naming the actor and field at fault).
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use cedar_policy::{Entities, Entity, EntityTypeName, EntityUid, Schema};
 use serde_json::Value;
@@ -18,10 +19,11 @@ use serde_json::Value;
 mod compact;
 mod json_schema;
 mod snapshot;
+mod stream;
 
 pub use compact::ActorStore;
 use json_schema::schema_errors;
-use snapshot::{compile_store, entities_json, semantic_errors, Snapshot};
+use snapshot::{entities_json, semantic_errors, Snapshot};
 
 use crate::hash::ContentHash;
 
@@ -56,6 +58,18 @@ pub struct Registry {
     kind: RegistryKind,
     hash: ContentHash,
     entity_count: usize,
+    phases: LoadPhases,
+}
+
+/// How long the stages of a registry's load took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadPhases {
+    /// Reading the file (zero for pushed bytes).
+    pub read: Duration,
+    /// Parsing the JSON and checking it against the JSON Schema and the format's own rules.
+    pub parse_validate: Duration,
+    /// Validating the entities against the package's Cedar schema and building the store.
+    pub compile: Duration,
 }
 
 /// How the entities are held.
@@ -168,6 +182,17 @@ impl Registry {
     pub fn entity_count(&self) -> usize {
         self.entity_count
     }
+
+    /// How long this registry's load took, by stage.
+    pub fn phases(&self) -> LoadPhases {
+        self.phases
+    }
+
+    /// Record how long reading the file took (the caller read it before parsing).
+    pub fn with_read_time(mut self, read: Duration) -> Self {
+        self.phases.read = read;
+        self
+    }
 }
 
 /// Why a registry was rejected. The snapshot is rejected as a whole; nothing of it is used.
@@ -222,14 +247,18 @@ pub enum RegistryError {
 /// Read and compile a registry snapshot file, validating it against the JSON Schema and, when
 /// given, the policy package's Cedar schema.
 pub fn load_snapshot(path: &Path, schema: Option<&Schema>) -> Result<Registry, RegistryError> {
+    let started = Instant::now();
     let bytes = read_registry(path)?;
-    parse_snapshot(&bytes, &path.display().to_string(), schema)
+    let read = started.elapsed();
+    Ok(parse_snapshot(&bytes, &path.display().to_string(), schema)?.with_read_time(read))
 }
 
 /// Read a raw Cedar entities JSON file.
 pub fn load_entities(path: &Path, schema: Option<&Schema>) -> Result<Registry, RegistryError> {
+    let started = Instant::now();
     let bytes = read_registry(path)?;
-    parse_entities(&bytes, &path.display().to_string(), schema)
+    let read = started.elapsed();
+    Ok(parse_entities(&bytes, &path.display().to_string(), schema)?.with_read_time(read))
 }
 
 /// Read a registry file's bytes (hashed before anything is parsed, to skip no-op reloads).
@@ -274,7 +303,11 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 fn parse_json(bytes: &[u8], origin: &str) -> Result<Value, RegistryError> {
-    crate::json::parse_value(bytes).map_err(|e| match e {
+    crate::json::parse_value(bytes).map_err(|e| json_error(origin, e))
+}
+
+fn json_error(origin: &str, e: crate::json::JsonError) -> RegistryError {
+    match e {
         crate::json::JsonError::Syntax(e) => RegistryError::Json {
             path: origin.to_owned(),
             line: e.line(),
@@ -285,7 +318,7 @@ fn parse_json(bytes: &[u8], origin: &str) -> Result<Value, RegistryError> {
             path: origin.to_owned(),
             key_path: path,
         },
-    })
+    }
 }
 
 /// Snapshot bytes parsed and checked against the JSON Schema and the rules it cannot express.
@@ -315,32 +348,45 @@ fn checked_snapshot(bytes: &[u8], origin: &str) -> Result<Snapshot, RegistryErro
     Ok(snapshot)
 }
 
-/// Parse, check and compile snapshot bytes; `origin` names them in errors.
+/// Parse, check and compile snapshot bytes; `origin` names them in errors. The actors are
+/// streamed into the compact store one at a time (see `stream`): the file's JSON tree is never
+/// built whole.
 pub fn parse_snapshot(
     bytes: &[u8],
     origin: &str,
     schema: Option<&Schema>,
 ) -> Result<Registry, RegistryError> {
-    let snapshot = checked_snapshot(bytes, origin)?;
-    let actors = snapshot.actors.len();
-    let (store, actions) =
-        compile_store(&snapshot.actors, schema).map_err(|message| RegistryError::Entities {
+    let started = Instant::now();
+    let loaded = stream::load(bytes, schema).map_err(|refused| match refused {
+        stream::Refused::Json(e) => json_error(origin, e),
+        stream::Refused::Schema(errors) => RegistryError::Schema {
+            path: origin.to_owned(),
+            errors,
+        },
+        stream::Refused::Entities(message) => RegistryError::Entities {
             path: origin.to_owned(),
             message,
-        })?;
+        },
+    })?;
+    let total = started.elapsed();
     Ok(Registry {
         store: Store::Actors {
-            actors: Box::new(store),
-            actions,
+            actors: Box::new(loaded.store),
+            actions: loaded.actions,
         },
         kind: RegistryKind::Snapshot {
-            schema_version: snapshot.schema_version,
-            generated_at: snapshot.generated_at,
-            source: snapshot.source,
-            actors,
+            schema_version: loaded.header.schema_version,
+            generated_at: loaded.header.generated_at,
+            source: loaded.header.source,
+            actors: loaded.actors,
         },
         hash: ContentHash::of_bytes(bytes),
-        entity_count: actors,
+        entity_count: loaded.actors,
+        phases: LoadPhases {
+            read: Duration::ZERO,
+            parse_validate: total.saturating_sub(loaded.compile),
+            compile: loaded.compile,
+        },
     })
 }
 
@@ -357,7 +403,9 @@ pub fn parse_entities(
     origin: &str,
     schema: Option<&Schema>,
 ) -> Result<Registry, RegistryError> {
+    let started = Instant::now();
     let value = parse_json(bytes, origin)?;
+    let parse_validate = started.elapsed();
     let count = match &value {
         Value::Array(items) => items.len(),
         _ => {
@@ -377,6 +425,11 @@ pub fn parse_entities(
         kind: RegistryKind::CedarEntities,
         hash: ContentHash::of_bytes(bytes),
         entity_count: count,
+        phases: LoadPhases {
+            read: Duration::ZERO,
+            parse_validate,
+            compile: started.elapsed().saturating_sub(parse_validate),
+        },
     })
 }
 
@@ -495,6 +548,81 @@ mod tests {
         );
         assert!(registry.whole_store().is_none());
         assert!(registry.bytes().unwrap() > 0);
+    }
+
+    /// Enough actors to span validation batches, `a0` … `a{n-1}`.
+    fn many(n: usize) -> Vec<Value> {
+        (0..n).map(|i| actor(&format!("a{i}"))).collect()
+    }
+
+    #[test]
+    fn a_cycle_across_validation_batches_names_an_actor_on_it() {
+        let mut actors = many(snapshot::VALIDATION_BATCH + 10);
+        let last = actors.len() - 1;
+        actors[0]["relationships"] = json!([{"type": "Actor", "id": format!("a{last}")}]);
+        actors[last]["relationships"] = json!([{"type": "Actor", "id": "a0"}]);
+        let err = parse_snapshot(&snapshot(Value::Array(actors)), "t.json", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(".relationships (actor `a"), "{err}");
+        assert!(err.contains("must not have a cycle"), "{err}");
+    }
+
+    #[test]
+    fn a_duplicate_across_validation_batches_names_both_places() {
+        let mut actors = many(snapshot::VALIDATION_BATCH + 10);
+        let last = actors.len() - 1;
+        actors[last]["id"] = json!("a1");
+        let errors = schema_error(&snapshot(Value::Array(actors)));
+        assert_eq!(
+            errors,
+            vec![format!(
+                "actors[{last}].id: duplicate actor id `a1` (first at actors[1])"
+            )]
+        );
+    }
+
+    #[test]
+    fn top_level_problems_are_named_beside_the_streamed_actors() {
+        let mut doc: Value = serde_json::from_slice(&snapshot(json!([actor("x")]))).unwrap();
+        doc.as_object_mut().unwrap().remove("schema_version");
+        doc["extra"] = json!(1);
+        let all = schema_error(&serde_json::to_vec(&doc).unwrap()).join("\n");
+        assert!(
+            all.contains("missing required field `schema_version`"),
+            "{all}"
+        );
+        assert!(all.contains("unknown field `extra`"), "{all}");
+        let not_array = schema_error(&snapshot(json!({"a": 1}))).join("\n");
+        assert!(
+            not_array.contains("actors: expected an array"),
+            "{not_array}"
+        );
+    }
+
+    #[test]
+    fn many_schema_problems_are_capped_and_counted() {
+        let actors: Vec<Value> = (0..30).map(|i| json!({"id": format!("a{i}")})).collect();
+        let errors = schema_error(&snapshot(Value::Array(actors)));
+        assert_eq!(errors.len(), MAX_REPORTED_ERRORS + 1);
+        assert!(errors.last().unwrap().starts_with("… and "), "{errors:?}");
+        assert!(errors[0].starts_with("actors[0]"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_duplicate_key_inside_an_actor_is_named_with_its_path() {
+        let text = String::from_utf8(snapshot(json!([actor("x"), actor("y")]))).unwrap();
+        let text = text.replacen(
+            "\"max_ttl_hours\":8",
+            "\"max_ttl_hours\":8,\"max_ttl_hours\":800",
+            2,
+        );
+        match parse_snapshot(text.as_bytes(), "t.json", None) {
+            Err(RegistryError::DuplicateKey { key_path, .. }) => {
+                assert_eq!(key_path, "actors[0].max_ttl_hours");
+            }
+            other => panic!("expected a duplicate key, got {other:?}"),
+        }
     }
 
     #[test]

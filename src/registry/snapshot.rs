@@ -12,14 +12,13 @@ use serde_json::{json, Map, Value};
 
 use crate::cedar_json;
 
-use super::compact::{ActorStore, StoreBuilder};
+use super::compact::StoreBuilder;
 use super::{cedar_message, ACTOR_TYPE, MAX_REPORTED_ERRORS, RESERVED_ATTRIBUTES, SUBJECT_TYPE};
 
+/// A whole snapshot's actors (the top-level fields are checked by the JSON Schema and read by
+/// `stream::Header`).
 #[derive(Debug, Deserialize)]
 pub(super) struct Snapshot {
-    pub(super) schema_version: String,
-    pub(super) generated_at: String,
-    pub(super) source: String,
     pub(super) actors: Vec<Actor>,
 }
 
@@ -58,26 +57,8 @@ pub(super) fn semantic_errors(snapshot: &Snapshot) -> Vec<String> {
     let mut errors = Vec::new();
     let mut first_seen: HashMap<&str, usize> = HashMap::with_capacity(snapshot.actors.len());
     for (i, actor) in snapshot.actors.iter().enumerate() {
-        if let Some(first) = first_seen.insert(&actor.id, i) {
-            errors.push(format!(
-                "actors[{i}].id: duplicate actor id `{}` (first at actors[{first}])",
-                actor.id
-            ));
-        }
-        if actor.default_ttl_hours > actor.max_ttl_hours {
-            errors.push(format!(
-                "actors[{i}].default_ttl_hours (actor `{}`): {} exceeds max_ttl_hours {}",
-                actor.id, actor.default_ttl_hours, actor.max_ttl_hours
-            ));
-        }
-        for key in actor.attributes.keys() {
-            if RESERVED_ATTRIBUTES.contains(&key.as_str()) {
-                errors.push(format!(
-                    "actors[{i}].attributes.{key} (actor `{}`): `{key}` is set by the registry format; choose another attribute name",
-                    actor.id
-                ));
-            }
-        }
+        let first = first_seen.insert(&actor.id, i);
+        actor_errors(i, actor, first, &mut errors);
         if errors.len() >= MAX_REPORTED_ERRORS {
             break;
         }
@@ -85,45 +66,83 @@ pub(super) fn semantic_errors(snapshot: &Snapshot) -> Vec<String> {
     errors
 }
 
-/// How many actors Cedar validates at once: large enough that the schema's action entities,
-/// added to every batch, cost nothing, small enough that a batch's Cedar entities stay a few MiB.
-const VALIDATION_BATCH: usize = 4096;
-
-/// Compile actors into the compact store, each validated against the schema when there is
-/// one; also the schema's action entities, which decisions read beside the actors.
-///
-/// Cedar validates a batch of actors at a time and the store keeps the values Cedar produced
-/// (schema-directed conversions included); then the batch is dropped, so Cedar's form of the
-/// whole registry never exists at once. Entities are built directly (see [`crate::cedar_json`]);
-/// only when that is impossible or the schema rejects the direct form does Cedar's JSON reader
-/// run, for its schema-directed conversions and its precise error messages.
-pub(super) fn compile_store(
-    actors: &[Actor],
-    schema: Option<&Schema>,
-) -> Result<(ActorStore, Entities), String> {
-    let actions = Entities::from_entities([], schema).map_err(|e| cedar_message(&e))?;
-    let actor_type = EntityTypeName::from_str(ACTOR_TYPE).map_err(|e| e.to_string())?;
-    acyclic(actors)?;
-    let mut builder = StoreBuilder::new(actor_type.clone(), &actions, actors.len());
-    for (batch, chunk) in actors.chunks(VALIDATION_BATCH).enumerate() {
-        let offset = batch * VALIDATION_BATCH;
-        let validated =
-            validate(chunk, schema).map_err(|m| locate_in_snapshot(chunk, offset, m))?;
-        for actor in chunk {
-            let uid =
-                EntityUid::from_type_name_and_id(actor_type.clone(), EntityId::new(&actor.id));
-            let entity = validated
-                .get(&uid)
-                .ok_or_else(|| format!("actor `{}` missing after validation", actor.id))?;
-            let parents = actor
-                .relationships
-                .iter()
-                .map(EntityRef::uid)
-                .collect::<Result<Vec<_>, _>>()?;
-            builder.push(entity, &parents)?;
+/// The checks of [`semantic_errors`] for actor `i`; `first` is where its id was seen before.
+pub(super) fn actor_errors(
+    i: usize,
+    actor: &Actor,
+    first: Option<usize>,
+    errors: &mut Vec<String>,
+) {
+    if let Some(first) = first {
+        errors.push(format!(
+            "actors[{i}].id: duplicate actor id `{}` (first at actors[{first}])",
+            actor.id
+        ));
+    }
+    if actor.default_ttl_hours > actor.max_ttl_hours {
+        errors.push(format!(
+            "actors[{i}].default_ttl_hours (actor `{}`): {} exceeds max_ttl_hours {}",
+            actor.id, actor.default_ttl_hours, actor.max_ttl_hours
+        ));
+    }
+    for key in actor.attributes.keys() {
+        if RESERVED_ATTRIBUTES.contains(&key.as_str()) {
+            errors.push(format!(
+                "actors[{i}].attributes.{key} (actor `{}`): `{key}` is set by the registry format; choose another attribute name",
+                actor.id
+            ));
         }
     }
-    Ok((builder.finish(), actions))
+}
+
+impl Actor {
+    /// The actor's id.
+    pub(super) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The ids of the actors this actor names as parents.
+    pub(super) fn actor_parents(&self) -> impl Iterator<Item = &str> {
+        self.relationships
+            .iter()
+            .filter(|r| r.entity_type == ACTOR_TYPE)
+            .map(|r| r.id.as_str())
+    }
+
+    /// The actor's parents as Cedar uids.
+    pub(super) fn parents(&self) -> Result<Vec<EntityUid>, String> {
+        self.relationships.iter().map(EntityRef::uid).collect()
+    }
+}
+
+/// How many actors Cedar validates at once: large enough that the schema's action entities,
+/// added to every batch, cost nothing, small enough that a batch's Cedar entities stay a few MiB.
+pub(super) const VALIDATION_BATCH: usize = 4096;
+
+/// Validate a batch of actors (the first at `actors[offset]`) against the schema, and add each
+/// to the store in the form Cedar produced (schema-directed conversions included); the batch's
+/// Cedar entities are dropped on return, so Cedar's form of the whole registry never exists at
+/// once. Entities are built directly (see [`crate::cedar_json`]); only when that is impossible
+/// or the schema rejects the direct form does Cedar's JSON reader run, for its schema-directed
+/// conversions and its precise error messages.
+pub(super) fn compile_batch(
+    actors: &[Actor],
+    offset: usize,
+    schema: Option<&Schema>,
+    builder: &mut StoreBuilder,
+) -> Result<(), String> {
+    let validated = validate(actors, schema).map_err(|m| locate_in_snapshot(actors, offset, m))?;
+    for actor in actors {
+        let uid = EntityUid::from_type_name_and_id(
+            builder.actor_type().clone(),
+            EntityId::new(&actor.id),
+        );
+        let entity = validated
+            .get(&uid)
+            .ok_or_else(|| format!("actor `{}` missing after validation", actor.id))?;
+        builder.push(entity, &actor.parents()?)?;
+    }
+    Ok(())
 }
 
 fn validate(actors: &[Actor], schema: Option<&Schema>) -> Result<Entities, String> {
@@ -136,59 +155,42 @@ fn validate(actors: &[Actor], schema: Option<&Schema>) -> Result<Entities, Strin
 }
 
 /// Relationships between actors must not form a cycle (Cedar's hierarchy is a DAG; the whole
-/// store would fail its transitive closure). Iterative, each actor visited once.
-fn acyclic(actors: &[Actor]) -> Result<(), String> {
-    let index: HashMap<&str, usize> = actors
-        .iter()
-        .enumerate()
-        .filter(|(_, a)| a.relationships.iter().any(|r| r.entity_type == ACTOR_TYPE))
-        .map(|(i, a)| (a.id.as_str(), i))
-        .collect();
-    if index.is_empty() {
-        return Ok(());
-    }
-    // 0 unvisited, 1 on the current path, 2 done.
-    let mut state = vec![0u8; actors.len()];
-    for &start in index.values() {
-        if state.get(start) != Some(&0) {
+/// store would fail its transitive closure). `edges[n]` lists the actor indices actor `n` names
+/// as parents; `id` names an actor. Iterative, each actor visited once.
+pub(super) fn acyclic(
+    edges: &HashMap<usize, Vec<usize>>,
+    id: impl Fn(usize) -> String,
+) -> Result<(), String> {
+    // Absent: unvisited; false: on the current path; true: done.
+    let mut state: HashMap<usize, bool> = HashMap::with_capacity(edges.len());
+    let mut starts: Vec<usize> = edges.keys().copied().collect();
+    starts.sort_unstable();
+    for start in starts {
+        if state.contains_key(&start) {
             continue;
         }
+        state.insert(start, false);
         let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
-        if let Some(s) = state.get_mut(start) {
-            *s = 1;
-        }
         while let Some(&mut (node, ref mut next)) = stack.last_mut() {
-            let relationships = actors.get(node).map_or(&[][..], |a| &a.relationships[..]);
-            let Some(r) = relationships.get(*next) else {
-                if let Some(s) = state.get_mut(node) {
-                    *s = 2;
-                }
+            let Some(&child) = edges.get(&node).and_then(|c| c.get(*next)) else {
+                state.insert(node, true);
                 stack.pop();
                 continue;
             };
             *next += 1;
-            if r.entity_type != ACTOR_TYPE {
-                continue;
-            }
-            // An actor with no actor parents cannot be on a cycle.
-            let Some(&child) = index.get(r.id.as_str()) else {
-                continue;
-            };
-            match state.get(child) {
-                Some(1) => {
-                    let name = actors.get(node).map_or("", |a| a.id.as_str());
+            match state.get(&child) {
+                Some(false) => {
                     return Err(format!(
-                        "actors[{node}].relationships (actor `{name}`): `{ACTOR_TYPE}::\"{}\"` is its own ancestor through relationships; the hierarchy must not have a cycle",
-                        r.id
+                        "actors[{node}].relationships (actor `{}`): `{ACTOR_TYPE}::\"{}\"` is its own ancestor through relationships; the hierarchy must not have a cycle",
+                        id(node),
+                        id(child)
                     ));
                 }
-                Some(0) => {
-                    if let Some(s) = state.get_mut(child) {
-                        *s = 1;
-                    }
+                Some(true) => {}
+                None => {
+                    state.insert(child, false);
                     stack.push((child, 0));
                 }
-                _ => {}
             }
         }
     }
@@ -200,6 +202,24 @@ fn acyclic(actors: &[Actor]) -> Result<(), String> {
 /// is (`actors[0].attributes.cost_center (actor `x`)`), like the snapshot's other errors. The
 /// one place Cedar's wording is read; an unrecognised message is passed on whole.
 fn locate_in_snapshot(actors: &[Actor], offset: usize, message: String) -> String {
+    // A cycle inside one validation batch is Cedar's to find: say it as the cross-batch check
+    // in `acyclic` does.
+    let cycle = message
+        .split_once("has a cycle containing vertex `")
+        .and_then(|(_, rest)| {
+            rest.strip_prefix(ACTOR_TYPE)?
+                .strip_prefix("::\"")?
+                .split_once("\"`")
+        })
+        .map(|(id, _)| id);
+    if let Some(id) = cycle {
+        if let Some(index) = actors.iter().position(|a| a.id == id) {
+            return format!(
+                "actors[{}].relationships (actor `{id}`): `{ACTOR_TYPE}::\"{id}\"` is its own ancestor through relationships; the hierarchy must not have a cycle",
+                index + offset
+            );
+        }
+    }
     let named = |prefix: &str| {
         let rest = message.split_once(prefix)?.1;
         let (attribute, rest) = rest.split_once('`')?;
