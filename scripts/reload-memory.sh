@@ -7,7 +7,9 @@
 #
 #   scripts/reload-memory.sh [BINARY…]     # default: target/release/flex-auth; ACTORS=100000 SWAPS=10
 #
-# Loopback only; every wait bounded. Installs curl (Debian) when missing. Prints Markdown.
+# The last column says whether the peak stays inside LIMIT_MIB (default 256, the chart's default
+# memory limit): a pod over it is OOM-killed. Loopback only; every wait bounded. Installs curl
+# (Debian) when missing. Prints Markdown.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +17,7 @@ ACTORS=${ACTORS:-100000}
 SWAPS=${SWAPS:-10}
 SETTLE=${SETTLE:-15}
 PORT=${PORT:-18200}
+LIMIT_MIB=${LIMIT_MIB:-256}
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need curl; then
@@ -61,8 +64,17 @@ wait_for() { # wait_for PREDICATE-COMMAND… (bounded: 120 s)
 }
 ready() { curl -fsS -o /dev/null "http://127.0.0.1:$PORT/readyz" 2>/dev/null; }
 
-echo "| binary | load ms | idle RSS MiB | peak MiB | after $SWAPS swaps MiB | after ${SETTLE}s MiB | slowest swap ms |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+phases() { # the server's own account of its last load, when it gives one
+  curl -fsS "http://127.0.0.1:$PORT/v1/status" 2>/dev/null | python3 -c '
+import json, sys
+r = json.load(sys.stdin)["registry"]
+p = r.get("load_phases_ms")
+print("-" if not p else "%.0f / %.0f / %.0f / %.2f" % (p["read"], p["parse_validate"], p["compile"], p["swap"]))
+' 2>/dev/null || echo "-"
+}
+
+echo "| binary | load ms | server: read / parse+validate / compile / swap ms | idle RSS MiB | peak MiB | after $SWAPS swaps MiB | after ${SETTLE}s MiB | slowest swap ms | peak ≤ $LIMIT_MIB MiB |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
 for binary in "${binaries[@]}"; do
   cp "$work/a.json" "$work/registry.json"
   start=$(date +%s%N)
@@ -89,9 +101,11 @@ for binary in "${binaries[@]}"; do
   sleep "$SETTLE"
   settled=$(kib "$pid" VmRSS)
   peak=$(kib "$pid" VmHWM)
+  server=$(phases)
   kill "$pid"; wait "$pid" 2>/dev/null || true
   pid=""
-  echo "| \`$binary\` | $load_ms | $(mib "$idle") | $(mib "$peak") | $(mib "$after") | $(mib "$settled") | $slowest |"
+  fits=no; [ "$(mib "$peak")" -le "$LIMIT_MIB" ] && fits=yes
+  echo "| \`$binary\` | $load_ms | $server | $(mib "$idle") | $(mib "$peak") | $(mib "$after") | $(mib "$settled") | $slowest | $fits |"
 done
 echo
 echo "$ACTORS actors ($(du -m "$work/a.json" | cut -f1) MB of JSON), $SWAPS swaps, commit $(git rev-parse --short HEAD), $(date -u +%F), $(nproc) cores"

@@ -230,6 +230,20 @@ impl ActorStore {
     }
 }
 
+/// One attribute of an actor for [`StoreBuilder::push_plain`].
+pub enum PlainAttr<'a> {
+    /// A free attribute's JSON.
+    Json(&'a serde_json::Value),
+    /// A set of strings.
+    Strings(&'a [String]),
+    /// A set of entity references of one type.
+    Refs(&'a EntityTypeName, &'a [String]),
+    /// A long.
+    Long(i64),
+    /// A string.
+    Str(&'a str),
+}
+
 /// Builds an [`ActorStore`] one validated actor at a time.
 pub struct StoreBuilder {
     store: ActorStore,
@@ -353,16 +367,114 @@ impl StoreBuilder {
         })
     }
 
+    /// Add one actor from plain JSON attributes, the way [`crate::cedar_json`] maps them onto
+    /// Cedar (string, boolean, 64-bit integer, array → set, object → record): for an actor
+    /// whose directly built entity the schema accepted, these are the values Cedar holds, and
+    /// this skips reading them back out of Cedar. `subjects` become `subject_type` references.
+    /// `None` when a value is not plain JSON (the caller then uses [`StoreBuilder::push`]).
+    pub fn push_plain(
+        &mut self,
+        id: &str,
+        attrs: &[(&str, PlainAttr<'_>)],
+        parents: &[EntityUid],
+    ) -> Option<Result<(), String>> {
+        let mut fields = Vec::with_capacity(attrs.len());
+        for (key, value) in attrs {
+            let key = match self.intern(key) {
+                Ok(k) => k,
+                Err(e) => return Some(Err(e)),
+            };
+            let value = match value {
+                PlainAttr::Json(v) => self.plain(v, 0)?,
+                PlainAttr::Strings(items) => self.strings(items, None),
+                PlainAttr::Refs(t, items) => self.strings(items, Some(t)),
+                PlainAttr::Long(n) => Ok(Val::Long(*n)),
+                PlainAttr::Str(s) => self.intern(s).map(Val::Str),
+            };
+            match value {
+                Ok(v) => fields.push((key, v)),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        Some(self.add(id, fields, parents))
+    }
+
+    fn strings(
+        &mut self,
+        items: &[String],
+        entity_type: Option<&EntityTypeName>,
+    ) -> Result<Val, String> {
+        let t = entity_type.map(|t| self.type_ix(t)).transpose()?;
+        let mut members = Vec::with_capacity(items.len());
+        for item in items {
+            let sym = self.intern(item)?;
+            members.push(match t {
+                Some(t) => Val::Entity(t, sym),
+                None => Val::Str(sym),
+            });
+        }
+        Ok(Val::Set(push_span(&mut self.store.values, members)?))
+    }
+
+    /// `None`: not plain JSON. `Some(Err)`: the store is full.
+    fn plain(&mut self, value: &serde_json::Value, depth: usize) -> Option<Result<Val, String>> {
+        use serde_json::Value as J;
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        Some(match value {
+            J::String(s) => self.intern(s).map(Val::Str),
+            J::Bool(b) => Ok(Val::Bool(*b)),
+            J::Number(n) => Ok(Val::Long(n.as_i64()?)),
+            J::Array(items) => {
+                let mut members = Vec::with_capacity(items.len());
+                for item in items {
+                    match self.plain(item, depth + 1)? {
+                        Ok(v) => members.push(v),
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+                push_span(&mut self.store.values, members).map(Val::Set)
+            }
+            J::Object(map) => {
+                let mut fields = Vec::with_capacity(map.len());
+                for (key, item) in map {
+                    if key.starts_with("__") {
+                        return None;
+                    }
+                    let key = match self.intern(key) {
+                        Ok(k) => k,
+                        Err(e) => return Some(Err(e)),
+                    };
+                    match self.plain(item, depth + 1)? {
+                        Ok(v) => fields.push((key, v)),
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+                push_span(&mut self.store.fields, fields).map(Val::Record)
+            }
+            J::Null => return None,
+        })
+    }
+
     /// Add one actor: its validated Cedar entity and its parents (as the snapshot lists them).
     pub fn push(&mut self, entity: &Entity, parents: &[EntityUid]) -> Result<(), String> {
-        let uid = entity.uid();
-        let id = self.intern(uid.id().unescaped())?;
         let mut attrs = Vec::new();
         for (key, value) in entity.attrs() {
             let value = value.map_err(|e| format!("attribute `{key}`: {e}"))?;
             let key = self.intern(key)?;
             attrs.push((key, self.value(&value, 0)?));
         }
+        self.add(entity.uid().id().unescaped(), attrs, parents)
+    }
+
+    fn add(
+        &mut self,
+        id: &str,
+        attrs: Vec<(Sym, Val)>,
+        parents: &[EntityUid],
+    ) -> Result<(), String> {
+        let id = self.intern(id)?;
         let attrs = push_span(&mut self.store.fields, attrs)?;
         let mut links = Vec::with_capacity(parents.len());
         for parent in parents {

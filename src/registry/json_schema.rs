@@ -52,7 +52,10 @@ pub(super) fn actor_schema_errors(
         Ok(pair) => pair,
         Err(e) => return (vec![e], 1, actor),
     };
-    let wrapper = serde_json::json!({ "actors": [actor] });
+    // Built by hand: `json!` would deep-copy the actor through serialization.
+    let mut top = serde_json::Map::new();
+    top.insert("actors".to_owned(), Value::Array(vec![actor]));
+    let wrapper = Value::Object(top);
     let mut errors = Vec::new();
     let mut total = 0usize;
     for error in validator.iter_errors(&wrapper) {

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 
 use crate::cedar_json;
 
-use super::compact::StoreBuilder;
+use super::compact::{PlainAttr, StoreBuilder};
 use super::{cedar_message, ACTOR_TYPE, MAX_REPORTED_ERRORS, RESERVED_ATTRIBUTES, SUBJECT_TYPE};
 
 /// A whole snapshot's actors (the top-level fields are checked by the JSON Schema and read by
@@ -131,7 +131,24 @@ pub(super) fn compile_batch(
     schema: Option<&Schema>,
     builder: &mut StoreBuilder,
 ) -> Result<(), String> {
-    let validated = validate(actors, schema).map_err(|m| locate_in_snapshot(actors, offset, m))?;
+    // The usual case: the directly built entities are what the schema accepts, so the values
+    // Cedar holds are the plain JSON mapping, and the store takes them from the JSON.
+    if let Some(direct) = build_entities(actors) {
+        if Entities::from_entities(direct, schema).is_ok() {
+            let subject_type = EntityTypeName::from_str(SUBJECT_TYPE).map_err(|e| e.to_string())?;
+            for actor in actors {
+                push_plain(actor, &subject_type, builder).ok_or_else(|| {
+                    format!(
+                        "actor `{}`: validated in its direct form but not plain JSON",
+                        actor.id
+                    )
+                })??;
+            }
+            return Ok(());
+        }
+    }
+    let validated = Entities::from_json_value(entities_json(actors), schema)
+        .map_err(|e| locate_in_snapshot(actors, offset, cedar_message(&e)))?;
     for actor in actors {
         let uid = EntityUid::from_type_name_and_id(
             builder.actor_type().clone(),
@@ -145,13 +162,31 @@ pub(super) fn compile_batch(
     Ok(())
 }
 
-fn validate(actors: &[Actor], schema: Option<&Schema>) -> Result<Entities, String> {
-    if let Some(direct) = build_entities(actors) {
-        if let Ok(entities) = Entities::from_entities(direct, schema) {
-            return Ok(entities);
-        }
+fn push_plain(
+    actor: &Actor,
+    subject_type: &EntityTypeName,
+    builder: &mut StoreBuilder,
+) -> Option<Result<(), String>> {
+    let parents = match actor.parents() {
+        Ok(p) => p,
+        Err(e) => return Some(Err(e)),
+    };
+    let mut attrs: Vec<(&str, PlainAttr<'_>)> = Vec::with_capacity(actor.attributes.len() + 5);
+    attrs.push(("type", PlainAttr::Str(&actor.actor_type)));
+    attrs.push(("principals", PlainAttr::Strings(&actor.principals)));
+    attrs.push((
+        "allowed_subjects",
+        PlainAttr::Refs(subject_type, &actor.allowed_subjects),
+    ));
+    attrs.push(("max_ttl_hours", PlainAttr::Long(actor.max_ttl_hours)));
+    attrs.push((
+        "default_ttl_hours",
+        PlainAttr::Long(actor.default_ttl_hours),
+    ));
+    for (key, value) in &actor.attributes {
+        attrs.push((key, PlainAttr::Json(value)));
     }
-    Entities::from_json_value(entities_json(actors), schema).map_err(|e| cedar_message(&e))
+    builder.push_plain(&actor.id, &attrs, &parents)
 }
 
 /// Relationships between actors must not form a cycle (Cedar's hierarchy is a DAG; the whole
