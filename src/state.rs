@@ -284,6 +284,53 @@ fn drop_off_the_request_path(old: Arc<Loaded>) {
     drop(old);
 }
 
+/// Run a load on a thread of its own that ends with it, then have the allocator collect once
+/// its purge delay has passed. A load allocates and frees several times the registry's final
+/// size (the file, one actor's JSON at a time, Cedar's form of a batch) and the swap frees the
+/// previous registry. mimalloc, the binary's allocator, gives freed memory back to the OS only
+/// when it is freed by (or the thread that held it exits) *and* a later collection finds its
+/// purge delay (1 s) passed — which an idle server never asks for: 145 MiB stayed resident
+/// for 100,000 actors where 62 are live (`docs/benchmarks.md`, "Compact registry"). So the
+/// load's thread exits when the load is done, and a short-lived thread exits after the delay;
+/// a thread's exit is such a collection. Nobody waits for the second thread. With another
+/// allocator this costs two thread starts per load. Runs `f` here when no thread can be started.
+fn on_own_thread<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    /// mimalloc's default purge delay, plus margin.
+    const PURGE_AFTER: std::time::Duration = std::time::Duration::from_millis(1_200);
+    let mut job = Some(f);
+    let ran = std::thread::scope(|scope| {
+        let spawned = std::thread::Builder::new()
+            .name("flex-auth-load".to_owned())
+            .spawn_scoped(scope, || job.take().map(|f| f()));
+        match spawned {
+            Ok(handle) => Some(handle.join()),
+            Err(_) => None,
+        }
+    });
+    let result = match ran {
+        Some(Ok(Some(result))) => result,
+        // The load panicked: carry on unwinding, as if it had run here.
+        Some(Err(payload)) => std::panic::resume_unwind(payload),
+        Some(Ok(None)) | None => match job.take() {
+            Some(f) => f(),
+            None => std::panic::resume_unwind(Box::new("the load thread ended without running")),
+        },
+    };
+    let collector = std::thread::Builder::new()
+        .name("flex-auth-collect".to_owned())
+        .spawn(|| {
+            // An allocation of its own, so that the allocator knows this thread and collects
+            // when it exits.
+            let own = std::hint::black_box(vec![0u8; 64]);
+            std::thread::sleep(PURGE_AFTER);
+            drop(own);
+        });
+    if let Err(e) = collector {
+        tracing::debug!(error = %e, "cannot start the thread that returns a load's memory");
+    }
+    result
+}
+
 /// Readiness check name and runbook anchor while the process drains after SIGTERM.
 pub const SHUTTING_DOWN: &str = "shutting-down";
 
@@ -376,6 +423,10 @@ impl State {
     /// and swap it in. On failure the engine in force stays and the failure is remembered.
     /// Blocking (file I/O and compilation): call it off the async runtime's worker threads.
     pub fn reload(&self, trigger: Trigger) -> Result<ReloadOutcome, Arc<ReloadFailure>> {
+        on_own_thread(|| self.reload_here(trigger))
+    }
+
+    fn reload_here(&self, trigger: Trigger) -> Result<ReloadOutcome, Arc<ReloadFailure>> {
         // A poisoned lock only means another reload panicked; the state itself is an ArcSwap
         // and is never left half-written, so carry on.
         let mut disk = self
@@ -405,6 +456,10 @@ impl State {
     /// Validate a pushed registry (in the source's format) against the policy package in force
     /// and swap it in, without touching the files. Blocking.
     pub fn install_registry(&self, bytes: &[u8], origin: &str) -> Result<(), Arc<ReloadFailure>> {
+        on_own_thread(|| self.install_registry_here(bytes, origin))
+    }
+
+    fn install_registry_here(&self, bytes: &[u8], origin: &str) -> Result<(), Arc<ReloadFailure>> {
         let _serialized = self
             .reload_lock
             .lock()

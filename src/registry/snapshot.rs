@@ -117,7 +117,7 @@ impl Actor {
 
 /// How many actors Cedar validates at once: large enough that the schema's action entities,
 /// added to every batch, cost nothing, small enough that a batch's Cedar entities stay a few MiB.
-pub(super) const VALIDATION_BATCH: usize = 4096;
+pub(super) const VALIDATION_BATCH: usize = 256;
 
 /// Validate a batch of actors (the first at `actors[offset]`) against the schema, and add each
 /// to the store in the form Cedar produced (schema-directed conversions included); the batch's
