@@ -60,6 +60,25 @@ fn decide(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("deny", size), &deny, |b, r| {
             b.iter(|| engine.decide(black_box(r)).unwrap())
         });
+        // Every request from another subject: more distinct (subject, action, resource) keys
+        // than the slice cache holds, so each request builds its slice (a deny: the subjects
+        // are not the actor's).
+        let distinct: Vec<CheckRequest> = (0..8 * 1024)
+            .map(|k| {
+                let mut r = request.clone();
+                r.subject.id = format!("caller-{k}");
+                r
+            })
+            .collect();
+        let mut next = 0usize;
+        group.bench_function(BenchmarkId::new("deny_uncached", size), |b| {
+            b.iter(|| {
+                next = (next + 1) % distinct.len();
+                engine
+                    .decide(black_box(distinct.get(next).unwrap()))
+                    .unwrap()
+            })
+        });
         if size <= WHOLE_STORE_UP_TO {
             let whole = whole_store_engine(&snapshot);
             assert_eq!(whole.decide(&request).unwrap().decision, Decision::Allow);

@@ -230,6 +230,11 @@ The required file run answered $log_req_answered requests (wrk's count) and wrot
 | peak under load, $BIG_ACTORS actors | $(mib "$load_big") |
 EOF2
 
+# 5b. Memory through repeated reloads of $BIG_ACTORS actors, and whether the peak fits the chart's
+#     default 256 MiB limit.
+echo
+ACTORS="$BIG_ACTORS" scripts/reload-memory.sh "$BIN"
+
 # 6. Proxy overhead: direct vs flex-auth proxy vs nginx auth_request → flex-auth.
 echo
 DURATION="$DURATION" CONNECTIONS="$CONNECTIONS" scripts/load-proxy.sh

@@ -17,9 +17,12 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use std::sync::Arc;
+
 use crate::cedar_json;
 use crate::policy::PolicyPackage;
 use crate::registry::{Registry, SUBJECT_TYPE};
+use crate::slice_cache::SliceCache;
 
 /// Reason reported by a deny that no `forbid` determined: no `permit` matched.
 pub const REASON_NO_MATCHING_PERMIT: &str = "no_matching_permit";
@@ -199,6 +202,8 @@ pub struct Engine {
     action_type: EntityTypeName,
     /// Entity uids the policies name literally (`Team::"ops"`): seeds of every slice.
     literals: Vec<EntityUid>,
+    /// Slices already built, for requests whose context names no entity.
+    slices: SliceCache,
 }
 
 impl Engine {
@@ -254,6 +259,7 @@ impl Engine {
             default_subject_type,
             action_type,
             literals,
+            slices: SliceCache::default(),
         })
     }
 
@@ -298,7 +304,30 @@ impl Engine {
         if let Some(store) = self.registry.whole_store() {
             return Ok(self.evaluate(&cedar_request, store));
         }
-        let entities = self.slice(&cedar_request, request, &[], PropertiesMode::Ignore)?;
+        // The slice depends on the three uids alone unless the context names an entity.
+        let context_refs = request.context.as_ref().is_some_and(|context| {
+            let mut refs = Vec::new();
+            for value in context.values() {
+                cedar_json::entity_refs(value, &mut refs);
+            }
+            !refs.is_empty()
+        });
+        let key = match (
+            cedar_request.principal(),
+            cedar_request.action(),
+            cedar_request.resource(),
+        ) {
+            (Some(p), Some(a), Some(r)) if !context_refs => Some((p.clone(), a.clone(), r.clone())),
+            _ => None,
+        };
+        if let Some(slice) = key.as_ref().and_then(|k| self.slices.get(k)) {
+            return Ok(self.evaluate(&cedar_request, &slice));
+        }
+        let entities =
+            Arc::new(self.slice(&cedar_request, request, &[], PropertiesMode::Ignore)?);
+        if let Some(key) = key {
+            self.slices.insert(key, Arc::clone(&entities));
+        }
         Ok(self.evaluate(&cedar_request, &entities))
     }
 

@@ -28,6 +28,7 @@ pub mod registry;
 pub mod reload;
 pub mod routes;
 pub mod server;
+pub mod slice_cache;
 pub mod state;
 pub mod suite;
 pub mod telemetry;

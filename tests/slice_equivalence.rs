@@ -479,6 +479,37 @@ fn a_team_reached_through_a_parent_actor_decides_alike() {
     assert_same(&compact, &whole, &ids_of(&registry), &request, None);
 }
 
+/// Slices are reused for later requests with the same principal, action and resource: two
+/// requests that differ only in the principal must not share one (the second principal's
+/// parents would be missing).
+#[test]
+fn requests_that_differ_only_in_the_principal_decide_alike() {
+    let registry = snapshot(vec![
+        json!({"id": "a0", "type": "agent", "principals": [], "allowed_subjects": [],
+               "max_ttl_hours": 8, "default_ttl_hours": 1,
+               "relationships": [{"type": "Actor", "id": "a1"}]}),
+        json!({"id": "a1", "type": "agent", "principals": [], "allowed_subjects": [],
+               "max_ttl_hours": 8, "default_ttl_hours": 1}),
+        json!({"id": "a5", "type": "agent", "principals": [], "allowed_subjects": [],
+               "max_ttl_hours": 8, "default_ttl_hours": 1}),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policies.cedar"), POLICIES[10]).unwrap();
+    let (compact, whole) = engines(|| package(dir.path()), &registry).expect("loads");
+    let ids = ids_of(&registry);
+    for (principal, expected) in [("a5", "deny"), ("a0", "allow"), ("a5", "deny")] {
+        let request: CheckRequest = serde_json::from_value(json!({
+            "subject": {"type": "Actor", "id": principal}, "action": "read",
+            "resource": {"type": "Actor", "id": "a5"},
+        }))
+        .unwrap();
+        assert_eq!(compact.decide(&request).unwrap().decision.as_str(), expected);
+        assert_same(&compact, &whole, &ids, &request, None);
+        // Again: now from the cache.
+        assert_eq!(compact.decide(&request).unwrap().decision.as_str(), expected);
+    }
+}
+
 /// A cycle through actors' relationships is refused by both stores, naming the actor.
 #[test]
 fn a_relationship_cycle_is_refused_naming_the_actor() {
