@@ -11,6 +11,7 @@
 # bounded by DURATION. Installs wrk and curl (Debian packages) when missing. Prints Markdown.
 #
 #   scripts/load-baseline.sh [BASE]            # DURATION=10s CONNECTIONS=32 by default
+#   BASE_BINARY=… HEAD_BINARY=… scripts/load-baseline.sh BASE   # binaries already built
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,13 +43,19 @@ trap cleanup EXIT
 head_rev=$(git rev-parse --short HEAD)
 base_rev=$(git rev-parse --short "$BASE")
 echo "building HEAD ($head_rev) and BASE ($base_rev) in release mode" >&2
-cargo build --release --locked --bin flex-auth --example gen_registry >&2
-cp target/release/flex-auth "$work/flex-auth-head"
-git worktree add --detach "$work/base" "$BASE" >&2
-# The same target directory: the locked dependencies are shared, only flex-auth itself rebuilds.
-(cd "$work/base" && CARGO_TARGET_DIR="$OLDPWD/target" cargo build --release --locked --bin flex-auth >&2)
-cp target/release/flex-auth "$work/flex-auth-base"
-cp "$work/flex-auth-head" target/release/flex-auth
+cargo build --release --locked --example gen_registry >&2
+if [ -n "${BASE_BINARY:-}" ] && [ -n "${HEAD_BINARY:-}" ]; then
+  cp "$HEAD_BINARY" "$work/flex-auth-head"
+  cp "$BASE_BINARY" "$work/flex-auth-base"
+else
+  cargo build --release --locked --bin flex-auth >&2
+  cp target/release/flex-auth "$work/flex-auth-head"
+  git worktree add --detach "$work/base" "$BASE" >&2
+  # The same target directory: the locked dependencies are shared, only flex-auth rebuilds.
+  (cd "$work/base" && CARGO_TARGET_DIR="$OLDPWD/target" cargo build --release --locked --bin flex-auth >&2)
+  cp target/release/flex-auth "$work/flex-auth-base"
+  cp "$work/flex-auth-head" target/release/flex-auth
+fi
 target/release/examples/gen_registry "$BIG_ACTORS" >"$work/big.json"
 
 wait_ready() {

@@ -503,10 +503,16 @@ fn requests_that_differ_only_in_the_principal_decide_alike() {
             "resource": {"type": "Actor", "id": "a5"},
         }))
         .unwrap();
-        assert_eq!(compact.decide(&request).unwrap().decision.as_str(), expected);
+        assert_eq!(
+            compact.decide(&request).unwrap().decision.as_str(),
+            expected
+        );
         assert_same(&compact, &whole, &ids, &request, None);
         // Again: now from the cache.
-        assert_eq!(compact.decide(&request).unwrap().decision.as_str(), expected);
+        assert_eq!(
+            compact.decide(&request).unwrap().decision.as_str(),
+            expected
+        );
     }
 }
 
