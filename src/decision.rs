@@ -298,7 +298,7 @@ impl Engine {
     ///
     /// A raw Cedar entities file is evaluated as Cedar holds it; a snapshot's actors are kept
     /// compact, and the request is evaluated against the slice of them it reaches
-    /// ([`Engine::slice`]).
+    /// (`Engine::slice`).
     pub fn decide(&self, request: &CheckRequest) -> Result<Outcome, RequestError> {
         let cedar_request = self.cedar_request(request)?;
         if let Some(store) = self.registry.whole_store() {
@@ -336,7 +336,7 @@ impl Engine {
     /// they are merged with the attributes the loaded registry or entities hold for that entity
     /// (an entity the store does not hold exists with just these, unless the registry is the
     /// only source of its type). The loaded entities are not touched: the request is evaluated against
-    /// the slice of them it can reach (see [`Engine::slice`]) with the merged entities in it.
+    /// the slice of them it can reach (see `Engine::slice`) with the merged entities in it.
     pub fn decide_with_properties(
         &self,
         request: &CheckRequest,
