@@ -132,11 +132,6 @@ impl ActorStore {
             .map(|&ix| ix as usize)
     }
 
-    /// Whether `uid` names an actor of this store.
-    pub fn contains(&self, uid: &EntityUid) -> bool {
-        uid.type_name() == &self.actor_type && self.find(uid.id().unescaped()).is_some()
-    }
-
     /// The Cedar entity of the actor `uid` names, rebuilt, with the uids it refers to (parents
     /// and entity references in its attributes) that the store or the schema's actions could
     /// hold pushed onto `refs`. `None` when `uid` is not one of the store's actors.
