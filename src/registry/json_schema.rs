@@ -57,8 +57,16 @@ pub(super) fn actor_schema_errors(
     top.insert("actors".to_owned(), Value::Array(vec![actor]));
     let wrapper = Value::Object(top);
     let mut errors = Vec::new();
+    // The usual actor is valid: `is_valid` stops at nothing and builds no error, where
+    // `iter_errors` prepares every error it could report.
+    let valid = validator.is_valid(&wrapper);
     let mut total = 0usize;
-    for error in validator.iter_errors(&wrapper) {
+    let found = if valid {
+        None
+    } else {
+        Some(validator.iter_errors(&wrapper))
+    };
+    for error in found.into_iter().flatten() {
         total += 1;
         if errors.len() < room {
             let line = describe_schema_error(schema, &wrapper, &error);
