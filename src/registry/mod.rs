@@ -18,6 +18,7 @@ use serde_json::Value;
 
 mod compact;
 mod json_schema;
+mod shape;
 mod snapshot;
 mod stream;
 

@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 use crate::cedar_json;
 
 use super::compact::{PlainAttr, StoreBuilder};
+use super::shape::Shapes;
 use super::{cedar_message, ACTOR_TYPE, MAX_REPORTED_ERRORS, RESERVED_ATTRIBUTES, SUBJECT_TYPE};
 
 /// A whole snapshot's actors (the top-level fields are checked by the JSON Schema and read by
@@ -27,20 +28,20 @@ pub(super) struct Actor {
     id: String,
     #[serde(rename = "type")]
     actor_type: String,
-    principals: Vec<String>,
-    allowed_subjects: Vec<String>,
+    pub(super) principals: Vec<String>,
+    pub(super) allowed_subjects: Vec<String>,
     max_ttl_hours: i64,
     default_ttl_hours: i64,
     #[serde(default)]
-    relationships: Vec<EntityRef>,
+    pub(super) relationships: Vec<EntityRef>,
     #[serde(default)]
-    attributes: Map<String, Value>,
+    pub(super) attributes: Map<String, Value>,
 }
 
 #[derive(Debug, Deserialize)]
 pub(super) struct EntityRef {
     #[serde(rename = "type")]
-    entity_type: String,
+    pub(super) entity_type: String,
     id: String,
 }
 
@@ -122,30 +123,60 @@ pub(super) const VALIDATION_BATCH: usize = 256;
 /// Validate a batch of actors (the first at `actors[offset]`) against the schema, and add each
 /// to the store in the form Cedar produced (schema-directed conversions included); the batch's
 /// Cedar entities are dropped on return, so Cedar's form of the whole registry never exists at
-/// once. Entities are built directly (see [`crate::cedar_json`]); only when that is impossible
-/// or the schema rejects the direct form does Cedar's JSON reader run, for its schema-directed
-/// conversions and its precise error messages.
+/// once. Entities are built directly (see [`crate::cedar_json`]), and only for one actor of each
+/// shape Cedar has not accepted yet ([`Shapes`]); only when that is impossible or the schema
+/// rejects the direct form does Cedar's JSON reader run over the whole batch, for its
+/// schema-directed conversions and its precise error messages.
 pub(super) fn compile_batch(
     actors: &[Actor],
     offset: usize,
     schema: Option<&Schema>,
     builder: &mut StoreBuilder,
+    shapes: &mut Shapes,
 ) -> Result<(), String> {
-    // The usual case: the directly built entities are what the schema accepts, so the values
-    // Cedar holds are the plain JSON mapping, and the store takes them from the JSON.
-    if let Some(direct) = build_entities(actors) {
-        if Entities::from_entities(direct, schema).is_ok() {
-            let subject_type = EntityTypeName::from_str(SUBJECT_TYPE).map_err(|e| e.to_string())?;
-            for actor in actors {
-                push_plain(actor, &subject_type, builder).ok_or_else(|| {
-                    format!(
-                        "actor `{}`: validated in its direct form but not plain JSON",
-                        actor.id
-                    )
-                })??;
+    let keys: Option<Vec<Box<[u8]>>> = actors.iter().map(|a| shapes.key(a)).collect();
+    let direct = match keys {
+        // Every actor has a shape: Cedar sees one actor of each shape it has not accepted yet.
+        Some(keys) => {
+            let mut first: HashMap<&[u8], usize> = HashMap::new();
+            for (i, key) in keys.iter().enumerate() {
+                if !shapes.accepted(key) {
+                    first.entry(key).or_insert(i);
+                }
             }
-            return Ok(());
+            let mut unseen: Vec<usize> = first.into_values().collect();
+            unseen.sort_unstable();
+            let representatives: Vec<&Actor> =
+                unseen.iter().filter_map(|&i| actors.get(i)).collect();
+            let accepted = representatives.is_empty()
+                || build_entities(representatives.iter().copied())
+                    .is_some_and(|entities| Entities::from_entities(entities, schema).is_ok());
+            if accepted {
+                for i in unseen {
+                    if let Some(key) = keys.get(i) {
+                        shapes.accept(key.clone());
+                    }
+                }
+            }
+            accepted
         }
+        // The usual case otherwise: the directly built entities are what the schema accepts.
+        None => build_entities(actors.iter())
+            .is_some_and(|entities| Entities::from_entities(entities, schema).is_ok()),
+    };
+    // Accepted in their direct form: the values Cedar holds are the plain JSON mapping, and the
+    // store takes them from the JSON.
+    if direct {
+        let subject_type = EntityTypeName::from_str(SUBJECT_TYPE).map_err(|e| e.to_string())?;
+        for actor in actors {
+            push_plain(actor, &subject_type, builder).ok_or_else(|| {
+                format!(
+                    "actor `{}`: validated in its direct form but not plain JSON",
+                    actor.id
+                )
+            })??;
+        }
+        return Ok(());
     }
     let validated = Entities::from_json_value(entities_json(actors), schema)
         .map_err(|e| locate_in_snapshot(actors, offset, cedar_message(&e)))?;
@@ -286,14 +317,14 @@ fn locate_in_snapshot(actors: &[Actor], offset: usize, message: String) -> Strin
     format!("{field} (actor `{id}`): {problem}")
 }
 
-fn build_entities(actors: &[Actor]) -> Option<Vec<Entity>> {
+fn build_entities<'a>(actors: impl Iterator<Item = &'a Actor>) -> Option<Vec<Entity>> {
     let actor_type = EntityTypeName::from_str(ACTOR_TYPE).ok()?;
     let subject_type = EntityTypeName::from_str(SUBJECT_TYPE).ok()?;
     let mut parent_types: HashMap<&str, EntityTypeName> = HashMap::new();
     let strings = |v: &[String]| {
         RestrictedExpression::new_set(v.iter().cloned().map(RestrictedExpression::new_string))
     };
-    let mut out = Vec::with_capacity(actors.len());
+    let mut out = Vec::with_capacity(actors.size_hint().0);
     for actor in actors {
         let mut attrs: HashMap<String, RestrictedExpression> =
             HashMap::with_capacity(actor.attributes.len() + 5);

@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use super::compact::{ActorStore, StoreBuilder};
 use super::json_schema::{actor_schema_errors, schema_errors};
+use super::shape::Shapes;
 use super::snapshot::{actor_errors, acyclic, compile_batch, Actor, VALIDATION_BATCH};
 use super::{cedar_message, ACTOR_TYPE, MAX_REPORTED_ERRORS};
 
@@ -53,6 +54,7 @@ pub(super) enum Refused {
 struct Loader<'s> {
     schema: Option<&'s Schema>,
     builder: StoreBuilder,
+    shapes: Shapes,
     batch: Vec<Actor>,
     /// Ids in `batch`, with their positions (ids already in the store are found there).
     batch_ids: HashMap<String, usize>,
@@ -119,7 +121,13 @@ impl Loader<'_> {
     fn compile_batch(&mut self) {
         let started = Instant::now();
         let offset = self.builder.len();
-        if let Err(e) = compile_batch(&self.batch, offset, self.schema, &mut self.builder) {
+        if let Err(e) = compile_batch(
+            &self.batch,
+            offset,
+            self.schema,
+            &mut self.builder,
+            &mut self.shapes,
+        ) {
             self.cedar_error = Some(e);
         }
         self.batch.clear();
@@ -139,6 +147,7 @@ pub(super) fn load(bytes: &[u8], schema: Option<&Schema>) -> Result<Loaded, Refu
     let mut loader = Loader {
         schema,
         builder: StoreBuilder::new(actor_type, &actions, estimate),
+        shapes: Shapes::new(schema),
         batch: Vec::with_capacity(VALIDATION_BATCH.min(estimate.max(1))),
         batch_ids: HashMap::new(),
         actor_parents: Vec::new(),
