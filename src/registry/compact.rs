@@ -268,7 +268,7 @@ impl StoreBuilder {
                 actors: Vec::with_capacity(capacity),
                 by_id: HashTable::with_capacity(capacity),
                 hasher: DefaultHashBuilder::default(),
-                values: Vec::with_capacity(capacity.saturating_mul(8)),
+                values: Vec::with_capacity(capacity.saturating_mul(4)),
                 fields: Vec::with_capacity(capacity.saturating_mul(7)),
                 parents: Vec::new(),
                 types: Vec::new(),
