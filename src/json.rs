@@ -302,25 +302,81 @@ impl<'de> Visitor<'de> for Build<'_> {
     }
 }
 
+/// One element of a streamed array, as its text: a caller may read it typed, or as a [`Value`]
+/// with [`Element::value`] (keys checked, paths named from the document's top).
+pub struct Element<'a> {
+    raw: &'a str,
+    index: usize,
+    member: &'a str,
+}
+
+impl Element<'_> {
+    /// The element's JSON text, exactly as in the document (already known to be JSON).
+    pub fn raw(&self) -> &str {
+        self.raw
+    }
+
+    /// Its position in the array.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The element as a [`Value`], refusing a duplicate key with its path in the whole
+    /// document (`actors[3].attributes.team`).
+    pub fn value(&self) -> Result<Value, JsonError> {
+        parse_value(self.raw.as_bytes()).map_err(|e| match e {
+            JsonError::DuplicateKey { path } => {
+                let at = format!("{}[{}]", self.member, self.index);
+                JsonError::DuplicateKey {
+                    path: if path.is_empty() {
+                        at
+                    } else if path.starts_with('[') {
+                        format!("{at}{path}")
+                    } else {
+                        format!("{at}.{path}")
+                    },
+                }
+            }
+            other => other,
+        })
+    }
+}
+
+/// For `#[serde(deserialize_with = "crate::json::strict_map")]`: a JSON object read as
+/// [`parse_value`] reads it — a duplicate key at any depth is an error.
+pub fn strict_map<'de, D: de::Deserializer<'de>>(d: D) -> Result<Map<String, Value>, D::Error> {
+    let mut trail = Trail::default();
+    match (Build { trail: &mut trail }).deserialize(d)? {
+        Value::Object(map) => Ok(map),
+        _ => Err(de::Error::custom("expected a JSON object")),
+    }
+}
+
 /// Parse a JSON object, checking keys at every depth as [`parse_value`] does, with one member
 /// streamed: when `streamed` names an array, its elements are handed to `each` one at a time, in
-/// order, with their index, and never held together. Returns the other members, and whether the
-/// streamed member was an array (a non-array value under that key is returned as a member like
-/// the others, for the caller's schema check to name). The top level must be an object.
+/// order, as text ([`Element`]), and never held together; an error from `each` ends the parse
+/// with that error. Returns the other members, and whether the streamed member was an array (a
+/// non-array value under that key is returned as a member like the others, for the caller's
+/// schema check to name). The top level must be an object.
 pub fn parse_streamed(
     bytes: &[u8],
     streamed: &str,
-    each: &mut dyn FnMut(usize, Value),
+    each: &mut dyn FnMut(Element<'_>) -> Result<(), JsonError>,
 ) -> Result<(Map<String, Value>, bool), JsonError> {
     let mut trail = Trail::default();
+    let mut failed = None;
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let parsed = Top {
         trail: &mut trail,
         streamed,
         each,
+        failed: &mut failed,
     }
     .deserialize(&mut de)
     .and_then(|top| de.end().map(|()| top));
+    if let Some(e) = failed {
+        return Err(e);
+    }
     parsed.map_err(|e| trail.into_error(e))
 }
 
@@ -328,7 +384,8 @@ pub fn parse_streamed(
 struct Top<'t, 'f> {
     trail: &'t mut Trail,
     streamed: &'t str,
-    each: &'f mut dyn FnMut(usize, Value),
+    each: &'f mut dyn FnMut(Element<'_>) -> Result<(), JsonError>,
+    failed: &'t mut Option<JsonError>,
 }
 
 impl<'de> DeserializeSeed<'de> for Top<'_, '_> {
@@ -353,7 +410,9 @@ impl<'de> Visitor<'de> for Top<'_, '_> {
             let value = if key == self.streamed {
                 map.next_value_seed(Elements {
                     trail: &mut *self.trail,
+                    member: self.streamed,
                     each: &mut *self.each,
+                    failed: &mut *self.failed,
                 })
             } else {
                 map.next_value_seed(Build {
@@ -376,11 +435,13 @@ impl<'de> Visitor<'de> for Top<'_, '_> {
     }
 }
 
-/// The streamed member: an array's elements go to `each` (and the value is `None`); anything
-/// else is built as a [`Value`].
+/// The streamed member: an array's elements go to `each` as text (and the value is `None`);
+/// anything else is built as a [`Value`].
 struct Elements<'t, 'f> {
     trail: &'t mut Trail,
-    each: &'f mut dyn FnMut(usize, Value),
+    member: &'t str,
+    each: &'f mut dyn FnMut(Element<'_>) -> Result<(), JsonError>,
+    failed: &'t mut Option<JsonError>,
 }
 
 impl<'de> DeserializeSeed<'de> for Elements<'_, '_> {
@@ -398,11 +459,18 @@ impl<'de> Visitor<'de> for Elements<'_, '_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut index = 0;
         loop {
-            match seq.next_element_seed(Build {
-                trail: &mut *self.trail,
-            }) {
-                Ok(Some(item)) => {
-                    (self.each)(index, item);
+            // The element's text, borrowed from the document; its syntax is checked here.
+            match seq.next_element::<&'de serde_json::value::RawValue>() {
+                Ok(Some(raw)) => {
+                    let element = Element {
+                        raw: raw.get(),
+                        index,
+                        member: self.member,
+                    };
+                    if let Err(e) = (self.each)(element) {
+                        *self.failed = Some(e);
+                        return Err(de::Error::custom("refused by the reader of the element"));
+                    }
                     index += 1;
                 }
                 Ok(None) => return Ok(None),
@@ -461,21 +529,29 @@ mod tests {
         let (rest, streamed) = parse_streamed(
             br#"{"a":1,"items":[{"x":1},2,[3]],"b":"c"}"#,
             "items",
-            &mut |i, v| seen.push((i, v)),
+            &mut |e| {
+                seen.push((e.index(), e.value()?));
+                Ok(())
+            },
         )
         .unwrap();
         assert!(streamed);
         assert_eq!(rest.len(), 2);
         assert_eq!(seen.len(), 3);
         assert_eq!(seen[2], (2, serde_json::json!([3])));
-        let duplicate = |text: &str| match parse_streamed(text.as_bytes(), "items", &mut |_, _| {})
-        {
+        let duplicate = |text: &str| match parse_streamed(text.as_bytes(), "items", &mut |e| {
+            e.value().map(|_| ())
+        }) {
             Err(JsonError::DuplicateKey { path }) => Some(path),
             _ => None,
         };
         assert_eq!(
             duplicate(r#"{"items":[{"k":1},{"k":1,"k":2}]}"#).as_deref(),
             Some("items[1].k")
+        );
+        assert_eq!(
+            duplicate(r#"{"items":[{"k":[{"j":1,"j":2}]}]}"#).as_deref(),
+            Some("items[0].k[0].j")
         );
         assert_eq!(
             duplicate(r#"{"items":[],"items":[]}"#).as_deref(),
@@ -485,11 +561,27 @@ mod tests {
             duplicate(r#"{"a":1,"a":2,"items":[]}"#).as_deref(),
             Some("a")
         );
-        let (rest, streamed) = parse_streamed(br#"{"items":5}"#, "items", &mut |_, _| {}).unwrap();
+        let (rest, streamed) = parse_streamed(br#"{"items":5}"#, "items", &mut |_| Ok(())).unwrap();
         assert!(!streamed);
         assert_eq!(rest["items"], 5);
-        assert!(parse_streamed(br#"[1]"#, "items", &mut |_, _| {}).is_err());
-        assert!(parse_streamed(br#"{"items":[1,"#, "items", &mut |_, _| {}).is_err());
+        assert!(parse_streamed(br#"[1]"#, "items", &mut |_| Ok(())).is_err());
+        assert!(parse_streamed(br#"{"items":[1,"#, "items", &mut |_| Ok(())).is_err());
+        // The element's text is the document's, and a typed reader refuses duplicates too.
+        #[derive(serde::Deserialize)]
+        struct Typed {
+            #[serde(deserialize_with = "strict_map")]
+            m: Map<String, Value>,
+        }
+        let mut raws = Vec::new();
+        parse_streamed(br#"{"items":[ {"m": {"a": 1}} ]}"#, "items", &mut |e| {
+            raws.push(e.raw().to_owned());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(raws, [r#"{"m": {"a": 1}}"#]);
+        assert_eq!(serde_json::from_str::<Typed>(&raws[0]).unwrap().m["a"], 1);
+        assert!(serde_json::from_str::<Typed>(r#"{"m": {"a": 1, "a": 2}}"#).is_err());
+        assert!(serde_json::from_str::<Typed>(r#"{"m": {"a": {"b": 1, "b": 1}}}"#).is_err());
     }
 
     #[test]

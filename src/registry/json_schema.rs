@@ -5,6 +5,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
+use super::snapshot::Actor;
 use super::{MAX_REPORTED_ERRORS, SNAPSHOT_JSON_SCHEMA};
 
 fn snapshot_schema() -> Result<&'static (Value, jsonschema::Validator), String> {
@@ -241,4 +242,232 @@ fn actor_of<'a>(instance: &'a Value, pointer: &str) -> Option<&'a str> {
     }
     let index = segments.next()?;
     instance.pointer(&format!("/actors/{index}/id"))?.as_str()
+}
+
+/// An actor read straight from its JSON text, when it is certainly one the JSON Schema's actor
+/// definition accepts: an object, every field of the type the schema gives it (the typed read),
+/// and the schema's constraints checked on the typed form by [`conforms`]. `None` means "not
+/// certainly": the caller then runs the JSON Schema itself, for its verdict and its messages.
+pub(super) fn fast_actor(raw: &str) -> Option<Actor> {
+    if !raw.trim_start().starts_with('{') {
+        return None;
+    }
+    serde_json::from_str::<Actor>(raw).ok().filter(conforms)
+}
+
+/// The actor definition of `registry/schema/registry-snapshot.schema.json`, as code, for an
+/// actor already read typed. Stricter where that is simpler: names must be printable ASCII (the
+/// schema allows any non-whitespace), so that a length in bytes is a length in characters and
+/// no Unicode whitespace rule is involved. The test `fast_check_follows_the_schema` pins the
+/// schema's actor definition: changing one means changing the other.
+pub(super) fn conforms(actor: &Actor) -> bool {
+    fn name(s: &str) -> bool {
+        (1..=256).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic())
+    }
+    fn unique_names(items: &[String]) -> bool {
+        items.iter().all(|s| name(s))
+            && if items.len() <= 16 {
+                items
+                    .iter()
+                    .enumerate()
+                    .all(|(i, a)| items.iter().skip(i + 1).all(|b| a != b))
+            } else {
+                let mut seen = std::collections::HashSet::with_capacity(items.len());
+                items.iter().all(|s| seen.insert(s.as_str()))
+            }
+    }
+    fn identifier(s: &str) -> bool {
+        let mut bytes = s.bytes();
+        bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    }
+    let ttl = |n: i64| (1..=8760).contains(&n);
+    name(&actor.id)
+        && name(&actor.actor_type)
+        && unique_names(&actor.principals)
+        && unique_names(&actor.allowed_subjects)
+        && ttl(actor.max_ttl_hours)
+        && ttl(actor.default_ttl_hours)
+        && actor
+            .relationships
+            .iter()
+            .all(|r| r.entity_type.split("::").all(identifier) && !r.id.is_empty())
+        && actor.attributes.keys().all(|k| identifier(k))
+}
+
+#[cfg(test)]
+mod fast_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    /// What the JSON Schema says of one actor, and the actor the slow path reads.
+    fn slow(raw: &str) -> Option<Actor> {
+        let value = crate::json::parse_value(raw.as_bytes()).ok()?;
+        let (errors, problems, value) = actor_schema_errors(0, value, 10);
+        if problems > 0 || !errors.is_empty() {
+            return None;
+        }
+        Some(serde_json::from_value(value).expect("the schema accepted it"))
+    }
+
+    #[test]
+    fn fast_check_follows_the_schema() {
+        // `conforms` encodes this definition; if the schema changes, change both.
+        let (schema, _) = snapshot_schema().unwrap();
+        let text = serde_json::to_string(&schema["$defs"]).unwrap();
+        let digest = crate::hash::ContentHash::of_bytes(text.as_bytes());
+        assert_eq!(
+            digest.as_str(), PINNED_ACTOR_DEFINITION,
+            "the snapshot schema's $defs changed: update json_schema::conforms to match, then this digest"
+        );
+    }
+
+    const PINNED_ACTOR_DEFINITION: &str = "e19a6cfda271c4c9";
+
+    /// A field of an actor: usually valid, sometimes each of the ways the schema refuses one.
+    fn name_like() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            60 => "[a-z][a-z0-9:.-]{0,12}".prop_map(Value::from),
+            1 => Just(json!("")),
+            1 => Just(json!("has space")),
+            1 => Just(json!("tab\there")),
+            1 => Just(json!("nbsp\u{a0}x")),
+            1 => Just(json!("ünïcode")),
+            1 => Just(json!("a".repeat(256))),
+            1 => Just(json!("a".repeat(257))),
+            1 => Just(json!(7)),
+            1 => Just(Value::Null),
+        ]
+    }
+
+    fn names() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            20 => prop::collection::vec(name_like(), 0..4).prop_map(Value::from),
+            2 => Just(json!(["dup", "x", "dup"])),
+            1 => prop::collection::vec(Just(json!("same")), 17..20).prop_map(Value::from),
+            1 => Just(json!("not-an-array")),
+        ]
+    }
+
+    fn ttl() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            40 => (1i64..=8760).prop_map(Value::from),
+            1 => Just(json!(0)),
+            1 => Just(json!(8761)),
+            1 => Just(json!(8.0)),
+            1 => Just(json!(-3)),
+            1 => Just(json!("8")),
+        ]
+    }
+
+    fn relationships() -> impl Strategy<Value = Value> {
+        let one = prop_oneof![
+            30 => ("[A-Z][a-z]{0,5}(::[A-Z][a-z]{0,4})?", "[a-z]{0,4}")
+                .prop_map(|(t, id)| json!({"type": t, "id": id})),
+            1 => Just(json!({"type": "Team::", "id": "x"})),
+            1 => Just(json!({"type": "9Team", "id": "x"})),
+            1 => Just(json!({"type": "Team", "id": "x", "extra": 1})),
+            1 => Just(json!({"type": "Team"})),
+            1 => Just(json!(["Team", "x"])),
+        ];
+        prop_oneof![
+            20 => prop::collection::vec(one, 0..3).prop_map(Value::from),
+            1 => Just(Value::Null),
+        ]
+    }
+
+    fn attributes() -> impl Strategy<Value = Value> {
+        let key = prop_oneof![
+            30 => "[a-z_][a-z0-9_]{0,6}",
+            1 => Just("with-dash".to_owned()),
+            1 => Just("9lead".to_owned()),
+        ];
+        let value = prop_oneof![
+            Just(json!("x")),
+            Just(json!(1)),
+            Just(json!(1.5)),
+            Just(json!(null)),
+            Just(json!([1, "a"])),
+            Just(json!({"nested": {"deep": true}})),
+        ];
+        prop_oneof![
+            20 => prop::collection::btree_map(key, value, 0..3)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            1 => Just(json!([])),
+            1 => Just(Value::Null),
+        ]
+    }
+
+    fn actor_json() -> impl Strategy<Value = String> {
+        (
+            (name_like(), name_like(), names(), names(), ttl(), ttl()),
+            (relationships(), attributes()),
+            prop::collection::vec(prop::bool::weighted(0.97), 8),
+        )
+            .prop_map(
+                |((id, ty, principals, subjects, max, default), (rels, attrs), keep)| {
+                    let mut actor = serde_json::Map::new();
+                    let fields = [
+                        ("id", id),
+                        ("type", ty),
+                        ("principals", principals),
+                        ("allowed_subjects", subjects),
+                        ("max_ttl_hours", max),
+                        ("default_ttl_hours", default),
+                        ("relationships", rels),
+                        ("attributes", attrs),
+                    ];
+                    for (i, (k, v)) in fields.into_iter().enumerate() {
+                        // Usually every field; sometimes one left out.
+                        if keep[i] || i < 6 && keep[(i + 1) % 8] || i >= 6 && keep[0] {
+                            actor.insert(k.to_owned(), v);
+                        }
+                    }
+                    if !keep[7] {
+                        actor.insert("unknown".to_owned(), json!(1));
+                    }
+                    Value::Object(actor).to_string()
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// What the fast reader accepts, the JSON Schema accepts, and both read the same actor.
+        #[test]
+        fn the_fast_reader_accepts_only_what_the_schema_accepts(raw in actor_json()) {
+            if let Some(fast) = fast_actor(&raw) {
+                let slow = slow(&raw);
+                prop_assert_eq!(Some(fast), slow, "{}", raw);
+            }
+        }
+    }
+
+    #[test]
+    fn forms_a_typed_reader_would_take_but_the_schema_refuses_are_not_fast() {
+        // A struct read from an array, a duplicate key, an object where a string belongs.
+        let good = json!({"id": "a", "type": "agent", "principals": ["p"], "allowed_subjects": ["a"],
+            "max_ttl_hours": 8, "default_ttl_hours": 4, "relationships": [{"type": "Team", "id": "t"}],
+            "attributes": {"k": {"n": [1, 2.5, null]}}});
+        assert!(fast_actor(&good.to_string()).is_some());
+        assert_eq!(fast_actor(&good.to_string()), slow(&good.to_string()));
+        assert!(fast_actor(r#"["a","agent",["p"],["a"],8,4]"#).is_none());
+        let array_ref = good
+            .to_string()
+            .replace(r#"{"type":"Team","id":"t"}"#, r#"["Team","t"]"#);
+        assert_ne!(array_ref, good.to_string());
+        assert!(fast_actor(&array_ref).is_none());
+        let duplicate = good
+            .to_string()
+            .replacen(r#""id":"a","#, r#""id":"a","id":"b","#, 1);
+        assert!(fast_actor(&duplicate).is_none());
+        let nested = good.to_string().replace(r#"{"n":"#, r#"{"n":1,"n":"#);
+        assert!(fast_actor(&nested).is_none());
+    }
 }

@@ -23,26 +23,62 @@ pub(super) struct Snapshot {
     pub(super) actors: Vec<Actor>,
 }
 
-#[derive(Debug, Deserialize)]
+/// An actor as the snapshot gives it. Read either from an actor's JSON text directly (the
+/// usual, fast case: [`super::json_schema::conforms`] then checks what the JSON Schema would) or
+/// from a [`Value`] the JSON Schema accepted; both readers refuse unknown fields, a duplicate key
+/// and an array standing for an object, so they read the same actors.
+#[derive(Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct Actor {
-    id: String,
+    pub(super) id: String,
     #[serde(rename = "type")]
-    actor_type: String,
+    pub(super) actor_type: String,
     pub(super) principals: Vec<String>,
     pub(super) allowed_subjects: Vec<String>,
-    max_ttl_hours: i64,
-    default_ttl_hours: i64,
+    pub(super) max_ttl_hours: i64,
+    pub(super) default_ttl_hours: i64,
     #[serde(default)]
     pub(super) relationships: Vec<EntityRef>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json::strict_map")]
     pub(super) attributes: Map<String, Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq)]
 pub(super) struct EntityRef {
-    #[serde(rename = "type")]
     pub(super) entity_type: String,
-    id: String,
+    pub(super) id: String,
+}
+
+impl<'de> Deserialize<'de> for EntityRef {
+    /// Only from an object (`{"type", "id"}`), never from an array as a derived struct would.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Fields {
+            #[serde(rename = "type")]
+            entity_type: String,
+            id: String,
+        }
+        struct Object;
+        impl<'de> serde::de::Visitor<'de> for Object {
+            type Value = EntityRef;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object with `type` and `id`")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<EntityRef, A::Error> {
+                let fields =
+                    Fields::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(EntityRef {
+                    entity_type: fields.entity_type,
+                    id: fields.id,
+                })
+            }
+        }
+        d.deserialize_map(Object)
+    }
 }
 
 impl EntityRef {

@@ -17,7 +17,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::compact::{ActorStore, StoreBuilder};
-use super::json_schema::{actor_schema_errors, schema_errors};
+use crate::json::{Element, JsonError};
+
+use super::json_schema::{actor_schema_errors, fast_actor, schema_errors};
 use super::shape::Shapes;
 use super::snapshot::{actor_errors, acyclic, compile_batch, Actor, VALIDATION_BATCH};
 use super::{cedar_message, ACTOR_TYPE, MAX_REPORTED_ERRORS};
@@ -73,24 +75,39 @@ impl Loader<'_> {
         self.schema_problems > 0 || !self.rule_errors.is_empty() || self.cedar_error.is_some()
     }
 
-    fn actor(&mut self, index: usize, value: Value) {
+    /// One streamed actor: read typed straight from its text when it certainly fits the
+    /// schema; otherwise as a [`Value`] checked by the JSON Schema, for its messages.
+    fn actor(&mut self, element: Element<'_>) -> Result<(), JsonError> {
+        let index = element.index();
         self.actors = index + 1;
+        if let Some(actor) = fast_actor(element.raw()) {
+            self.add(index, actor);
+            return Ok(());
+        }
+        let value = element.value()?;
         let room = MAX_REPORTED_ERRORS.saturating_sub(self.schema_errors.len());
         let (errors, problems, value) = actor_schema_errors(index, value, room);
         self.schema_problems += problems;
         self.schema_errors.extend(errors);
         if self.schema_problems > 0 {
-            return;
+            return Ok(());
         }
-        let actor: Actor = match serde_path_to_error::deserialize(value) {
-            Ok(actor) => actor,
+        match serde_path_to_error::deserialize(value) {
+            Ok(actor) => self.add(index, actor),
             Err(e) => {
                 self.schema_problems += 1;
                 self.schema_errors
                     .push(format!("actors[{index}].{}: {}", e.path(), e.inner()));
-                return;
             }
-        };
+        }
+        Ok(())
+    }
+
+    /// The format's rules, then the batch (once nothing has failed).
+    fn add(&mut self, index: usize, actor: Actor) {
+        if self.schema_problems > 0 {
+            return;
+        }
         if self.rule_errors.len() >= MAX_REPORTED_ERRORS {
             return;
         }
@@ -162,7 +179,7 @@ pub(super) fn load(bytes: &[u8], schema: Option<&Schema>) -> Result<Loaded, Refu
         compile: Duration::ZERO,
     };
     let (mut top, streamed) =
-        crate::json::parse_streamed(bytes, "actors", &mut |i, v| loader.actor(i, v))
+        crate::json::parse_streamed(bytes, "actors", &mut |e| loader.actor(e))
             .map_err(Refused::Json)?;
     if streamed {
         top.insert("actors".to_owned(), Value::Array(Vec::new()));
