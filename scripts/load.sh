@@ -235,6 +235,10 @@ EOF2
 echo
 ACTORS="$BIG_ACTORS" scripts/reload-memory.sh "$BIN"
 
+# 5c. Decision latency through reloads of $BIG_ACTORS actors, pinned and unpinned (the sidecar case).
+echo
+ACTORS="$BIG_ACTORS" DURATION="$DURATION" CONNECTIONS="$CONNECTIONS" scripts/reload-latency.sh "$BIN"
+
 # 6. Proxy overhead: direct vs flex-auth proxy vs nginx auth_request → flex-auth.
 echo
 DURATION="$DURATION" CONNECTIONS="$CONNECTIONS" scripts/load-proxy.sh

@@ -244,7 +244,6 @@ pub struct StoreBuilder {
     store: ActorStore,
     /// Interned strings by hash (build time only: dropped when the store is finished).
     interned: HashTable<u32>,
-    type_index: Vec<String>,
     /// Types an entity of which can be in the store besides actors: the schema's action types.
     stored_types: Vec<EntityTypeName>,
 }
@@ -274,7 +273,6 @@ impl StoreBuilder {
                 types: Vec::new(),
             },
             interned: HashTable::with_capacity(capacity.saturating_mul(3)),
-            type_index: Vec::new(),
             stored_types,
         }
     }
@@ -316,12 +314,10 @@ impl StoreBuilder {
     }
 
     fn type_ix(&mut self, t: &EntityTypeName) -> Result<u32, String> {
-        let name = t.to_string();
-        if let Some(i) = self.type_index.iter().position(|n| *n == name) {
+        if let Some(i) = self.store.types.iter().position(|(n, _)| n == t) {
             return u32::try_from(i).map_err(|_| too_large());
         }
         let followed = *t == self.store.actor_type || self.stored_types.contains(t);
-        self.type_index.push(name);
         self.store.types.push((t.clone(), followed));
         u32::try_from(self.store.types.len() - 1).map_err(|_| too_large())
     }
