@@ -273,6 +273,11 @@ impl Engine {
         &self.registry
     }
 
+    /// The slice cache's hits and misses since this engine was built (a reload starts at 0).
+    pub fn slice_cache_stats(&self) -> (u64, u64) {
+        self.slices.stats()
+    }
+
     fn entity_type(&self, field: &'static str, name: &str) -> Result<EntityTypeName, RequestError> {
         if let Some(t) = self.types.get(name) {
             return Ok(t.clone());

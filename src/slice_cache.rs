@@ -10,7 +10,8 @@
 //!
 //! Bounded in entries (`SHARDS × PER_SHARD`); a full shard is emptied, so a flood of distinct
 //! keys costs one rebuild per entry and never more memory. A poisoned shard is used as is (it
-//! holds only complete entries).
+//! holds only complete entries). Each shard counts its hits and misses under its own lock
+//! (`flex_auth_slice_cache_{hits,misses}_total`): nothing shared is written per request.
 
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,28 +28,49 @@ pub type SliceKey = (EntityUid, EntityUid, EntityUid);
 /// See the module documentation.
 #[derive(Debug, Default)]
 pub struct SliceCache {
-    shards: [Mutex<HashMap<SliceKey, Arc<Entities>>>; SHARDS],
+    shards: [Mutex<Shard>; SHARDS],
     hasher: DefaultHashBuilder,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    slices: HashMap<SliceKey, Arc<Entities>>,
+    hits: u64,
+    misses: u64,
 }
 
 impl SliceCache {
     /// At most this many slices are kept.
     pub const CAPACITY: usize = SHARDS * PER_SHARD;
 
-    fn shard(&self, key: &SliceKey) -> &Mutex<HashMap<SliceKey, Arc<Entities>>> {
+    fn shard(&self, key: &SliceKey) -> &Mutex<Shard> {
         let i = usize::try_from(self.hasher.hash_one(key) % SHARDS as u64).unwrap_or(0);
         // `i < SHARDS` by construction; the first shard stands in for an impossible miss.
         let [first, ..] = &self.shards;
         self.shards.get(i).unwrap_or(first)
     }
 
-    /// The slice cached for `key`.
+    /// The slice cached for `key` (counted as a hit or a miss).
     pub fn get(&self, key: &SliceKey) -> Option<Arc<Entities>> {
-        self.shard(key)
+        let mut shard = self
+            .shard(key)
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(key)
-            .cloned()
+            .unwrap_or_else(PoisonError::into_inner);
+        let found = shard.slices.get(key).cloned();
+        if found.is_some() {
+            shard.hits += 1;
+        } else {
+            shard.misses += 1;
+        }
+        found
+    }
+
+    /// Lookups that found a slice, and lookups that did not, since the cache was made.
+    pub fn stats(&self) -> (u64, u64) {
+        self.shards.iter().fold((0, 0), |(hits, misses), s| {
+            let s = s.lock().unwrap_or_else(PoisonError::into_inner);
+            (hits + s.hits, misses + s.misses)
+        })
     }
 
     /// Keep `slice` for `key`.
@@ -57,17 +79,22 @@ impl SliceCache {
             .shard(&key)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if shard.len() >= PER_SHARD {
-            shard.clear();
+        if shard.slices.len() >= PER_SHARD {
+            shard.slices.clear();
         }
-        shard.insert(key, slice);
+        shard.slices.insert(key, slice);
     }
 
     /// Slices held now.
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
+            .map(|s| {
+                s.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .slices
+                    .len()
+            })
             .sum()
     }
 
@@ -96,5 +123,7 @@ mod tests {
         }
         assert!(cache.len() <= SliceCache::CAPACITY, "{}", cache.len());
         assert!(cache.get(&(uid("x"), uid("a"), uid("y"))).is_none());
+        let lookups = u64::try_from(SliceCache::CAPACITY * 4 + 1).unwrap();
+        assert_eq!(cache.stats(), (lookups - 1, 1));
     }
 }

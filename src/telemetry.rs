@@ -339,12 +339,23 @@ fn scrape_time_metrics(
         "registry_bytes",
         "Heap bytes of the compact actor store in force (absent for a raw Cedar entities file).",
     )?;
+    let slice_hits = IntCounter::new(
+        "slice_cache_hits_total",
+        "Decisions on a snapshot whose entity slice was reused (since the last reload).",
+    )?;
+    let slice_misses = IntCounter::new(
+        "slice_cache_misses_total",
+        "Decisions on a snapshot whose cacheable slice had to be built (since the last reload).",
+    )?;
     let mut has_bytes = false;
     if let Some(loaded) = state.current().as_ref() {
         let engine = &loaded.engine;
         if let Some(b) = engine.registry().bytes() {
             bytes.set(i64::try_from(b).unwrap_or(i64::MAX));
             has_bytes = true;
+            let (hits, misses) = engine.slice_cache_stats();
+            slice_hits.inc_by(hits);
+            slice_misses.inc_by(misses);
         }
         loaded_info
             .with_label_values(&[
@@ -382,6 +393,8 @@ fn scrape_time_metrics(
     }
     if has_bytes {
         registry.register(Box::new(bytes))?;
+        registry.register(Box::new(slice_hits))?;
+        registry.register(Box::new(slice_misses))?;
     }
     Ok(registry)
 }

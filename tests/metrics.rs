@@ -78,6 +78,14 @@ async fn counters_move_with_decisions_batches_and_reloads() {
         .expect("registry bytes");
     assert!(bytes > 0.0, "{status}");
     assert_eq!(value(&before, "flex_auth_registry_bytes", &[]), Some(bytes));
+    assert_eq!(
+        value(&before, "flex_auth_slice_cache_hits_total", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&before, "flex_auth_slice_cache_misses_total", &[]),
+        Some(0.0)
+    );
     let phases = &status["registry"]["load_phases_ms"];
     for phase in ["read", "parse_validate", "compile", "swap"] {
         assert!(
@@ -142,6 +150,16 @@ async fn counters_move_with_decisions_batches_and_reloads() {
             &[("decision", "allow")]
         ),
         Some(3.0)
+    );
+    // The bridge asking for itself four times (three checks, the first batch item): one slice
+    // built, three reused; `adm-example` is another principal: built.
+    assert_eq!(
+        value(&after, "flex_auth_slice_cache_hits_total", &[]),
+        Some(3.0)
+    );
+    assert_eq!(
+        value(&after, "flex_auth_slice_cache_misses_total", &[]),
+        Some(2.0)
     );
     assert_eq!(
         value(&after, "flex_auth_decisions_total", &[("decision", "deny")]),
