@@ -137,6 +137,20 @@ impl Admin {
     }
 
     async fn reload(&self) -> Result<Response<Full<Bytes>>, ApiError> {
+        if let Some(watcher) = self.api.bundle() {
+            // Serving a bundle: a reload is a check of its source, now.
+            return match watcher.check(Trigger::Admin).await {
+                Ok(outcome) => {
+                    let outcome = match outcome {
+                        crate::bundle::watch::CheckOutcome::Updated(_) => "loaded",
+                        crate::bundle::watch::CheckOutcome::Unchanged => "unchanged",
+                    };
+                    tracing::info!(outcome, "admin reload of the bundle");
+                    Ok(json_response(StatusCode::OK, &self.versions(outcome, None)))
+                }
+                Err(message) => Err(ApiError::Rejected(message)),
+            };
+        }
         let state = self.state.clone();
         let result = tokio::task::spawn_blocking(move || state.reload(Trigger::Admin))
             .await
@@ -176,7 +190,11 @@ impl Admin {
         let state = self.state.clone();
         let result = tokio::task::spawn_blocking(move || {
             state.install_registry(&body, "pushed registry")?;
-            let path = state.sources().registry.path().to_owned();
+            // `install_registry` refuses a push when there are no files, so there is a path.
+            let path = state
+                .sources()
+                .map(|s| s.registry.path().to_owned())
+                .unwrap_or_default();
             Ok::<_, Arc<crate::state::ReloadFailure>>(
                 write_atomically(&path, &body).map_err(|e| (path, e)),
             )

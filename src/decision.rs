@@ -204,6 +204,8 @@ pub struct Engine {
     literals: Vec<EntityUid>,
     /// Slices already built, for requests whose context names no entity.
     slices: SliceCache,
+    /// The revision of the bundle the package and registry came from, when they did.
+    bundle_revision: Option<String>,
 }
 
 impl Engine {
@@ -260,6 +262,7 @@ impl Engine {
             action_type,
             literals,
             slices: SliceCache::default(),
+            bundle_revision: None,
         })
     }
 
@@ -271,6 +274,17 @@ impl Engine {
     /// The registry.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The same engine, stamped with the revision of the bundle it was built from.
+    pub fn with_bundle_revision(mut self, revision: &str) -> Self {
+        self.bundle_revision = Some(revision.to_owned());
+        self
+    }
+
+    /// The revision of the bundle this engine was built from, if it was.
+    pub fn bundle_revision(&self) -> Option<&str> {
+        self.bundle_revision.as_deref()
     }
 
     /// The slice cache's hits and misses since this engine was built (a reload starts at 0).

@@ -11,6 +11,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod authzen;
+pub mod bundle;
 pub mod cedar_json;
 pub mod cli;
 pub mod config;
@@ -50,6 +51,7 @@ pub fn run(cli: Cli) -> ExitCode {
         config::Command::Test(args) => cli::test(&args),
         config::Command::LoadRegistry(args) => cli::load_registry(&args),
         config::Command::Decisions(command) => cli::decisions(&command),
+        config::Command::Bundle(command) => cli::bundle(&command),
         config::Command::Config(config::ConfigCommand::Reference { markdown }) => {
             cli::config_reference(markdown)
         }

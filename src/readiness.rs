@@ -18,6 +18,11 @@ pub trait Probe: Send + Sync + std::fmt::Debug {
     fn problem(&self) -> &'static str;
     /// `Ok`, or why not.
     fn check(&self) -> Result<(), String>;
+    /// When the check passes: why the instance still serves only in a degraded way (a bundle
+    /// source that cannot be reached while the last good bundle serves).
+    fn warning(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The overall answer.
@@ -104,7 +109,15 @@ impl Report {
         let mut status = status;
         for probe in probes {
             match probe.check() {
-                Ok(()) => checks.push(Check::pass(probe.name())),
+                Ok(()) => match probe.warning() {
+                    None => checks.push(Check::pass(probe.name())),
+                    Some(reason) => {
+                        checks.push(Check::warn(probe.name(), reason, probe.problem()));
+                        if status == Status::Ready {
+                            status = Status::Degraded;
+                        }
+                    }
+                },
                 Err(reason) => {
                     checks.push(Check::fail(probe.name(), reason, probe.problem()));
                     status = Status::Unready;

@@ -162,8 +162,10 @@ fn spawn_sighup(_: Arc<State>) -> Option<JoinHandle<()>> {
 /// The directories whose entries decide what the sources read: each file's parent, and a
 /// directory package itself (a ConfigMap mounted there swaps `..data` inside it).
 fn watched_dirs(state: &State) -> BTreeSet<PathBuf> {
-    let sources = state.sources();
     let mut dirs = BTreeSet::new();
+    let Some(sources) = state.sources() else {
+        return dirs;
+    };
     let mut add_parent = |path: &Path| {
         let parent = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

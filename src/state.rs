@@ -64,6 +64,14 @@ pub enum LoadError {
     /// The two do not make an engine.
     #[error("engine: {0}")]
     Engine(#[from] RequestError),
+    /// A bundle was refused before (or while) its files were loaded.
+    #[error("{message}")]
+    Bundle {
+        /// What was wrong, naming files as `bundle:PATH`.
+        message: String,
+        /// The runbook anchor (`bundle-invalid`, `bundle-signature`, …).
+        problem: &'static str,
+    },
 }
 
 /// What started a reload.
@@ -79,15 +87,18 @@ pub enum Trigger {
     Signal,
     /// The admin API (`POST /v1/admin/reload`, `PUT /v1/admin/registry`).
     Admin,
+    /// A bundle poll found a new bundle (`serve --bundle`).
+    Bundle,
 }
 
 impl Trigger {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::Startup,
         Self::Watch,
         Self::Poll,
         Self::Signal,
         Self::Admin,
+        Self::Bundle,
     ];
 
     /// Stable lower-case name, as shown in `/v1/status` and logs.
@@ -98,6 +109,7 @@ impl Trigger {
             Self::Poll => "poll",
             Self::Signal => "sighup",
             Self::Admin => "admin",
+            Self::Bundle => "bundle",
         }
     }
 
@@ -108,6 +120,7 @@ impl Trigger {
             Self::Poll => 2,
             Self::Signal => 3,
             Self::Admin => 4,
+            Self::Bundle => 5,
         }
     }
 }
@@ -152,7 +165,7 @@ pub struct Loaded {
 /// Reload counts by trigger and result.
 #[derive(Debug, Default)]
 pub struct ReloadCounters {
-    counts: [[AtomicU64; 3]; 5],
+    counts: [[AtomicU64; 3]; 6],
 }
 
 /// One trigger's counts.
@@ -210,6 +223,17 @@ pub fn load(sources: &Sources) -> Result<Engine, LoadError> {
     build(sources, package, &bytes, started.elapsed())
 }
 
+/// Load the policy package from its path and the registry from `bytes` already read (a
+/// bundle's), named `origin` in messages; the registry's path in `sources` only says its format.
+pub fn load_with_registry(
+    sources: &Sources,
+    bytes: &[u8],
+    origin: &str,
+) -> Result<Engine, LoadError> {
+    let package = load_package(&sources.policy)?;
+    build_named(sources, package, bytes, std::time::Duration::ZERO, origin)
+}
+
 fn build(
     sources: &Sources,
     package: crate::policy::PolicyPackage,
@@ -217,21 +241,35 @@ fn build(
     read: std::time::Duration,
 ) -> Result<Engine, LoadError> {
     let origin = sources.registry.path().display().to_string();
+    build_named(sources, package, bytes, read, &origin)
+}
+
+fn build_named(
+    sources: &Sources,
+    package: crate::policy::PolicyPackage,
+    bytes: &[u8],
+    read: std::time::Duration,
+    origin: &str,
+) -> Result<Engine, LoadError> {
     let registry = match &sources.registry {
-        RegistrySource::Snapshot(_) => parse_snapshot(bytes, &origin, package.schema())?,
-        RegistrySource::Entities(_) => parse_entities(bytes, &origin, package.schema())?,
+        RegistrySource::Snapshot(_) => parse_snapshot(bytes, origin, package.schema())?,
+        RegistrySource::Entities(_) => parse_entities(bytes, origin, package.schema())?,
     };
     Ok(Engine::new(package, registry.with_read_time(read))?)
 }
 
 /// Every `problem` a [`ReloadFailure`] can carry, plus `not-loaded`; each is an anchor in
 /// `docs/runbook.md`, and `BOOT_FAIL` lines print them prefixed with `boot-`.
-pub const PROBLEMS: [&str; 5] = [
+pub const PROBLEMS: [&str; 9] = [
     "policy-missing",
     "policy-invalid",
     "registry-missing",
     "registry-invalid",
     "not-loaded",
+    "bundle-invalid",
+    "bundle-signature",
+    "bundle-unreachable",
+    "bundle-io",
 ];
 
 fn problem_of(e: &LoadError) -> &'static str {
@@ -245,6 +283,7 @@ fn problem_of(e: &LoadError) -> &'static str {
             "registry-missing"
         }
         LoadError::Registry(_) | LoadError::Engine(_) => "registry-invalid",
+        LoadError::Bundle { problem, .. } => problem,
     }
 }
 
@@ -295,6 +334,12 @@ fn drop_off_the_request_path(old: Arc<Loaded>) {
 /// a thread's exit is such a collection. Nobody waits for the second thread. With another
 /// allocator this costs two thread starts per load. Runs `f` here when no thread can be started.
 fn on_own_thread<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    off_the_request_path(f)
+}
+
+/// Run a load as reloads run (see [`State::reload`]): on a thread of its own at a lower
+/// priority, its memory handed back when it ends. For loads built outside the state (bundles).
+pub fn off_the_request_path<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     /// mimalloc's default purge delay, plus margin.
     const PURGE_AFTER: std::time::Duration = std::time::Duration::from_millis(1_200);
     let mut job = Some(f);
@@ -384,7 +429,7 @@ impl crate::readiness::Probe for State {
 /// The server's state: the engine in force (if any), the last reload failure, counters.
 #[derive(Debug)]
 pub struct State {
-    sources: Sources,
+    origin: Origin,
     current: ArcSwapOption<Loaded>,
     last_error: ArcSwapOption<ReloadFailure>,
     /// Hashes of the policy package and registry as last read from disk. A reload compares
@@ -397,13 +442,40 @@ pub struct State {
     builds: AtomicU64,
     /// Nanoseconds the last swap took to publish the new engine.
     last_swap_nanos: AtomicU64,
+    /// Decisions are refused (`bundle_stale`) once `epoch.elapsed()` passes this many
+    /// nanoseconds; `u64::MAX`: never (no `--bundle-max-staleness`).
+    fresh_until_nanos: AtomicU64,
+    /// When the state was made; `fresh_until_nanos` counts from it.
+    epoch: Instant,
+}
+
+/// Where a state's engines come from.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// Files on disk, re-read by [`State::reload`].
+    Files(Sources),
+    /// A bundle (`serve --bundle URL`): engines are built by `bundle::watch` and handed to
+    /// [`State::install`]; there are no files to re-read.
+    Bundle {
+        /// The bundle's URL or path, as configured (never with credentials).
+        url: String,
+    },
 }
 
 impl State {
-    /// A state with nothing loaded yet.
+    /// A state with nothing loaded yet, reading `sources`.
     pub fn new(sources: Sources) -> Self {
+        Self::with_origin(Origin::Files(sources))
+    }
+
+    /// A state with nothing loaded yet, fed by bundles from `url`.
+    pub fn for_bundle(url: String) -> Self {
+        Self::with_origin(Origin::Bundle { url })
+    }
+
+    fn with_origin(origin: Origin) -> Self {
         Self {
-            sources,
+            origin,
             current: ArcSwapOption::empty(),
             last_error: ArcSwapOption::empty(),
             reload_lock: Mutex::new(None),
@@ -411,6 +483,8 @@ impl State {
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             builds: AtomicU64::new(0),
             last_swap_nanos: AtomicU64::new(0),
+            fresh_until_nanos: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
         }
     }
 
@@ -438,9 +512,17 @@ impl State {
             .load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Where the state is loaded from.
-    pub fn sources(&self) -> &Sources {
-        &self.sources
+    /// The files the state is loaded from; `None` when it serves a bundle.
+    pub fn sources(&self) -> Option<&Sources> {
+        match &self.origin {
+            Origin::Files(sources) => Some(sources),
+            Origin::Bundle { .. } => None,
+        }
+    }
+
+    /// Where the state's engines come from.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
     }
 
     /// Read the sources; when their content differs from what is loaded, build a new engine
@@ -451,6 +533,16 @@ impl State {
     }
 
     fn reload_here(&self, trigger: Trigger) -> Result<ReloadOutcome, Arc<ReloadFailure>> {
+        let Origin::Files(sources) = &self.origin else {
+            // Nothing to re-read: a bundle's watcher owns its reloads (admin and SIGHUP ask it).
+            return Err(Arc::new(ReloadFailure {
+                message: "this instance serves a bundle; there are no files to reload".to_owned(),
+                setting: "FLEX_AUTH_BUNDLE",
+                problem: "bundle-invalid",
+                at: SystemTime::now(),
+                trigger,
+            }));
+        };
         // A poisoned lock only means another reload panicked; the state itself is an ArcSwap
         // and is never left half-written, so carry on.
         let mut disk = self
@@ -462,15 +554,15 @@ impl State {
             // Hash the raw bytes first: an unchanged poll reads the files and stops, without
             // parsing or validating a package it already serves.
             let read_started = Instant::now();
-            let raw = read_package(&self.sources.policy)?;
-            let bytes = read_registry(self.sources.registry.path())?;
+            let raw = read_package(&sources.policy)?;
+            let bytes = read_registry(sources.registry.path())?;
             let read = read_started.elapsed();
             let hashes = (raw.hash(), ContentHash::of_bytes(&bytes));
             if self.current.load().is_some() && disk.as_ref() == Some(&hashes) {
                 return Ok(None);
             }
             self.builds.fetch_add(1, Ordering::Relaxed);
-            let engine = build(&self.sources, raw.build()?, &bytes, read)?;
+            let engine = build(sources, raw.build()?, &bytes, read)?;
             *disk = Some(hashes);
             Ok(Some(engine))
         })();
@@ -484,6 +576,15 @@ impl State {
     }
 
     fn install_registry_here(&self, bytes: &[u8], origin: &str) -> Result<(), Arc<ReloadFailure>> {
+        let Origin::Files(sources) = &self.origin else {
+            return Err(Arc::new(ReloadFailure {
+                message: "this instance serves a bundle: a registry arrives only inside a bundle (signed, when keys are configured), never by push".to_owned(),
+                setting: "FLEX_AUTH_BUNDLE",
+                problem: "bundle-invalid",
+                at: SystemTime::now(),
+                trigger: Trigger::Admin,
+            }));
+        };
         let _serialized = self
             .reload_lock
             .lock()
@@ -493,8 +594,7 @@ impl State {
         let result = (|| {
             // Validated and compiled against the package in force — not a re-read of the policy
             // path, which may hold a newer (or broken) package that has not been loaded.
-            let registry_for = |package: &crate::policy::PolicyPackage| match &self.sources.registry
-            {
+            let registry_for = |package: &crate::policy::PolicyPackage| match &sources.registry {
                 RegistrySource::Snapshot(_) => parse_snapshot(bytes, origin, package.schema()),
                 RegistrySource::Entities(_) => parse_entities(bytes, origin, package.schema()),
             };
@@ -505,7 +605,7 @@ impl State {
                 }
                 // Nothing loaded yet: the package on disk is the only one there is.
                 None => {
-                    let package = load_package(&self.sources.policy)?;
+                    let package = load_package(&sources.policy)?;
                     let registry = registry_for(&package)?;
                     Engine::new(package, registry)?
                 }
@@ -523,6 +623,34 @@ impl State {
                 self.counters.record(Trigger::Admin, 2);
                 Err(Arc::new(self.failure(&e, Trigger::Admin)))
             }
+        }
+    }
+
+    /// Swap in an engine built elsewhere (a bundle's), or remember why none could be built:
+    /// the same bookkeeping, counters and error state as a reload from files. Blocking only for
+    /// as long as another reload holds the lock, and for freeing the replaced engine.
+    pub fn install(
+        &self,
+        trigger: Trigger,
+        started: Instant,
+        result: Result<Engine, LoadError>,
+    ) -> Result<ReloadOutcome, Arc<ReloadFailure>> {
+        let _serialized = self
+            .reload_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.finish(trigger, started, result.map(Some))
+    }
+
+    /// Record that the source answered with what is already in force (a bundle poll that
+    /// found nothing new): the last error clears, as for an unchanged file reload.
+    pub fn unchanged(&self, trigger: Trigger) {
+        let _serialized = self
+            .reload_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.current.load().is_some() {
+            let _ = self.finish(trigger, Instant::now(), Ok(None));
         }
     }
 
@@ -580,15 +708,39 @@ impl State {
 
     fn failure(&self, e: &LoadError, trigger: Trigger) -> ReloadFailure {
         ReloadFailure {
-            setting: match e {
-                LoadError::Policy(_) => "FLEX_AUTH_POLICY",
-                LoadError::Registry(_) | LoadError::Engine(_) => self.sources.registry.setting(),
+            setting: match (e, &self.origin) {
+                (LoadError::Bundle { .. }, _) | (_, Origin::Bundle { .. }) => "FLEX_AUTH_BUNDLE",
+                (LoadError::Policy(_), _) => "FLEX_AUTH_POLICY",
+                (LoadError::Registry(_) | LoadError::Engine(_), Origin::Files(sources)) => {
+                    sources.registry.setting()
+                }
             },
             problem: problem_of(e),
             message: e.to_string(),
             at: SystemTime::now(),
             trigger,
         }
+    }
+
+    /// Refuse decisions after `until` (a bundle source not reached for `--bundle-max-staleness`);
+    /// `None`: never refuse.
+    pub fn set_fresh_until(&self, until: Option<Instant>) {
+        let nanos = until.map_or(u64::MAX, |at| {
+            u64::try_from(at.saturating_duration_since(self.epoch).as_nanos())
+                .unwrap_or(u64::MAX - 1)
+        });
+        self.fresh_until_nanos.store(nanos, Ordering::Release);
+    }
+
+    /// How far past its freshness deadline the state is, when it is: decisions answer 503
+    /// `bundle_stale`. One atomic load (and a clock read only when a deadline is set).
+    pub fn stale(&self) -> Option<std::time::Duration> {
+        let until = self.fresh_until_nanos.load(Ordering::Acquire);
+        if until == u64::MAX {
+            return None;
+        }
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        (now > until).then(|| std::time::Duration::from_nanos(now - until))
     }
 
     /// The engine in force, for one request. One atomic load; no lock.

@@ -289,11 +289,23 @@ impl Metrics {
     /// scrape time (a registry made for this scrape), so concurrent scrapes never add a delta
     /// twice and the values are the sources' own. `ready` is the caller's readiness — the same
     /// answer `/readyz` gives, shutdown and dependencies included.
-    pub fn render(&self, state: &State, audit: &AuditLog, ready: bool) -> Vec<u8> {
+    pub fn render(
+        &self,
+        state: &State,
+        audit: &AuditLog,
+        ready: bool,
+        bundle: Option<&crate::bundle::watch::Watcher>,
+    ) -> Vec<u8> {
         let mut families = self.registry.gather();
         match scrape_time_metrics(state, audit, ready) {
             Ok(scraped) => families.extend(scraped.gather()),
             Err(e) => tracing::warn!(error = %e, "cannot build the state-derived metrics"),
+        }
+        if let Some(watcher) = bundle {
+            match bundle_metrics(watcher) {
+                Ok(scraped) => families.extend(scraped.gather()),
+                Err(e) => tracing::warn!(error = %e, "cannot build the bundle metrics"),
+            }
         }
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::with_capacity(8 * 1024);
@@ -302,6 +314,50 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The bundle source's checks, last success and the revision in force, as of now.
+fn bundle_metrics(watcher: &crate::bundle::watch::Watcher) -> Result<Registry, prometheus::Error> {
+    let registry = Registry::new_custom(Some("flex_auth".to_owned()), None)?;
+    let checks = IntCounterVec::new(
+        Opts::new(
+            "bundle_checks_total",
+            "Checks of the bundle source by result: updated (a new bundle is in force), unchanged, rejected (refused; the last good one serves), failed (source unreachable or answered badly).",
+        ),
+        &["result"],
+    )?;
+    for (result, total) in watcher.check_counts() {
+        checks.with_label_values(&[result]).inc_by(total);
+    }
+    registry.register(Box::new(checks))?;
+    let last_success = prometheus::Gauge::new(
+        "bundle_last_success_timestamp_seconds",
+        "When a check of the bundle source last succeeded (Unix seconds; 0: never).",
+    )?;
+    last_success.set(
+        watcher
+            .last_success()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0.0, |d| d.as_secs_f64()),
+    );
+    registry.register(Box::new(last_success))?;
+    let info = IntGaugeVec::new(
+        Opts::new(
+            "bundle_revision_info",
+            "The bundle in force (value 1): its revision, archive sha256 and signing key id.",
+        ),
+        &["revision", "digest", "kid"],
+    )?;
+    if let Some(active) = watcher.active() {
+        info.with_label_values(&[
+            active.revision.as_str(),
+            active.digest.as_str(),
+            active.kid.as_deref().unwrap_or(""),
+        ])
+        .set(1);
+    }
+    registry.register(Box::new(info))?;
+    Ok(registry)
 }
 
 /// Reloads, the versions in force, entity count, readiness and decision-log totals, as of now.

@@ -65,6 +65,12 @@ impl Verdicts {
     ) -> Result<(T, Pending), ApiError> {
         let loaded = self.state.current();
         let loaded = loaded.as_ref().ok_or_else(|| self.not_ready())?;
+        if let Some(age) = self.state.stale() {
+            return Err(ApiError::BundleStale(format!(
+                "no successful check of the bundle source within --bundle-max-staleness (overdue by {}s)",
+                age.as_secs()
+            )));
+        }
         let mut pending = Pending::default();
         let value = decide(&loaded.engine, &mut pending)?;
         Ok((value, pending))

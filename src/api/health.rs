@@ -36,6 +36,7 @@ impl Api {
             &self.state,
             &self.audit,
             self.readiness().is_ready(),
+            self.bundle.as_deref(),
         ))));
         response.headers_mut().insert(
             CONTENT_TYPE,
@@ -115,7 +116,7 @@ impl Api {
             status: readiness,
             checks,
         } = self.readiness_of(loaded.is_some(), last_reload_error.clone());
-        let sources = self.state.sources();
+        let sources = self.state.origin();
         let (policy, registry) = match loaded.as_ref() {
             Some(loaded) => {
                 let engine = &loaded.engine;
@@ -185,10 +186,14 @@ impl Api {
                 "version": env!("CARGO_PKG_VERSION"),
                 "status": readiness,
                 "checks": checks,
-                "sources": {
-                    "policy": sources.policy.display().to_string(),
-                    "registry": sources.registry.path().display().to_string(),
+                "sources": match sources {
+                    crate::state::Origin::Files(sources) => serde_json::json!({
+                        "policy": sources.policy.display().to_string(),
+                        "registry": sources.registry.path().display().to_string(),
+                    }),
+                    crate::state::Origin::Bundle { url } => serde_json::json!({"bundle": url}),
                 },
+                "bundle": self.bundle.as_ref().map(|b| b.status_json()),
                 "policy": policy,
                 "registry": registry,
                 "last_reload_error": last_error,

@@ -74,6 +74,8 @@ pub struct Api {
     /// Dependencies whose health decides readiness, in the order they are reported.
     probes: Vec<Arc<dyn Probe>>,
     listener: Option<Arc<(Limits, Option<Arc<Tls>>)>>,
+    /// The bundle source, when serving from one (status, metrics, readiness).
+    bundle: Option<Arc<crate::bundle::watch::Watcher>>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -94,7 +96,20 @@ impl Api {
             gate: None,
             probes: vec![shutdown],
             listener: None,
+            bundle: None,
         })
+    }
+
+    /// Serving from a bundle: report its source in status, metrics and readiness (`bundle`).
+    pub fn with_bundle(mut self, watcher: Arc<crate::bundle::watch::Watcher>) -> Self {
+        self.probes.push(Arc::clone(&watcher) as Arc<dyn Probe>);
+        self.bundle = Some(watcher);
+        self
+    }
+
+    /// The bundle watcher, when serving from a bundle.
+    pub fn bundle(&self) -> Option<&Arc<crate::bundle::watch::Watcher>> {
+        self.bundle.as_ref()
     }
 
     /// Report the limits and TLS of the listener this API serves on in `/v1/status`.

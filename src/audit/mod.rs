@@ -107,6 +107,9 @@ pub struct Record<'a> {
     pub policy_version: &'a str,
     /// Loaded registry version.
     pub registry_version: &'a str,
+    /// Revision of the bundle the package and registry came from (`serve --bundle`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bundle_revision: Option<&'a str>,
     /// Microseconds spent deciding.
     pub latency_us: u64,
     /// sha256 (hex) of the bearer credential of a proxied or forward-auth request; never the
@@ -275,6 +278,7 @@ impl AuditLog {
                 policies: &outcome.policies,
                 policy_version: engine.policy().hash().as_str(),
                 registry_version: engine.registry().hash().as_str(),
+                bundle_revision: engine.bundle_revision(),
                 latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
                 credential_sha256: extra.credential_sha256,
             })

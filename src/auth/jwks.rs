@@ -154,7 +154,7 @@ pub(super) fn find_key<'k>(
 /// Parse a JWKS: usable keys, and the keys refused (as `kid (alg)`). Encryption keys are
 /// skipped; symmetric (`oct`) keys are refused — HMAC secrets come only from a secret file, so
 /// a public key set can never turn into an HMAC secret.
-fn parse_jwks(bytes: &[u8], allowed: &[Alg]) -> Result<(Vec<Key>, Vec<String>), String> {
+pub(super) fn parse_jwks(bytes: &[u8], allowed: &[Alg]) -> Result<(Vec<Key>, Vec<String>), String> {
     #[derive(serde::Deserialize)]
     struct Document {
         keys: Vec<Value>,

@@ -32,6 +32,26 @@ pub use settings::{Alg, AuthSettings, JwksSource, SettingError};
 use token::{bearer_token, classify, reject_duplicate_claims, token_header};
 pub use token::{AuthError, Principal};
 
+/// One public key of a JWKS document, for verifiers other than the bearer check (bundle
+/// signatures): its `kid`, algorithm and key.
+pub(crate) type PublicKey = (Option<String>, Alg, DecodingKey);
+
+/// Parse a JWKS document into its keys of the `allowed` algorithms, with the same rules as the
+/// bearer check's key set (`oct` keys refused, a `kid` at most once, the key type and a declared
+/// `alg` must agree). Also returns the keys refused, as `kid (reason)`.
+pub(crate) fn parse_public_keys(
+    bytes: &[u8],
+    allowed: &[Alg],
+) -> Result<(Vec<PublicKey>, Vec<String>), String> {
+    let (keys, refused) = jwks::parse_jwks(bytes, allowed)?;
+    Ok((
+        keys.into_iter()
+            .map(|k| (k.kid, k.alg, k.decoding))
+            .collect(),
+        refused,
+    ))
+}
+
 /// The `docs/runbook.md` anchor for an authentication configuration that is not ready.
 pub const PROBLEM: &str = "auth-unavailable";
 

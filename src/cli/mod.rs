@@ -5,6 +5,7 @@
 //! `check` the decision client, `registry` the `load-registry` command, `decisions` the decision
 //! log reader, `validate` the `validate` and `test` commands.
 
+mod bundle;
 mod check;
 mod decisions;
 mod registry;
@@ -15,6 +16,7 @@ use std::process::ExitCode;
 
 use crate::config::ConfigError;
 
+pub use bundle::bundle;
 pub use check::check;
 pub use decisions::decisions;
 pub use registry::load_registry;

@@ -31,17 +31,10 @@ pub fn serve(args: ServeArgs) -> ExitCode {
 }
 
 fn run(args: &ServeArgs) -> Result<ExitCode, ExitCode> {
-    let sources = match args.sources.sources() {
-        Ok(s) => s,
-        Err(ConfigError::Missing { flag, env }) => {
-            let problem = if env == "FLEX_AUTH_POLICY" {
-                "policy-missing"
-            } else {
-                "registry-missing"
-            };
-            return Err(boot_fail(env, &format!("{flag} is not set"), problem));
-        }
-        Err(e) => return Err(config_error(&e)),
+    let bundle = bundle_setup(args)?;
+    let state = match &bundle {
+        Some(b) => Arc::new(State::for_bundle(b.source.label())),
+        None => Arc::new(State::new(file_sources(args)?)),
     };
     if let Some(path) = &args.admin_token_file {
         if let Err(e) = crate::admin::read_token(path) {
@@ -55,8 +48,9 @@ fn run(args: &ServeArgs) -> Result<ExitCode, ExitCode> {
     let audit = decision_log(args)?;
     let proxy_config = proxy_config(args)?;
     let tls = listener_tls(args)?;
-    let state = Arc::new(State::new(sources));
-    initial_load(args, &state)?;
+    if bundle.is_none() {
+        initial_load(args, &state)?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -64,12 +58,19 @@ fn run(args: &ServeArgs) -> Result<ExitCode, ExitCode> {
             eprintln!("error: cannot start the async runtime: {e}");
             ExitCode::FAILURE
         })?;
-    let api = Api::new(state.clone(), api_config(args))
+    let watcher = match bundle {
+        Some(setup) => Some(runtime.block_on(start_bundle(args, &state, setup))?),
+        None => None,
+    };
+    let mut api = Api::new(state.clone(), api_config(args))
         .map_err(|e| {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         })?
         .with_audit(audit);
+    if let Some(watcher) = &watcher {
+        api = api.with_bundle(Arc::clone(watcher));
+    }
     let (api, proxy) = runtime.block_on(gate_and_proxy(args, &state, api, proxy_config))?;
     let admin = match &args.admin_token_file {
         Some(path) => {
@@ -87,10 +88,150 @@ fn run(args: &ServeArgs) -> Result<ExitCode, ExitCode> {
         }
         None => None,
     };
-    let exit = runtime.block_on(listen_until_stopped(args, state, tls, api, admin, proxy));
+    let exit = runtime.block_on(listen_until_stopped(
+        args, state, tls, api, admin, proxy, watcher,
+    ));
     // Never wait for stray blocking work past the grace: the hard cap is the point.
     runtime.shutdown_timeout(Duration::from_millis(500));
     exit
+}
+
+/// `--policy` and `--registry`/`--entities`, or the `BOOT_FAIL` that says which is missing.
+fn file_sources(args: &ServeArgs) -> Result<crate::state::Sources, ExitCode> {
+    match args.sources.sources() {
+        Ok(s) => Ok(s),
+        Err(ConfigError::Missing { flag, env }) => {
+            let problem = if env == "FLEX_AUTH_POLICY" {
+                "policy-missing"
+            } else {
+                "registry-missing"
+            };
+            Err(boot_fail(
+                env,
+                &format!("{flag} is not set (or serve a bundle with --bundle)"),
+                problem,
+            ))
+        }
+        Err(e) => Err(config_error(&e)),
+    }
+}
+
+/// What `--bundle` needs before anything runs: the parsed source, the trusted keys, the
+/// fetcher. Every bundle flag that no waiting can fix fails here, as a `BOOT_FAIL`.
+struct BundleSetup {
+    source: crate::bundle::fetch::Source,
+    fetcher: crate::bundle::fetch::Fetcher,
+    trust: crate::bundle::Trust,
+}
+
+fn bundle_setup(args: &ServeArgs) -> Result<Option<BundleSetup>, ExitCode> {
+    let b = &args.bundle;
+    let Some(url) = &b.url else {
+        let stray = [
+            (!b.public_keys.is_empty(), "--bundle-public-key"),
+            (b.cache_dir.is_some(), "--bundle-cache-dir"),
+            (b.max_staleness.is_some(), "--bundle-max-staleness"),
+            (b.registry_auth.is_some(), "--bundle-registry-auth"),
+            (b.ca.is_some(), "--bundle-ca"),
+        ];
+        if let Some((_, flag)) = stray.iter().find(|(set, _)| *set) {
+            return Err(boot_fail(
+                "FLEX_AUTH_BUNDLE",
+                &format!("{flag} is set but --bundle is not: it would do nothing"),
+                "bundle-invalid",
+            ));
+        }
+        return Ok(None);
+    };
+    let fail = |setting: &str, reason: &str, problem: &str| boot_fail(setting, reason, problem);
+    let source = crate::bundle::fetch::Source::parse(url, b.allow_http)
+        .map_err(|e| fail("FLEX_AUTH_BUNDLE", &e, "bundle-invalid"))?;
+    let trust = crate::bundle::Trust::load(&b.public_keys)
+        .map_err(|e| fail("FLEX_AUTH_BUNDLE_PUBLIC_KEY", &e, "bundle-signature"))?;
+    if trust.is_empty() && args.fail_fast() && !b.insecure_unsigned {
+        return Err(fail(
+            "FLEX_AUTH_BUNDLE_PUBLIC_KEY",
+            "production mode serves only signed bundles: set --bundle-public-key (or, knowingly, --bundle-insecure-unsigned)",
+            "bundle-signature",
+        ));
+    }
+    if let Some(dir) = &b.cache_dir {
+        let usable = std::fs::create_dir_all(dir).and_then(|()| {
+            let probe = dir.join(".flex-auth-write-test");
+            std::fs::write(&probe, b"")?;
+            std::fs::remove_file(&probe)
+        });
+        if let Err(e) = usable {
+            return Err(fail(
+                "FLEX_AUTH_BUNDLE_CACHE_DIR",
+                &format!("cannot write to `{}`: {e}", dir.display()),
+                "bundle-io",
+            ));
+        }
+    }
+    let limits = crate::bundle::fetch::Limits {
+        connect_timeout: b.connect_timeout,
+        read_timeout: b.read_timeout,
+        download_timeout: b.download_timeout,
+        max_bytes: b.max_bytes,
+    };
+    let fetcher = crate::bundle::fetch::Fetcher::new(
+        source.clone(),
+        limits,
+        b.ca.as_deref(),
+        b.registry_auth.as_deref(),
+        b.allow_http,
+    )
+    .map_err(|e| {
+        let setting = if e.contains("config.json") || e.contains("auths") {
+            "FLEX_AUTH_BUNDLE_REGISTRY_AUTH"
+        } else {
+            "FLEX_AUTH_BUNDLE_CA"
+        };
+        fail(setting, &e, "bundle-invalid")
+    })?;
+    Ok(Some(BundleSetup {
+        source,
+        fetcher,
+        trust,
+    }))
+}
+
+/// The first bundle: fetched (or taken from the cache) before anything listens. A failure is a
+/// `BOOT_FAIL` in production mode; otherwise the server starts unready and the poll retries.
+async fn start_bundle(
+    args: &ServeArgs,
+    state: &Arc<State>,
+    setup: BundleSetup,
+) -> Result<Arc<crate::bundle::watch::Watcher>, ExitCode> {
+    if setup.trust.is_empty() {
+        tracing::warn!("no --bundle-public-key: bundles are activated without a signature check");
+    }
+    let config = crate::bundle::watch::WatchConfig {
+        poll_interval: args.bundle.poll_interval,
+        max_staleness: args.bundle.max_staleness,
+        cache_dir: args.bundle.cache_dir.clone(),
+        max_bytes: args.bundle.max_bytes,
+    };
+    let watcher = Arc::new(crate::bundle::watch::Watcher::new(
+        setup.fetcher,
+        setup.trust,
+        config,
+        Arc::clone(state),
+    ));
+    match watcher.start().await {
+        Ok(()) => Ok(watcher),
+        Err(e) if args.fail_fast() => {
+            let problem = state
+                .last_error()
+                .map_or("bundle-unreachable", |f| f.problem);
+            Err(boot_fail("FLEX_AUTH_BUNDLE", &e, problem))
+        }
+        Err(e) => {
+            tracing::error!(source = %setup.source.label(), error = %e, "no bundle could be activated; serving unready (every check answers 503) until one can");
+            Ok(watcher)
+        }
+    }
 }
 
 /// The decision log named by `--decision-log`; a sink without a mode logs best-effort (naming a
@@ -211,13 +352,21 @@ async fn listen_until_stopped(
     api: Api,
     admin: Option<Admin>,
     proxy: Option<crate::proxy::Proxy>,
+    watcher: Option<Arc<crate::bundle::watch::Watcher>>,
 ) -> Result<ExitCode, ExitCode> {
-    let reload_config = ReloadConfig {
-        watch: !args.no_watch,
-        poll_interval: Some(args.poll_interval).filter(|d| !d.is_zero()),
-        ..ReloadConfig::default()
+    // Files reload on events, polls and SIGHUP; a bundle on its own polls and SIGHUP.
+    let _triggers = match &watcher {
+        None => {
+            let reload_config = ReloadConfig {
+                watch: !args.no_watch,
+                poll_interval: Some(args.poll_interval).filter(|d| !d.is_zero()),
+                ..ReloadConfig::default()
+            };
+            Some(reload::spawn(state.clone(), &reload_config))
+        }
+        Some(_) => None,
     };
-    let _triggers = reload::spawn(state.clone(), &reload_config);
+    let _bundle_polls = watcher.as_ref().map(crate::bundle::watch::Watcher::spawn);
     let _tls_reload = tls.as_ref().map(Tls::spawn_reload);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // Signal handlers first: once anything says "listening", SIGTERM means drain.

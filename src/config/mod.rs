@@ -10,7 +10,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod serve;
 
-pub use serve::{AuthArgs, LimitsArgs, MetricsListener, Mode, ProxyArgs, ServeArgs, TlsArgs};
+pub use serve::{
+    AuthArgs, BundleArgs, LimitsArgs, MetricsListener, Mode, ProxyArgs, ServeArgs, TlsArgs,
+};
 
 /// flex-auth: a Cedar policy decision point and fail-closed authorization proxy.
 #[derive(Debug, Parser)]
@@ -68,6 +70,163 @@ pub enum Command {
     /// and meaning (`config reference --markdown` writes docs/configuration.md).
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Build, sign, verify, inspect, push and pull bundles: one `.tar.gz` with a policy package,
+    /// a registry and a manifest of their sha256, optionally signed (docs/bundles.md).
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+}
+
+/// `flex-auth bundle …`. Exit codes: 0 done / valid, 1 invalid or refused, 2 cannot run (I/O,
+/// network), 78 configuration.
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Validate a policy package and registry exactly as `validate` does and pack them with their
+    /// manifest; refuses to build an invalid bundle.
+    Build(BundleBuildArgs),
+    /// Sign a bundle's manifest (EdDSA or ES256 JWS in `signatures.json`); a signature by the same
+    /// `kid` is replaced, others are kept (sign with the old and the new key while rotating).
+    Sign(BundleSignArgs),
+    /// Check a bundle: archive, manifest, every file's sha256, and its signature against the keys.
+    Verify(BundleVerifyArgs),
+    /// Show a bundle's manifest, files, signatures (unverified) and what its package and registry
+    /// hold.
+    Inspect(BundleInspectArgs),
+    /// Push a bundle to an OCI registry as a one-layer artifact.
+    Push(BundleOciArgs),
+    /// Pull a bundle from an OCI registry into a file.
+    Pull(BundleOciArgs),
+}
+
+/// `flex-auth bundle build`.
+#[derive(Debug, Clone, Args)]
+pub struct BundleBuildArgs {
+    /// Policy and registry to pack.
+    #[command(flatten)]
+    pub sources: SourceArgs,
+
+    /// The release's name, e.g. `2026-12-02.1` or a git commit (A-Z a-z 0-9 . _ : + -).
+    #[arg(long, env = "FLEX_AUTH_BUNDLE_REVISION", value_name = "REV")]
+    pub revision: String,
+
+    /// Where to write the bundle (`.tar.gz`).
+    #[arg(
+        short = 'o',
+        long = "output",
+        env = "FLEX_AUTH_BUNDLE_OUTPUT",
+        value_name = "FILE"
+    )]
+    pub output: PathBuf,
+
+    /// Sign while building, with this PKCS#8 PEM private key (Ed25519 or P-256).
+    #[arg(
+        long,
+        env = "FLEX_AUTH_BUNDLE_SIGNING_KEY",
+        value_name = "PEM",
+        requires = "kid"
+    )]
+    pub signing_key: Option<PathBuf>,
+
+    /// The signing key's id, with --signing-key.
+    #[arg(long, env = "FLEX_AUTH_BUNDLE_KID", value_name = "ID")]
+    pub kid: Option<String>,
+}
+
+/// `flex-auth bundle sign`.
+#[derive(Debug, Clone, Args)]
+pub struct BundleSignArgs {
+    /// The bundle to sign.
+    #[arg(env = "FLEX_AUTH_BUNDLE_FILE", value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// PKCS#8 PEM private key (Ed25519 → EdDSA, P-256 → ES256).
+    #[arg(long, env = "FLEX_AUTH_BUNDLE_SIGNING_KEY", value_name = "PEM")]
+    pub key: PathBuf,
+
+    /// The key's id, as the servers' --bundle-public-key names it.
+    #[arg(long, env = "FLEX_AUTH_BUNDLE_KID", value_name = "ID")]
+    pub kid: String,
+
+    /// Write the signed bundle here instead of replacing FILE (atomically).
+    #[arg(
+        short = 'o',
+        long = "output",
+        env = "FLEX_AUTH_BUNDLE_OUTPUT",
+        value_name = "FILE"
+    )]
+    pub output: Option<PathBuf>,
+}
+
+/// `flex-auth bundle verify`.
+#[derive(Debug, Clone, Args)]
+pub struct BundleVerifyArgs {
+    /// The bundle to check.
+    #[arg(env = "FLEX_AUTH_BUNDLE_FILE", value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Trusted key(s), as `serve --bundle-public-key`: a JWKS or `[KID=]` a PEM public key.
+    #[arg(
+        long = "public-key",
+        env = "FLEX_AUTH_BUNDLE_PUBLIC_KEY",
+        value_name = "[KID=]FILE",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub public_keys: Vec<String>,
+
+    /// Largest total of unpacked files.
+    #[arg(long, env = "FLEX_AUTH_BUNDLE_MAX_BYTES", value_name = "BYTES",
+          default_value_t = crate::bundle::DEFAULT_MAX_BYTES)]
+    pub max_bytes: u64,
+}
+
+/// `flex-auth bundle inspect`.
+#[derive(Debug, Clone, Args)]
+pub struct BundleInspectArgs {
+    /// The bundle to show.
+    #[arg(env = "FLEX_AUTH_BUNDLE_FILE", value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Print JSON instead of text.
+    #[arg(long, env = "FLEX_AUTH_JSON")]
+    pub json: bool,
+
+    /// Largest total of unpacked files.
+    #[arg(long, env = "FLEX_AUTH_BUNDLE_MAX_BYTES", value_name = "BYTES",
+          default_value_t = crate::bundle::DEFAULT_MAX_BYTES)]
+    pub max_bytes: u64,
+}
+
+/// `flex-auth bundle push` / `pull`.
+#[derive(Debug, Clone, Args)]
+pub struct BundleOciArgs {
+    /// The bundle file (read by `push`, written by `pull`).
+    #[arg(env = "FLEX_AUTH_BUNDLE_FILE", value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// `oci://REGISTRY/REPOSITORY:TAG` (or `@sha256:…` to pull).
+    #[arg(env = "FLEX_AUTH_BUNDLE", value_name = "REFERENCE")]
+    pub reference: String,
+
+    /// Docker `config.json` with the registry's credentials (`auths.HOST.auth`).
+    #[arg(long, env = "FLEX_AUTH_BUNDLE_REGISTRY_AUTH", value_name = "FILE")]
+    pub registry_auth: Option<PathBuf>,
+
+    /// PEM CA bundle trusted for the registry instead of the usual roots.
+    #[arg(long, env = "FLEX_AUTH_BUNDLE_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+
+    /// Speak plain HTTP to a non-loopback registry.
+    #[arg(long, env = "FLEX_AUTH_BUNDLE_ALLOW_HTTP")]
+    pub allow_http: bool,
+
+    /// Largest bundle pulled or pushed.
+    #[arg(long, env = "FLEX_AUTH_BUNDLE_MAX_BYTES", value_name = "BYTES",
+          default_value_t = crate::bundle::DEFAULT_MAX_BYTES)]
+    pub max_bytes: u64,
+
+    /// How long the whole transfer may take.
+    #[arg(long, env = "FLEX_AUTH_TIMEOUT", value_name = "DURATION", default_value = "120s", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 /// `flex-auth config …`.

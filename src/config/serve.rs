@@ -167,6 +167,115 @@ pub struct ServeArgs {
     /// Connection and request limits of every listener.
     #[command(flatten)]
     pub limits: LimitsArgs,
+
+    /// Serving from a signed bundle instead of files.
+    #[command(flatten)]
+    pub bundle: BundleArgs,
+}
+
+/// `serve --bundle`: where the bundle comes from, which keys sign it, how it is polled, cached
+/// and bounded (docs/bundles.md).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Bundles")]
+pub struct BundleArgs {
+    /// Serve the policy package and registry of a bundle: `https://…`, `http://…` (loopback
+    /// only, unless --bundle-allow-http), `oci://REGISTRY/REPO:TAG` (or `@sha256:…`), or a
+    /// local path. Excludes --policy, --registry and --entities.
+    #[arg(long = "bundle", id = "bundle", env = "FLEX_AUTH_BUNDLE", value_name = "URL",
+          conflicts_with_all = ["policy", "registry", "entities"])]
+    pub url: Option<String>,
+
+    /// Public key(s) bundles must be signed with: a JWKS file (keys by `kid`) or a PEM Ed25519 /
+    /// P-256 public key, written `KID=FILE` to name its `kid`. Repeat (or separate with commas)
+    /// to trust several keys while rotating. With any key set, an unsigned bundle, a bad
+    /// signature or an unknown `kid` is always refused.
+    #[arg(
+        long = "bundle-public-key",
+        id = "bundle_public_key",
+        env = "FLEX_AUTH_BUNDLE_PUBLIC_KEY",
+        value_name = "[KID=]FILE",
+        value_delimiter = ','
+    )]
+    pub public_keys: Vec<String>,
+
+    /// Accept bundles without checking a signature (no --bundle-public-key) in production mode.
+    /// Development mode accepts them with a warning.
+    #[arg(
+        long = "bundle-insecure-unsigned",
+        id = "bundle_insecure_unsigned",
+        env = "FLEX_AUTH_BUNDLE_INSECURE_UNSIGNED"
+    )]
+    pub insecure_unsigned: bool,
+
+    /// How often the source is asked for a new bundle (±10 % jitter; failures back off
+    /// exponentially up to 5 minutes). An unchanged HTTP source answers 304.
+    #[arg(long = "bundle-poll-interval", id = "bundle_poll_interval", env = "FLEX_AUTH_BUNDLE_POLL_INTERVAL", value_name = "DURATION",
+          default_value = "30s", value_parser = parse_positive_duration)]
+    pub poll_interval: Duration,
+
+    /// Keep the last activated bundle here (written atomically) and start from it when the
+    /// source cannot be reached; readiness is `degraded` until the source answers.
+    #[arg(
+        long = "bundle-cache-dir",
+        id = "bundle_cache_dir",
+        env = "FLEX_AUTH_BUNDLE_CACHE_DIR",
+        value_name = "DIR"
+    )]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Fail closed on an old policy: when no check of the source succeeded for this long,
+    /// readiness is unready and decisions answer 503 `bundle_stale`. Off by default.
+    #[arg(long = "bundle-max-staleness", id = "bundle_max_staleness", env = "FLEX_AUTH_BUNDLE_MAX_STALENESS", value_name = "DURATION",
+          value_parser = parse_positive_duration)]
+    pub max_staleness: Option<Duration>,
+
+    /// Largest bundle download, and separately the largest total of its unpacked files.
+    #[arg(long = "bundle-max-bytes", id = "bundle_max_bytes", env = "FLEX_AUTH_BUNDLE_MAX_BYTES", value_name = "BYTES",
+          default_value_t = crate::bundle::DEFAULT_MAX_BYTES,
+          value_parser = clap::value_parser!(u64).range(1024..=4 * 1024 * 1024 * 1024))]
+    pub max_bytes: u64,
+
+    /// Longest wait for a connection to the bundle source.
+    #[arg(long = "bundle-connect-timeout", id = "bundle_connect_timeout", env = "FLEX_AUTH_BUNDLE_CONNECT_TIMEOUT", value_name = "DURATION",
+          default_value = "5s", value_parser = parse_positive_duration)]
+    pub connect_timeout: Duration,
+
+    /// Longest wait for any read from the source: the response head, then each piece of the body.
+    #[arg(long = "bundle-read-timeout", id = "bundle_read_timeout", env = "FLEX_AUTH_BUNDLE_READ_TIMEOUT", value_name = "DURATION",
+          default_value = "10s", value_parser = parse_positive_duration)]
+    pub read_timeout: Duration,
+
+    /// Longest one whole check may take (connection, response and body).
+    #[arg(long = "bundle-download-timeout", id = "bundle_download_timeout", env = "FLEX_AUTH_BUNDLE_DOWNLOAD_TIMEOUT", value_name = "DURATION",
+          default_value = "120s", value_parser = parse_positive_duration)]
+    pub download_timeout: Duration,
+
+    /// PEM CA bundle trusted for an `https://` or OCI bundle source instead of the usual roots.
+    #[arg(
+        long = "bundle-ca",
+        id = "bundle_ca",
+        env = "FLEX_AUTH_BUNDLE_CA",
+        value_name = "FILE"
+    )]
+    pub ca: Option<PathBuf>,
+
+    /// Docker `config.json` with credentials for an `oci://` registry (`auths.HOST.auth`).
+    /// Without it the registry is asked anonymously.
+    #[arg(
+        long = "bundle-registry-auth",
+        id = "bundle_registry_auth",
+        env = "FLEX_AUTH_BUNDLE_REGISTRY_AUTH",
+        value_name = "FILE"
+    )]
+    pub registry_auth: Option<PathBuf>,
+
+    /// Allow plain `http://` (and plain-HTTP OCI registries) to non-loopback hosts.
+    #[arg(
+        long = "bundle-allow-http",
+        id = "bundle_allow_http",
+        env = "FLEX_AUTH_BUNDLE_ALLOW_HTTP"
+    )]
+    pub allow_http: bool,
 }
 
 /// TLS for the decision API listener (`--listen`).

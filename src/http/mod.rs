@@ -120,6 +120,9 @@ pub enum ApiError {
     },
     /// No policy package and registry are loaded.
     NotReady(String),
+    /// The bundle source has not been reached for longer than `--bundle-max-staleness`: the
+    /// operator chose to refuse rather than decide on an old policy.
+    BundleStale(String),
     /// Missing or wrong admin bearer token.
     Unauthorized,
     /// The admin token file cannot be read: nothing is authorized.
@@ -174,6 +177,8 @@ pub struct DecisionBody<'a> {
     fail_closed: bool,
     policy_version: Cow<'a, str>,
     registry_version: Cow<'a, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bundle_revision: Option<Cow<'a, str>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     errors: Vec<PolicyError>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -192,6 +197,7 @@ impl<'a> DecisionBody<'a> {
             fail_closed: true,
             policy_version: Cow::Borrowed(engine.policy().hash().as_str()),
             registry_version: Cow::Borrowed(engine.registry().hash().as_str()),
+            bundle_revision: engine.bundle_revision().map(Cow::Borrowed),
             errors: outcome.errors,
             error: None,
         }
@@ -239,6 +245,7 @@ impl ApiError {
             fail_closed: true,
             policy_version: Cow::Owned(engine.policy().hash().as_str().to_owned()),
             registry_version: Cow::Owned(engine.registry().hash().as_str().to_owned()),
+            bundle_revision: engine.bundle_revision().map(|r| Cow::Owned(r.to_owned())),
             errors: Vec::new(),
             error: None,
         }))
@@ -274,9 +281,10 @@ impl ApiError {
             Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::NotReady(_) | Self::AdminUnavailable(_) | Self::AuditUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::NotReady(_)
+            | Self::BundleStale(_)
+            | Self::AdminUnavailable(_)
+            | Self::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
         }
@@ -378,6 +386,11 @@ impl ApiError {
             Self::NotReady(m) => (
                 "not_ready",
                 format!("cannot decide, treat as deny: {m}"),
+                None,
+            ),
+            Self::BundleStale(m) => (
+                "bundle_stale",
+                format!("the policy in force is older than --bundle-max-staleness allows, treat as deny: {m}"),
                 None,
             ),
             Self::Unauthenticated {
