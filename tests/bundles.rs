@@ -1,0 +1,637 @@
+//! Bundles end to end, with real components: the `flex-auth bundle` CLI, the binary serving
+//! `--bundle` from nginx (which answers `If-None-Match` natively), from a real OCI registry
+//! (Debian's `docker-registry`, pushed to with `flex-auth bundle push`), and from a Python
+//! server that misbehaves on request. Every bad bundle keeps the last good one in force and
+//! says why. Loopback only; every wait has a deadline.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "integration tests fail by panicking"
+)]
+
+mod support;
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use flex_auth::bundle::{self, BuildInput, Files};
+use flex_auth::RegistrySource;
+use http::{Method, StatusCode};
+use serde_json::{json, Value};
+use support::{bridge_snapshot, repo_path, send, sign_request, spawn_binary, stop_binary};
+
+/// A signing key pair and the `kid` it is published under.
+struct Key {
+    kid: String,
+    pair: rcgen::KeyPair,
+}
+
+impl Key {
+    fn ed25519(kid: &str) -> Self {
+        Self {
+            kid: kid.to_owned(),
+            pair: rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap(),
+        }
+    }
+
+    fn es256(kid: &str) -> Self {
+        Self {
+            kid: kid.to_owned(),
+            pair: rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
+        }
+    }
+
+    fn jwk(&self) -> Value {
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let raw = self.pair.public_key_raw();
+        if raw.len() == 32 {
+            json!({"kty": "OKP", "crv": "Ed25519", "kid": self.kid, "x": b64(raw)})
+        } else {
+            json!({"kty": "EC", "crv": "P-256", "kid": self.kid, "x": b64(&raw[1..33]), "y": b64(&raw[33..65])})
+        }
+    }
+
+    fn write_private(&self, dir: &Path) -> PathBuf {
+        let path = dir.join(format!("{}.key.pem", self.kid));
+        std::fs::write(&path, self.pair.serialize_pem()).unwrap();
+        path
+    }
+
+    fn write_public(&self, dir: &Path) -> PathBuf {
+        let path = dir.join(format!("{}.pub.pem", self.kid));
+        std::fs::write(&path, self.pair.public_key_pem()).unwrap();
+        path
+    }
+}
+
+fn write_jwks(dir: &Path, keys: &[&Key]) -> PathBuf {
+    let path = dir.join("bundle-keys.jwks.json");
+    let keys: Vec<Value> = keys.iter().map(|k| k.jwk()).collect();
+    std::fs::write(&path, json!({ "keys": keys }).to_string()).unwrap();
+    path
+}
+
+/// A registry with the bridge allowed up to `max_ttl` hours, in `dir`.
+fn registry_file(dir: &Path, max_ttl: i64) -> PathBuf {
+    let path = dir.join(format!("registry-{max_ttl}.json"));
+    std::fs::write(&path, bridge_snapshot(max_ttl)).unwrap();
+    path
+}
+
+/// A bundle of the ops-warden package and `registry`, signed by `signers`, with `tamper`
+/// applied to its files after the manifest was made.
+fn make_bundle(
+    revision: &str,
+    registry: &Path,
+    signers: &[&Key],
+    tamper: impl FnOnce(&mut Files),
+) -> Vec<u8> {
+    let registry = RegistrySource::Snapshot(registry.to_owned());
+    let policy = repo_path("policies/ops-warden");
+    let (manifest, mut files) = bundle::build(&BuildInput {
+        policy: &policy,
+        registry: &registry,
+        revision,
+        created: SystemTime::now(),
+    })
+    .unwrap();
+    let manifest_bytes = bundle::manifest_bytes(&manifest);
+    let signatures: Vec<String> = signers
+        .iter()
+        .map(|k| {
+            bundle::sign(
+                &manifest_bytes,
+                revision,
+                k.pair.serialize_pem().as_bytes(),
+                &k.kid,
+            )
+            .unwrap()
+        })
+        .collect();
+    tamper(&mut files);
+    files.insert(bundle::MANIFEST.to_owned(), manifest_bytes);
+    if !signatures.is_empty() {
+        files.insert(
+            bundle::SIGNATURES.to_owned(),
+            json!({ "signatures": signatures }).to_string().into_bytes(),
+        );
+    }
+    bundle::pack(&files, 0).unwrap()
+}
+
+/// A gzip-compressed tar with entries written raw (names as an attacker would send them).
+fn raw_archive(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, bytes) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        let name = path.as_bytes();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name);
+        header.set_cksum();
+        tar.append(&header, *bytes).unwrap();
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&tar.into_inner().unwrap()).unwrap();
+    gz.finish().unwrap()
+}
+
+/// 64 MiB of zeros in one entry: about 64 KiB compressed.
+fn bomb() -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_ustar();
+    header.set_size(64 << 20);
+    header.set_mode(0o644);
+    tar.append_data(
+        &mut header,
+        "registry/zeros.json",
+        std::io::Read::take(std::io::repeat(0), 64 << 20),
+    )
+    .unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&tar.into_inner().unwrap()).unwrap();
+    gz.finish().unwrap()
+}
+
+/// Replace `dir/name` atomically, with a modification time of its own (nginx's ETag is the
+/// mtime and size: two bundles of one size written in the same second would share one).
+fn publish(dir: &Path, name: &str, bytes: &[u8], generation: u64) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes).unwrap();
+    let mtime =
+        SystemTime::now() - Duration::from_secs(10_000) + Duration::from_secs(generation * 10);
+    std::fs::File::options()
+        .write(true)
+        .open(&tmp)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+async fn status(addr: SocketAddr) -> Value {
+    send(addr, Method::GET, "/v1/status", &[], "").await.json()
+}
+
+/// Wait (bounded) until the status page satisfies `condition`; returns it.
+async fn wait_status(addr: SocketAddr, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = status(addr).await;
+        if condition(&page) {
+            return page;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}; status: {page:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn revision(page: &Value) -> Option<&str> {
+    page["bundle"]["revision"].as_str()
+}
+
+fn reload_error(page: &Value) -> &str {
+    page["last_reload_error"]["message"].as_str().unwrap_or("")
+}
+
+async fn check_bridge(addr: SocketAddr, ttl: i64) -> (StatusCode, Value) {
+    let body = sign_request(
+        "agt-state-hub-bridge",
+        "agt-state-hub-bridge",
+        ttl,
+        &["state-hub"],
+    );
+    let reply = send(
+        addr,
+        Method::POST,
+        "/v1/check",
+        &[("content-type", "application/json")],
+        body.to_string(),
+    )
+    .await;
+    (reply.status, reply.json())
+}
+
+fn addr_of(text: &str) -> SocketAddr {
+    text.parse().unwrap()
+}
+
+/// A tool this test needs: its path, or `None` (skipped, visibly) — under `CI` a missing tool
+/// fails the test instead.
+fn tool(candidates: &[&str], install: &str) -> Option<PathBuf> {
+    let found = candidates.iter().map(PathBuf::from).find(|p| p.exists());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{} is required here: {install} (.ci/run does)",
+            candidates[0]
+        );
+        eprintln!(
+            "SKIPPED: {} is not installed ({install}); CI runs this test",
+            candidates[0]
+        );
+    }
+    found
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Killed(Option<Child>);
+
+impl Killed {
+    fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
+
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().unwrap()
+    }
+
+    /// The child, for a graceful stop.
+    fn take(mut self) -> Child {
+        self.0.take().unwrap()
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_listening(port: u16, child: &mut Child, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited with {status}");
+        }
+        assert!(std::time::Instant::now() < deadline, "{what} did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_flex-auth"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_cli_builds_signs_verifies_and_inspects_and_refuses_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (old, new) = (Key::ed25519("ops-2026"), Key::es256("ops-2027"));
+    let (old_key, new_key) = (old.write_private(d), new.write_private(d));
+    let old_pub = old.write_public(d);
+    let jwks = write_jwks(d, &[&new]);
+    let registry = registry_file(d, 8);
+    let out = d.join("b.tar.gz");
+    let s = |p: &Path| p.display().to_string();
+    let policy = s(&repo_path("policies/ops-warden"));
+
+    // An invalid package is never packed.
+    let broken = support::temp_package(&[(
+        "p.cedar",
+        "permit(principal, action, resource) when { nope };",
+    )]);
+    let (code, _, err) = run_cli(&[
+        "bundle",
+        "build",
+        "--policy",
+        &s(broken.path()),
+        "--registry",
+        &s(&registry),
+        "--revision",
+        "r1",
+        "-o",
+        &s(&out),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.starts_with("invalid:"), "{err}");
+    assert!(!out.exists());
+    let (code, _, err) = run_cli(&[
+        "bundle",
+        "build",
+        "--policy",
+        &policy,
+        "--registry",
+        &s(&registry),
+        "--revision",
+        "bad revision",
+        "-o",
+        &s(&out),
+    ]);
+    assert_eq!(code, 1, "{err}");
+
+    let (code, stdout, err) = run_cli(&[
+        "bundle",
+        "build",
+        "--policy",
+        &policy,
+        "--registry",
+        &s(&registry),
+        "--revision",
+        "r1",
+        "-o",
+        &s(&out),
+        "--signing-key",
+        &s(&old_key),
+        "--kid",
+        "ops-2026",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("signed by `ops-2026`"), "{stdout}");
+    // The old key (a PEM named by `KID=`) verifies it; the new key set does not know its kid.
+    let old_spec = format!("ops-2026={}", s(&old_pub));
+    let (code, stdout, err) = run_cli(&["bundle", "verify", &s(&out), "--public-key", &old_spec]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("signed by `ops-2026` (EdDSA)"), "{stdout}");
+    let (code, _, err) = run_cli(&["bundle", "verify", &s(&out), "--public-key", &s(&jwks)]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown key id(s) `ops-2026`"), "{err}");
+    // Signed again with the new key: both signatures stay, each key set accepts it.
+    let (code, stdout, err) = run_cli(&[
+        "bundle",
+        "sign",
+        &s(&out),
+        "--key",
+        &s(&new_key),
+        "--kid",
+        "ops-2027",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("ops-2026, ops-2027"), "{stdout}");
+    for spec in [old_spec.as_str(), &s(&jwks)] {
+        let (code, _, err) = run_cli(&["bundle", "verify", &s(&out), "--public-key", spec]);
+        assert_eq!(code, 0, "{spec}: {err}");
+    }
+    let (code, stdout, err) = run_cli(&["bundle", "inspect", &s(&out), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let shown: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(shown["manifest"]["revision"], "r1");
+    assert_eq!(shown["signatures"], json!(["ops-2026", "ops-2027"]));
+    assert_eq!(shown["package"]["policies"], 5);
+    assert_eq!(shown["registry"]["entities"], 1);
+    // The package version is the same as from the files: the bundle holds the same bytes.
+    let (_, validated, _) =
+        run_cli(&["validate", "--policy", &policy, "--registry", &s(&registry)]);
+    assert!(
+        validated.contains(shown["package"]["policy_version"].as_str().unwrap()),
+        "{validated}"
+    );
+
+    // A bundle whose registry differs from its manifest is refused by verify and by sign.
+    let tampered = make_bundle("r2", &registry, &[&new], |files| {
+        let path = files
+            .paths()
+            .find(|p| p.starts_with("registry/"))
+            .unwrap()
+            .to_owned();
+        let mut bytes = files.take(&path).unwrap();
+        bytes.extend_from_slice(b" ");
+        files.insert(path, bytes);
+    });
+    let tampered_path = d.join("tampered.tar.gz");
+    std::fs::write(&tampered_path, tampered).unwrap();
+    let (code, _, err) = run_cli(&[
+        "bundle",
+        "verify",
+        &s(&tampered_path),
+        "--public-key",
+        &s(&jwks),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("differs from the manifest"), "{err}");
+    let (code, _, err) = run_cli(&[
+        "bundle",
+        "sign",
+        &s(&tampered_path),
+        "--key",
+        &s(&new_key),
+        "--kid",
+        "ops-2027",
+    ]);
+    assert_eq!(code, 1, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundles_from_nginx_activate_and_every_bad_one_keeps_the_last_good() {
+    let Some(nginx) = tool(
+        &["/usr/sbin/nginx", "/usr/bin/nginx"],
+        "apt-get install nginx",
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let www = d.join("www");
+    std::fs::create_dir(&www).unwrap();
+    let (old, new, stranger) = (
+        Key::ed25519("k-old"),
+        Key::es256("k-new"),
+        Key::ed25519("k-stranger"),
+    );
+    let jwks = write_jwks(d, &[&old, &new]);
+    let (reg8, reg4) = (registry_file(d, 8), registry_file(d, 4));
+    publish(
+        &www,
+        "bundle.tar.gz",
+        &make_bundle("r1", &reg8, &[&old], |_| {}),
+        1,
+    );
+
+    let port = free_port();
+    let prefix = d.display();
+    let conf = d.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+  log_format short '$request $status';
+  access_log {prefix}/access.log short;
+  client_body_temp_path {prefix}/body;
+  proxy_temp_path {prefix}/proxy;
+  fastcgi_temp_path {prefix}/fastcgi;
+  uwsgi_temp_path {prefix}/uwsgi;
+  scgi_temp_path {prefix}/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ root {prefix}/www; }}
+  }}
+}}
+"#
+        ),
+    )
+    .unwrap();
+    let mut nginx = Killed::new(
+        Command::new(nginx)
+            .args(["-p", &prefix.to_string(), "-c", &conf.display().to_string()])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(port, nginx.child(), "nginx").await;
+
+    let url = format!("http://127.0.0.1:{port}/bundle.tar.gz");
+    let cache = d.join("cache");
+    let (child, addr) = spawn_binary(&[
+        "--bundle",
+        &url,
+        "--bundle-public-key",
+        &jwks.display().to_string(),
+        "--bundle-poll-interval",
+        "200ms",
+        "--bundle-cache-dir",
+        &cache.display().to_string(),
+        "--bundle-max-bytes",
+        "1048576",
+    ]);
+    let server = Killed::new(child);
+    let addr = addr_of(&addr);
+
+    let page = wait_status(addr, "r1 is active", |p| revision(p) == Some("r1")).await;
+    assert_eq!(page["bundle"]["kid"], "k-old");
+    assert_eq!(page["sources"]["bundle"], url.as_str());
+    let (code, decision) = check_bridge(addr, 6).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(decision["decision"], "allow");
+    assert_eq!(decision["bundle_revision"], "r1");
+    // Unchanged polls are conditional and answered 304 by nginx.
+    support::eventually("nginx logs 304s for unchanged polls", async || {
+        let log = std::fs::read_to_string(d.join("access.log")).unwrap_or_default();
+        log.lines().filter(|l| l.ends_with(" 304")).count() >= 3
+    })
+    .await;
+    assert!(
+        cache.join("bundle.tar.gz").exists(),
+        "the activated bundle is cached"
+    );
+
+    // Key rotation: a bundle signed by the new key activates beside the old one's.
+    publish(
+        &www,
+        "bundle.tar.gz",
+        &make_bundle("r2", &reg4, &[&new], |_| {}),
+        2,
+    );
+    wait_status(addr, "r2 is active", |p| revision(p) == Some("r2")).await;
+    let (_, decision) = check_bridge(addr, 6).await;
+    assert_eq!(
+        decision["decision"], "deny",
+        "r2's registry caps the ttl at 4 hours"
+    );
+    assert_eq!(decision["bundle_revision"], "r2");
+
+    let tamper = |files: &mut Files| {
+        let path = files
+            .paths()
+            .find(|p| p.starts_with("registry/"))
+            .unwrap()
+            .to_owned();
+        files.insert(path, bridge_snapshot(24).into_bytes());
+    };
+    let dotdot = raw_archive(&[("../escape.cedar", b"permit(principal, action, resource);")]);
+    let whole = make_bundle("r9", &reg8, &[&new], |_| {});
+    let bad: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "tampered",
+            make_bundle("r3", &reg8, &[&new], tamper),
+            "differs from the manifest",
+        ),
+        (
+            "unsigned",
+            make_bundle("r4", &reg8, &[], |_| {}),
+            "is not signed",
+        ),
+        (
+            "unknown kid",
+            make_bundle("r5", &reg8, &[&stranger], |_| {}),
+            "unknown key id(s) `k-stranger`",
+        ),
+        (
+            "truncated",
+            whole[..whole.len() / 2].to_vec(),
+            "not a complete gzip-compressed tar",
+        ),
+        ("bomb", bomb(), "unpacks to more than 1048576 bytes"),
+        ("dot-dot", dotdot, "`..`"),
+    ];
+    for (generation, (name, bytes, why)) in (3..).zip(bad) {
+        publish(&www, "bundle.tar.gz", &bytes, generation);
+        let page = wait_status(addr, name, |p| reload_error(p).contains(why)).await;
+        assert_eq!(revision(&page), Some("r2"), "{name}: the last good stays");
+        assert_eq!(page["status"], "degraded", "{name}");
+        assert_eq!(page["last_reload_error"]["trigger"], "bundle", "{name}");
+        let (code, decision) = check_bridge(addr, 2).await;
+        assert_eq!(code, StatusCode::OK, "{name}");
+        assert_eq!(decision["bundle_revision"], "r2", "{name}");
+        assert_eq!(decision["decision"], "allow", "{name}");
+    }
+    let page = status(addr).await;
+    assert!(
+        page["bundle"]["checks"]["rejected"].as_u64().unwrap() >= 6,
+        "{page:#}"
+    );
+
+    // A good revision again: in force, and the error is gone.
+    publish(
+        &www,
+        "bundle.tar.gz",
+        &make_bundle("r10", &reg8, &[&old, &new], |_| {}),
+        20,
+    );
+    let page = wait_status(addr, "r10 is active", |p| revision(p) == Some("r10")).await;
+    assert_eq!(page["last_reload_error"], Value::Null);
+    let ready = send(addr, Method::GET, "/readyz", &[], "").await;
+    assert_eq!(ready.status, StatusCode::OK);
+    assert_eq!(ready.json()["status"], "ready");
+    let metrics = String::from_utf8_lossy(&send(addr, Method::GET, "/metrics", &[], "").await.body)
+        .into_owned();
+    assert!(
+        metrics.contains("flex_auth_bundle_revision_info{digest="),
+        "{metrics}"
+    );
+    assert!(metrics.contains("revision=\"r10\""), "{metrics}");
+    assert!(
+        metrics.contains("flex_auth_bundle_checks_total{result=\"rejected\"} 6"),
+        "{metrics}"
+    );
+    stop_binary(server.take());
+}
