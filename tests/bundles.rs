@@ -635,3 +635,389 @@ http {{
     );
     stop_binary(server.take());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundles_from_a_real_oci_registry_push_pull_and_survive_its_outage() {
+    let Some(registry) = tool(
+        &["/usr/bin/docker-registry"],
+        "apt-get install docker-registry",
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = Key::ed25519("oci-key");
+    let jwks = write_jwks(d, &[&key]);
+    let (reg8, reg4) = (registry_file(d, 8), registry_file(d, 4));
+    let port = free_port();
+    let config = d.join("registry.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            d.join("storage").display()
+        ),
+    )
+    .unwrap();
+    let start_registry = || {
+        Killed::new(
+            Command::new(&registry)
+                .args(["serve", &config.display().to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut running = start_registry();
+    wait_listening(port, running.child(), "docker-registry").await;
+
+    let reference = format!("oci://127.0.0.1:{port}/flex-auth/ops-warden:prod");
+    let push = |revision: &str, registry_file: &Path| {
+        let file = d.join(format!("{revision}.tar.gz"));
+        std::fs::write(&file, make_bundle(revision, registry_file, &[&key], |_| {})).unwrap();
+        let (code, stdout, err) =
+            run_cli(&["bundle", "push", &file.display().to_string(), &reference]);
+        assert_eq!(code, 0, "push {revision}: {err}");
+        assert!(
+            stdout.contains(&format!("pushed revision {revision}")),
+            "{stdout}"
+        );
+        file
+    };
+    let first = push("o1", &reg8);
+    // What is pulled is what was pushed, byte for byte.
+    let pulled = d.join("pulled.tar.gz");
+    let (code, _, err) = run_cli(&["bundle", "pull", &pulled.display().to_string(), &reference]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read(&pulled).unwrap(),
+        std::fs::read(&first).unwrap()
+    );
+    // Anything that is not a bundle is not pushed.
+    let junk = d.join("junk.tar.gz");
+    std::fs::write(&junk, b"not a bundle").unwrap();
+    let (code, _, _) = run_cli(&["bundle", "push", &junk.display().to_string(), &reference]);
+    assert_eq!(code, 1);
+
+    let (child, addr) = spawn_binary(&[
+        "--bundle",
+        &reference,
+        "--bundle-public-key",
+        &jwks.display().to_string(),
+        "--bundle-poll-interval",
+        "200ms",
+    ]);
+    let server = Killed::new(child);
+    let addr = addr_of(&addr);
+    let page = wait_status(addr, "o1 is active", |p| revision(p) == Some("o1")).await;
+    assert_eq!(page["bundle"]["kid"], "oci-key");
+    assert_eq!(check_bridge(addr, 6).await.1["decision"], "allow");
+
+    // A new tag digest activates.
+    push("o2", &reg4);
+    wait_status(addr, "o2 is active", |p| revision(p) == Some("o2")).await;
+    let (_, decision) = check_bridge(addr, 6).await;
+    assert_eq!(decision["decision"], "deny");
+    assert_eq!(decision["bundle_revision"], "o2");
+    let unchanged = |p: &Value| p["bundle"]["checks"]["unchanged"].as_u64().unwrap_or(0);
+    let before = unchanged(&status(addr).await);
+    wait_status(addr, "unchanged polls compare the digest", |p| {
+        unchanged(p) >= before + 3
+    })
+    .await;
+
+    // The registry goes away: the last good keeps deciding, readiness degrades.
+    drop(running);
+    let page = wait_status(addr, "the outage is seen", |p| {
+        p["bundle"]["consecutive_failures"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
+    assert_eq!(page["status"], "degraded", "{page:#}");
+    let (code, decision) = check_bridge(addr, 2).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(decision["bundle_revision"], "o2");
+    // It comes back: ready again.
+    running = start_registry();
+    wait_listening(port, running.child(), "docker-registry").await;
+    wait_status(addr, "the registry answers again", |p| {
+        p["status"] == "ready"
+    })
+    .await;
+    stop_binary(server.take());
+    drop(running);
+}
+
+/// The Python bundle server of `tests/support/bundle_server.py` on `port` (0: any), serving
+/// `root`; returns it with its port.
+fn python_server(root: &Path, port: u16) -> Option<(Killed, u16)> {
+    use std::io::BufRead as _;
+    let python = tool(&["/usr/bin/python3"], "apt-get install python3")?;
+    let mut child = Command::new(python)
+        .arg(repo_path("tests/support/bundle_server.py"))
+        .arg(root)
+        .arg(port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the server prints its port");
+    Some((Killed::new(child), line.trim().parse().unwrap()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_bundle_carries_a_restart_through_an_outage_and_staleness_fails_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_owned();
+    let key = Key::ed25519("cache-key");
+    let jwks = write_jwks(&d, &[&key]);
+    let root = d.join("root");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(
+        root.join("bundle.tar.gz"),
+        make_bundle("c1", &registry_file(&d, 8), &[&key], |_| {}),
+    )
+    .unwrap();
+    let Some((source, port)) = python_server(&root, 0) else {
+        return;
+    };
+    let url = format!("http://127.0.0.1:{port}/bundle.tar.gz");
+    let cache = d.join("cache").display().to_string();
+    let jwks = jwks.display().to_string();
+    let args = |extra: &[&'static str]| {
+        let mut args = vec![
+            "--bundle".to_owned(),
+            url.clone(),
+            "--bundle-public-key".to_owned(),
+            jwks.clone(),
+            "--bundle-cache-dir".to_owned(),
+            cache.clone(),
+            "--bundle-poll-interval".to_owned(),
+            "200ms".to_owned(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        args
+    };
+    let spawn = |args: Vec<String>| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (child, addr) = spawn_binary(&refs);
+        (Killed::new(child), addr_of(&addr))
+    };
+
+    // First life: the source answers, the bundle is activated and cached.
+    let (server, addr) = spawn(args(&[]));
+    wait_status(addr, "c1 is active", |p| {
+        revision(p) == Some("c1") && p["status"] == "ready"
+    })
+    .await;
+    stop_binary(server.take());
+
+    // The source goes down; a restart comes up on the cached revision, degraded.
+    drop(source);
+    let (server, addr) = spawn(args(&[]));
+    let page = wait_status(addr, "the cached c1 serves", |p| revision(p) == Some("c1")).await;
+    assert_eq!(page["bundle"]["from_cache"], true);
+    assert_eq!(page["status"], "degraded", "{page:#}");
+    let check = page["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "bundle")
+        .unwrap()
+        .clone();
+    assert_eq!(check["status"], "warn");
+    assert!(
+        check["reason"]
+            .as_str()
+            .unwrap()
+            .contains("cached revision `c1`"),
+        "{check}"
+    );
+    assert_eq!(check["docs"], "docs/runbook.md#bundle-unreachable");
+    let (code, decision) = check_bridge(addr, 6).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(decision["bundle_revision"], "c1");
+    // The source is back: ready, no longer from the cache.
+    let (source, _) = python_server(&root, port).unwrap();
+    let page = wait_status(addr, "the source answers again", |p| p["status"] == "ready").await;
+    assert_eq!(page["bundle"]["from_cache"], false);
+    stop_binary(server.take());
+
+    // Down again, and the operator would rather deny than decide on an old policy.
+    drop(source);
+    let (server, addr) = spawn(args(&["--bundle-max-staleness", "2s"]));
+    support::eventually("decisions answer 503 bundle_stale", async || {
+        let (code, body) = check_bridge(addr, 2).await;
+        code == StatusCode::SERVICE_UNAVAILABLE && body["error"]["code"] == "bundle_stale"
+    })
+    .await;
+    let ready = send(addr, Method::GET, "/readyz", &[], "").await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    let body = ready.json();
+    let check = body["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "bundle")
+        .unwrap()
+        .clone();
+    assert_eq!(check["status"], "fail", "{body:#}");
+    assert_eq!(check["docs"], "docs/runbook.md#bundle-stale");
+    // The source returns: fresh again, decisions again.
+    let (_source, _) = python_server(&root, port).unwrap();
+    support::eventually("decisions resume", async || {
+        check_bridge(addr, 2).await.0 == StatusCode::OK
+    })
+    .await;
+    stop_binary(server.take());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misbehaving_source_is_bounded_and_never_replaces_the_last_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_owned();
+    let key = Key::ed25519("fault-key");
+    let jwks = write_jwks(&d, &[&key]);
+    let root = d.join("root");
+    std::fs::create_dir(&root).unwrap();
+    let good = make_bundle("f1", &registry_file(&d, 8), &[&key], |_| {});
+    std::fs::write(root.join("bundle.tar.gz"), &good).unwrap();
+    let Some((_source, port)) = python_server(&root, 0) else {
+        return;
+    };
+    let url = format!("http://127.0.0.1:{port}/bundle.tar.gz");
+    let (child, addr) = spawn_binary(&[
+        "--bundle",
+        &url,
+        "--bundle-public-key",
+        &jwks.display().to_string(),
+        "--bundle-poll-interval",
+        "200ms",
+        "--bundle-read-timeout",
+        "1s",
+        "--bundle-download-timeout",
+        "3s",
+        "--bundle-max-bytes",
+        "1048576",
+    ]);
+    let server = Killed::new(child);
+    let addr = addr_of(&addr);
+    wait_status(addr, "f1 is active", |p| revision(p) == Some("f1")).await;
+    // A different bundle behind every fault, so that a fault that let bytes through would show.
+    std::fs::write(
+        root.join("bundle.tar.gz"),
+        make_bundle("f2", &registry_file(&d, 4), &[&key], |_| {}),
+    )
+    .unwrap();
+    let faults = [
+        ("500", "answered 500"),
+        // One byte a second defeats a per-read timeout; the whole-download deadline ends it.
+        ("slow", "--bundle-download-timeout"),
+        ("short", "broke off"),
+        ("endless", "--bundle-max-bytes"),
+        ("silent", "sent no response within"),
+    ];
+    for (mode, why) in faults {
+        std::fs::write(root.join("mode"), mode).unwrap();
+        let started = std::time::Instant::now();
+        let page = wait_status(addr, mode, |p| {
+            p["bundle"]["last_error"]
+                .as_str()
+                .unwrap_or("")
+                .contains(why)
+        })
+        .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{mode} took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(revision(&page), Some("f1"), "{mode}");
+        assert_eq!(page["status"], "degraded", "{mode}");
+        let (code, decision) = check_bridge(addr, 6).await;
+        assert_eq!(code, StatusCode::OK, "{mode}");
+        assert_eq!(decision["bundle_revision"], "f1", "{mode}");
+    }
+    std::fs::write(root.join("mode"), "ok").unwrap();
+    wait_status(addr, "f2 arrives once the source behaves", |p| {
+        revision(p) == Some("f2")
+    })
+    .await;
+    stop_binary(server.take());
+}
+
+#[test]
+fn start_up_refuses_what_can_never_be_safe() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = Key::ed25519("k");
+    let bundle_file = d.join("b.tar.gz");
+    std::fs::write(
+        &bundle_file,
+        make_bundle("s1", &registry_file(d, 8), &[&key], |_| {}),
+    )
+    .unwrap();
+    let b = bundle_file.display().to_string();
+    let serve = |extra: &[&str]| {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--bundle", &b];
+        args.extend_from_slice(extra);
+        run_cli(&args)
+    };
+    // Production without a key: refused, unless knowingly insecure.
+    let (code, _, err) = serve(&["--mode", "production"]);
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("BOOT_FAIL setting=FLEX_AUTH_BUNDLE_PUBLIC_KEY"),
+        "{err}"
+    );
+    assert!(
+        err.contains("docs=docs/runbook.md#boot-bundle-signature"),
+        "{err}"
+    );
+    // A bundle signed by another key in production: BOOT_FAIL naming the bundle.
+    let other = write_jwks(d, &[&Key::ed25519("other")]);
+    let (code, _, err) = serve(&[
+        "--mode",
+        "production",
+        "--bundle-public-key",
+        &other.display().to_string(),
+    ]);
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("BOOT_FAIL setting=FLEX_AUTH_BUNDLE ")
+            && err.contains("unknown key id(s) `k`"),
+        "{err}"
+    );
+    // Plain HTTP off loopback, files and a bundle together, bundle flags without a bundle.
+    let (code, _, err) = run_cli(&["serve", "--bundle", "http://bundles.example/b.tar.gz"]);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("--bundle-allow-http"), "{err}");
+    let (code, _, err) = run_cli(&["serve", "--bundle", &b, "--policy", "policies/ops-warden"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot be used with"), "{err}");
+    let (code, _, err) = run_cli(&[
+        "serve",
+        "--policy",
+        "policies/ops-warden",
+        "--registry",
+        "x.json",
+        "--bundle-cache-dir",
+        "/tmp/x",
+    ]);
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("--bundle-cache-dir is set but --bundle is not"),
+        "{err}"
+    );
+}
