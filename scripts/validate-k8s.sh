@@ -58,15 +58,22 @@ hadolint Dockerfile
 echo "== helm lint --strict (default and full-featured values)"
 helm lint --strict charts/flex-auth
 helm lint --strict charts/flex-auth -f charts/flex-auth/ci/full-values.yaml
+helm lint --strict charts/flex-auth -f charts/flex-auth/ci/bundle-values.yaml
 
 echo "== render"
 helm template flex-auth charts/flex-auth --namespace flex-auth >"$out/chart-default.yaml"
 helm template flex-auth charts/flex-auth --namespace flex-auth \
   -f charts/flex-auth/ci/full-values.yaml >"$out/chart-full.yaml"
+helm template flex-auth charts/flex-auth --namespace flex-auth \
+  -f charts/flex-auth/ci/bundle-values.yaml >"$out/chart-bundle.yaml"
 kubectl kustomize deploy >"$out/deploy.yaml"
+kubectl kustomize deploy/examples/bundle-fleet >"$out/bundle-fleet.yaml"
 # Values the chart must refuse at render time.
 if helm template t charts/flex-auth --set terminationGracePeriodSeconds=10 >/dev/null 2>&1; then
   echo "the chart rendered a terminationGracePeriodSeconds shorter than its drain" >&2; exit 1
+fi
+if helm template t charts/flex-auth --set bundle.url=https://b.example/b.tar.gz >/dev/null 2>&1; then
+  echo "the chart rendered an unsigned bundle in production mode" >&2; exit 1
 fi
 if helm template t charts/flex-auth --set policy.sourc=inline >/dev/null 2>&1; then
   echo "the chart accepted an unknown value key" >&2; exit 1
@@ -74,7 +81,8 @@ fi
 
 echo "== schema validation (kubernetes-validate --strict)"
 for version in $K8S_VERSIONS; do
-  for file in "$out"/chart-default.yaml "$out"/chart-full.yaml "$out"/deploy.yaml; do
+  for file in "$out"/chart-default.yaml "$out"/chart-full.yaml "$out"/chart-bundle.yaml \
+              "$out"/deploy.yaml "$out"/bundle-fleet.yaml; do
     # ServiceMonitor is a CRD without a schema here: reported as a warning, not validated.
     kubernetes-validate --strict --quiet -k "$version" "$file"
     echo "ok: $(basename "$file") against Kubernetes $version"
@@ -85,6 +93,7 @@ echo "== yamllint"
 yamllint --strict .
 # Rendered manifests embed policy files verbatim (long lines, blank lines that nindent pads).
 yamllint --strict -d '{extends: default, rules: {document-start: disable, line-length: disable, trailing-spaces: disable, comments: disable, indentation: {indent-sequences: whatever}, truthy: {check-keys: false}}}' \
-  "$out"/chart-default.yaml "$out"/chart-full.yaml "$out"/deploy.yaml
+  "$out"/chart-default.yaml "$out"/chart-full.yaml "$out"/chart-bundle.yaml "$out"/deploy.yaml \
+  "$out"/bundle-fleet.yaml
 
 echo "== Kubernetes artefacts valid"
