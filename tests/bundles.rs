@@ -545,12 +545,8 @@ http {{
     );
 
     // Key rotation: a bundle signed by the new key activates beside the old one's.
-    publish(
-        &www,
-        "bundle.tar.gz",
-        &make_bundle("r2", &reg4, &[&new], |_| {}),
-        2,
-    );
+    let r2 = make_bundle("r2", &reg4, &[&new], |_| {});
+    publish(&www, "bundle.tar.gz", &r2, 2);
     wait_status(addr, "r2 is active", |p| revision(p) == Some("r2")).await;
     let (_, decision) = check_bridge(addr, 6).await;
     assert_eq!(
@@ -609,6 +605,16 @@ http {{
         page["bundle"]["checks"]["rejected"].as_u64().unwrap() >= 6,
         "{page:#}"
     );
+    // The source goes back to the bundle in force: nothing is rebuilt, the error clears.
+    let updated = page["bundle"]["checks"]["updated"].clone();
+    publish(&www, "bundle.tar.gz", &r2, 10);
+    let page = wait_status(addr, "back to r2", |p| p["last_reload_error"].is_null()).await;
+    assert_eq!(revision(&page), Some("r2"));
+    assert_eq!(
+        page["bundle"]["checks"]["updated"], updated,
+        "r2 was not built again"
+    );
+    assert_eq!(page["status"], "ready");
 
     // A good revision again: in force, and the error is gone.
     publish(

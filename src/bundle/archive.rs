@@ -142,6 +142,19 @@ pub fn unpack(archive: &[u8], max_unpacked: u64) -> Result<Files, BundleError> {
         }
         files.insert(path, bytes);
     }
+    // A file may not sit where another file's directory would be (`a` and `a/b`): both could
+    // not be written out, and which one a loader saw would depend on the order.
+    for path in files.files.keys() {
+        let mut ancestor = path.as_str();
+        while let Some((parent, _)) = ancestor.rsplit_once('/') {
+            if files.files.contains_key(parent) {
+                return Err(BundleError::Archive(format!(
+                    "`{parent}` is both a file and the directory of `{path}`"
+                )));
+            }
+            ancestor = parent;
+        }
+    }
     if let Some(clash) = directories.iter().find(|d| files.files.contains_key(*d)) {
         return Err(BundleError::Archive(format!(
             "`{clash}` is both a file and a directory"
@@ -264,6 +277,10 @@ mod tests {
         assert!(refused(&raw_tar(&[("/etc/x", reg, b"x")]), 100).contains("absolute"));
         assert!(refused(&raw_tar(&[("l", tar::EntryType::Symlink, b"")]), 100).contains("link"));
         assert!(refused(&raw_tar(&[("a", reg, b"1"), ("a", reg, b"2")]), 100).contains("twice"));
+        assert!(
+            refused(&raw_tar(&[("a", reg, b"1"), ("a/b", reg, b"2")]), 100)
+                .contains("both a file and the directory")
+        );
         assert!(refused(&raw_tar(&[("a", reg, &[0u8; 101])]), 100).contains("--bundle-max-bytes"));
         let whole = raw_tar(&[("a", reg, &[7u8; 4096])]);
         assert!(refused(&whole[..whole.len() / 2], 1 << 20).contains("not a complete"));

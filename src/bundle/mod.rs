@@ -196,6 +196,9 @@ impl Opened {
     }
 }
 
+/// How staging directories are named (a restart removes the ones a killed process left).
+pub const STAGING_PREFIX: &str = ".flex-auth-staging-";
+
 /// A private directory that is removed when dropped.
 struct Staging {
     root: PathBuf,
@@ -203,7 +206,7 @@ struct Staging {
 
 impl Staging {
     fn create(parent: &Path) -> Result<Self, BundleError> {
-        let name = format!(".flex-auth-staging-{:016x}", rand::random::<u64>());
+        let name = format!("{STAGING_PREFIX}{:016x}", rand::random::<u64>());
         let root = parent.join(name);
         let mut builder = std::fs::DirBuilder::new();
         #[cfg(unix)]

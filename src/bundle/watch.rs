@@ -100,8 +100,8 @@ pub struct Watcher {
     trust: Arc<Trust>,
     config: WatchConfig,
     state: Arc<State>,
-    status: Mutex<Status>,
-    checks: [AtomicU64; 4],
+    status: Arc<Mutex<Status>>,
+    checks: Arc<[AtomicU64; 4]>,
     /// One check at a time (poll, SIGHUP, admin).
     one_at_a_time: tokio::sync::Mutex<()>,
 }
@@ -131,16 +131,14 @@ impl Watcher {
             trust: Arc::new(trust),
             config,
             state,
-            status: Mutex::new(Status::default()),
-            checks: Default::default(),
+            status: Arc::new(Mutex::new(Status::default())),
+            checks: Arc::new(Default::default()),
             one_at_a_time: tokio::sync::Mutex::new(()),
         }
     }
 
     fn status(&self) -> std::sync::MutexGuard<'_, Status> {
-        self.status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.status)
     }
 
     fn count(&self, result: usize) {
@@ -153,6 +151,7 @@ impl Watcher {
     /// source cannot be reached or serves a bundle that is refused, activate the cached one.
     /// Returns the error when nothing could be activated.
     pub async fn start(&self) -> Result<(), String> {
+        self.remove_leftovers().await;
         let cached = self.read_cache().await;
         if let Some(meta) = &cached {
             self.set_deadline_from(&meta.1.checked_at);
@@ -239,14 +238,24 @@ impl Watcher {
             },
             Ok(Fetched::New { bytes, validator }) => {
                 let digest = hex::encode(Sha256::digest(&bytes));
-                let same = self
-                    .status()
-                    .seen
-                    .as_ref()
-                    .is_some_and(|s| s.digest == digest);
-                if same {
-                    if let Some(seen) = self.status().seen.as_mut() {
-                        seen.validator = validator;
+                let (same, in_force) = {
+                    let status = self.status();
+                    (
+                        status.seen.as_ref().is_some_and(|s| s.digest == digest),
+                        status.active.as_ref().is_some_and(|a| a.digest == digest),
+                    )
+                };
+                if same || in_force {
+                    // The bundle last seen, or (after a refused one) back to the one in force:
+                    // nothing to build.
+                    {
+                        let mut status = self.status();
+                        let accepted = in_force || status.seen.as_ref().is_some_and(|s| s.accepted);
+                        status.seen = Some(Seen {
+                            validator,
+                            digest,
+                            accepted,
+                        });
                     }
                     self.count(1);
                     self.unchanged();
@@ -327,18 +336,28 @@ impl Watcher {
         } else {
             Trigger::Bundle
         };
+        let status = Arc::clone(&self.status);
+        let checks = Arc::clone(&self.checks);
         let built = tokio::task::spawn_blocking(move || {
             crate::state::off_the_request_path(|| {
                 let built = open(&archive, max, &trust).and_then(|opened| {
                     let engine = opened.engine(&staging)?;
                     Ok((opened, engine))
                 });
+                // The watcher's bookkeeping first, then the swap: whoever sees the new engine
+                // (or the new error) sees the status and counts that go with it.
                 match built {
-                    Ok((opened, engine)) => state
-                        .install(trigger, started, Ok(engine))
-                        .map(|_| opened)
-                        .map_err(|f| f.message.clone()),
+                    Ok((opened, engine)) => {
+                        record_success(&status, &checks, &opened, digest, validator);
+                        state
+                            .install(trigger, started, Ok(engine))
+                            .map(|_| opened)
+                            .map_err(|f| f.message.clone())
+                    }
                     Err(e) => {
+                        // A full disk says nothing about the bundle: try it again next time.
+                        let retry = matches!(e, super::BundleError::Io(_));
+                        record_failure(&status, &checks, &e.to_string(), retry, digest, validator);
                         let failure = LoadError::Bundle {
                             message: e.to_string(),
                             problem: e.problem(),
@@ -350,32 +369,9 @@ impl Watcher {
             })
         })
         .await;
-        let result = built.unwrap_or_else(|e| Err(format!("activation task failed: {e}")));
-        match result {
-            Ok(opened) => {
+        match built {
+            Ok(Ok(opened)) => {
                 let revision = opened.manifest.revision.clone();
-                {
-                    let mut status = self.status();
-                    status.consecutive_failures = 0;
-                    status.active = Some(Active {
-                        revision: revision.clone(),
-                        digest: digest.clone(),
-                        kid: opened.signature.kid().map(str::to_owned),
-                        created: opened.manifest.created.clone(),
-                        package: opened.manifest.package.name.clone(),
-                    });
-                    status.seen = Some(Seen {
-                        validator,
-                        digest,
-                        accepted: true,
-                    });
-                    status.last_error = None;
-                    status.from_cache = false;
-                    let now = SystemTime::now();
-                    status.last_success = Some(now);
-                    status.last_change = Some(now);
-                }
-                self.count(0);
                 if let SignatureStatus::NotChecked { .. } = opened.signature {
                     tracing::warn!(%revision, "bundle activated WITHOUT a signature check (no --bundle-public-key)");
                 }
@@ -384,18 +380,17 @@ impl Watcher {
                 self.succeeded();
                 Ok(revision)
             }
-            Err(message) => {
-                {
-                    let mut status = self.status();
-                    status.consecutive_failures = 0;
-                    status.seen = Some(Seen {
-                        validator,
-                        digest,
-                        accepted: false,
-                    });
-                }
-                self.count(2);
+            Ok(Err(message)) => {
                 tracing::warn!(source = %self.fetcher.source().label(), error = %message, "bundle refused; the last good version keeps serving");
+                Err(message)
+            }
+            Err(e) => {
+                let message = format!("activation task failed: {e}");
+                let mut status = self.status();
+                status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+                status.last_error = Some(message.clone());
+                drop(status);
+                self.count(3);
                 Err(message)
             }
         }
@@ -419,6 +414,33 @@ impl Watcher {
             }
             Err(e) => tracing::warn!(error = %e, "bundle cache task failed"),
         }
+    }
+
+    /// Staging directories and temporary files a killed process left in the cache directory.
+    async fn remove_leftovers(&self) {
+        let Some(dir) = self.config.cache_dir.clone() else {
+            return;
+        };
+        let _ = tokio::task::spawn_blocking(move || {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let path = entry.path();
+                let removed = if name.starts_with(super::STAGING_PREFIX) {
+                    std::fs::remove_dir_all(&path)
+                } else if name.starts_with('.') && name.ends_with(".tmp") {
+                    std::fs::remove_file(&path)
+                } else {
+                    continue;
+                };
+                if let Err(e) = removed {
+                    tracing::debug!(path = %path.display(), error = %e, "cannot remove a leftover");
+                }
+            }
+        })
+        .await;
     }
 
     /// The cached archive and its description, when they belong to this source and agree.
@@ -525,7 +547,7 @@ impl Watcher {
             |t: Option<SystemTime>| t.map(|t| humantime::format_rfc3339_seconds(t).to_string());
         let checks: serde_json::Map<String, serde_json::Value> = RESULTS
             .iter()
-            .zip(&self.checks)
+            .zip(self.checks.iter())
             .map(|(name, c)| ((*name).to_owned(), c.load(Ordering::Relaxed).into()))
             .collect();
         serde_json::json!({
@@ -567,6 +589,68 @@ impl Watcher {
     /// The bundle in force.
     pub fn active(&self) -> Option<Active> {
         self.status().active.clone()
+    }
+}
+
+fn lock(status: &Mutex<Status>) -> std::sync::MutexGuard<'_, Status> {
+    status
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// An activated bundle: in force, seen, the source reached.
+fn record_success(
+    status: &Mutex<Status>,
+    checks: &[AtomicU64; 4],
+    opened: &super::Opened,
+    digest: String,
+    validator: Option<String>,
+) {
+    let mut status = lock(status);
+    status.consecutive_failures = 0;
+    status.active = Some(Active {
+        revision: opened.manifest.revision.clone(),
+        digest: digest.clone(),
+        kid: opened.signature.kid().map(str::to_owned),
+        created: opened.manifest.created.clone(),
+        package: opened.manifest.package.name.clone(),
+    });
+    status.seen = Some(Seen {
+        validator,
+        digest,
+        accepted: true,
+    });
+    status.last_error = None;
+    status.from_cache = false;
+    let now = SystemTime::now();
+    status.last_success = Some(now);
+    status.last_change = Some(now);
+    checks[0].fetch_add(1, Ordering::Relaxed);
+}
+
+/// A refused bundle (remembered by its digest, so it is not fetched and checked again), or —
+/// `retry` — one that could not be activated for a reason of this machine's (tried again).
+fn record_failure(
+    status: &Mutex<Status>,
+    checks: &[AtomicU64; 4],
+    message: &str,
+    retry: bool,
+    digest: String,
+    validator: Option<String>,
+) {
+    let mut status = lock(status);
+    if retry {
+        status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+        status.last_error = Some(message.to_owned());
+        checks[3].fetch_add(1, Ordering::Relaxed);
+    } else {
+        status.consecutive_failures = 0;
+        status.seen = Some(Seen {
+            validator,
+            digest,
+            accepted: false,
+        });
+        checks[2].fetch_add(1, Ordering::Relaxed);
     }
 }
 
