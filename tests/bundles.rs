@@ -860,14 +860,23 @@ async fn a_cached_bundle_carries_a_restart_through_an_outage_and_staleness_fails
     assert_eq!(page["bundle"]["from_cache"], false);
     stop_binary(server.take());
 
-    // Down again, and the operator would rather deny than decide on an old policy.
+    // Down again, and the operator would rather deny than decide on an old policy. The last
+    // successful check the cache recorded is over 2 s old: a restart does not reset the clock,
+    // so the very first decision is already refused.
     drop(source);
-    let (server, addr) = spawn(args(&["--bundle-max-staleness", "2s"]));
-    support::eventually("decisions answer 503 bundle_stale", async || {
-        let (code, body) = check_bridge(addr, 2).await;
-        code == StatusCode::SERVICE_UNAVAILABLE && body["error"]["code"] == "bundle_stale"
+    let meta = d.join("cache").join("bundle.json");
+    support::eventually("the cached check is over 3 s old", async || {
+        let text = std::fs::read_to_string(&meta).unwrap();
+        let at: Value = serde_json::from_str(&text).unwrap();
+        let at = humantime::parse_rfc3339(at["checked_at"].as_str().unwrap()).unwrap();
+        SystemTime::now().duration_since(at).unwrap_or_default() > Duration::from_secs(3)
     })
     .await;
+    let (server, addr) = spawn(args(&["--bundle-max-staleness", "2s"]));
+    let (code, body) = check_bridge(addr, 2).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "bundle_stale");
+    assert_eq!(body["fail_closed"], true);
     let ready = send(addr, Method::GET, "/readyz", &[], "").await;
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
     let body = ready.json();

@@ -80,6 +80,8 @@ struct Status {
     seen: Option<Seen>,
     /// The bundle in force came from the cache and the source has not confirmed it since.
     from_cache: bool,
+    /// When the cache's description was last written.
+    meta_written: Option<Instant>,
 }
 
 /// What the cache directory says about the archive beside it.
@@ -178,7 +180,8 @@ impl Watcher {
         };
         tracing::warn!(source = %self.fetcher.source().label(), error = %error, revision = %meta.revision, "bundle source unavailable at start-up; activating the cached bundle");
         match self
-            .activate(bytes, meta.validator.clone(), Trigger::Startup)
+            // Not a successful check: the staleness deadline still counts from the cached one.
+            .activate(bytes, meta.validator.clone(), Trigger::Startup, false)
             .await
         {
             Ok(revision) => {
@@ -227,12 +230,12 @@ impl Watcher {
             }
             Ok(Fetched::NotModified) => match cached {
                 Some(bytes) => self
-                    .activate(bytes, known, trigger)
+                    .activate(bytes, known, trigger, true)
                     .await
                     .map(CheckOutcome::Updated),
                 None => {
                     self.count(1);
-                    self.unchanged();
+                    self.unchanged().await;
                     Ok(CheckOutcome::Unchanged)
                 }
             },
@@ -258,10 +261,10 @@ impl Watcher {
                         });
                     }
                     self.count(1);
-                    self.unchanged();
+                    self.unchanged().await;
                     return Ok(CheckOutcome::Unchanged);
                 }
-                self.activate(bytes, validator, trigger)
+                self.activate(bytes, validator, trigger, true)
                     .await
                     .map(CheckOutcome::Updated)
             }
@@ -269,54 +272,82 @@ impl Watcher {
     }
 
     /// The source serves what was seen last: a success when that was accepted.
-    fn unchanged(&self) {
-        let mut status = self.status();
-        status.consecutive_failures = 0;
-        let accepted = status.seen.as_ref().is_some_and(|s| s.accepted);
+    async fn unchanged(&self) {
+        let accepted = {
+            let mut status = self.status();
+            status.consecutive_failures = 0;
+            let accepted = status.seen.as_ref().is_some_and(|s| s.accepted);
+            if accepted {
+                status.last_error = None;
+                status.from_cache = false;
+                status.last_success = Some(SystemTime::now());
+            }
+            accepted
+        };
         if accepted {
-            status.last_error = None;
-            status.from_cache = false;
-            status.last_success = Some(SystemTime::now());
-            drop(status);
-            self.succeeded();
+            self.succeeded(false).await;
             self.state.unchanged(Trigger::Bundle);
         }
     }
 
-    /// A successful check: the staleness deadline moves and the cache records it.
-    fn succeeded(&self) {
+    /// A successful check: the staleness deadline moves, and the cache's description records
+    /// it — after a change always, otherwise only when a staleness limit is set (the only
+    /// reader of the check time) and at most every quarter of it: a restart then counts the
+    /// source as unchecked for up to a quarter too long, which errs towards refusing. Written
+    /// on the blocking pool (it fsyncs), never on an async worker.
+    async fn succeeded(&self, changed: bool) {
+        let now = Instant::now();
         self.state
-            .set_fresh_until(self.config.max_staleness.map(|d| Instant::now() + d));
-        if let Some(dir) = &self.config.cache_dir {
-            let meta = {
-                let status = self.status();
-                match (&status.seen, &status.active) {
-                    (Some(seen), Some(active)) if seen.accepted => Some(CacheMeta {
-                        source: self.fetcher.source().label(),
-                        validator: seen.validator.clone(),
-                        digest: seen.digest.clone(),
-                        revision: active.revision.clone(),
-                        checked_at: humantime::format_rfc3339_seconds(SystemTime::now())
-                            .to_string(),
-                    }),
-                    _ => None,
-                }
+            .set_fresh_until(self.config.max_staleness.map(|d| now + d));
+        let Some(dir) = self.config.cache_dir.clone() else {
+            return;
+        };
+        let due = changed
+            || self.config.max_staleness.is_some_and(|max| {
+                let every = (max / 4).max(Duration::from_secs(1));
+                self.status()
+                    .meta_written
+                    .is_none_or(|at| now.duration_since(at) >= every)
+            });
+        if !due {
+            return;
+        }
+        let meta = {
+            let mut status = self.status();
+            let meta = match (&status.seen, &status.active) {
+                (Some(seen), Some(active)) if seen.accepted => Some(CacheMeta {
+                    source: self.fetcher.source().label(),
+                    validator: seen.validator.clone(),
+                    digest: seen.digest.clone(),
+                    revision: active.revision.clone(),
+                    checked_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+                }),
+                _ => None,
             };
-            if let Some(meta) = meta {
-                let bytes = serde_json::to_vec_pretty(&meta).unwrap_or_default();
-                if let Err(e) = write_atomically(&dir.join(CACHE_META), &bytes) {
-                    tracing::debug!(error = %e, "cannot update the bundle cache's check time");
-                }
+            if meta.is_some() {
+                status.meta_written = Some(now);
             }
+            meta
+        };
+        let Some(meta) = meta else { return };
+        let bytes = serde_json::to_vec_pretty(&meta).unwrap_or_default();
+        let written =
+            tokio::task::spawn_blocking(move || write_atomically(&dir.join(CACHE_META), &bytes))
+                .await;
+        if let Ok(Err(e)) = written {
+            tracing::debug!(error = %e, "cannot update the bundle cache's description");
         }
     }
 
-    /// Verify, build and swap in `bytes`; on success persist it to the cache.
+    /// Verify, build and swap in `bytes`; on success persist it to the cache. `confirmed`: the
+    /// source just delivered (or confirmed) it — false for the cached bundle at start-up, which
+    /// is neither a successful check nor new to the cache.
     async fn activate(
         &self,
         bytes: Bytes,
         validator: Option<String>,
         trigger: Trigger,
+        confirmed: bool,
     ) -> Result<String, String> {
         let digest = hex::encode(Sha256::digest(&bytes));
         let started = Instant::now();
@@ -348,7 +379,7 @@ impl Watcher {
                 // (or the new error) sees the status and counts that go with it.
                 match built {
                     Ok((opened, engine)) => {
-                        record_success(&status, &checks, &opened, digest, validator);
+                        record_success(&status, &checks, &opened, digest, validator, confirmed);
                         state
                             .install(trigger, started, Ok(engine))
                             .map(|_| opened)
@@ -376,8 +407,10 @@ impl Watcher {
                     tracing::warn!(%revision, "bundle activated WITHOUT a signature check (no --bundle-public-key)");
                 }
                 tracing::info!(%revision, digest = %opened.digest, kid = ?opened.signature.kid(), load_ms = started.elapsed().as_millis() as u64, "bundle activated");
-                self.persist(&bytes).await;
-                self.succeeded();
+                if confirmed {
+                    self.persist(&bytes).await;
+                    self.succeeded(true).await;
+                }
                 Ok(revision)
             }
             Ok(Err(message)) => {
@@ -605,6 +638,7 @@ fn record_success(
     opened: &super::Opened,
     digest: String,
     validator: Option<String>,
+    confirmed: bool,
 ) {
     let mut status = lock(status);
     status.consecutive_failures = 0;
@@ -621,9 +655,11 @@ fn record_success(
         accepted: true,
     });
     status.last_error = None;
-    status.from_cache = false;
+    status.from_cache = !confirmed;
     let now = SystemTime::now();
-    status.last_success = Some(now);
+    if confirmed {
+        status.last_success = Some(now);
+    }
     status.last_change = Some(now);
     checks[0].fetch_add(1, Ordering::Relaxed);
 }
