@@ -243,6 +243,9 @@ impl Admin {
         body.insert("outcome".into(), serde_json::json!(outcome));
         body.insert("policy_version".into(), serde_json::json!(policy));
         body.insert("registry_version".into(), serde_json::json!(registry));
+        if let Some(revision) = loaded.as_ref().and_then(|l| l.engine.bundle_revision()) {
+            body.insert("bundle_revision".into(), serde_json::json!(revision));
+        }
         if let Some((target, note)) = installed {
             body.insert("installed".into(), serde_json::json!(target));
             if let Some(note) = note {

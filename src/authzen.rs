@@ -246,6 +246,7 @@ impl EvaluationResponse {
         outcome: &Outcome,
         policy_version: &str,
         registry_version: &str,
+        bundle_revision: Option<&str>,
         decision_only: bool,
     ) -> Self {
         let allowed = outcome.decision == Decision::Allow;
@@ -255,6 +256,9 @@ impl EvaluationResponse {
             context.insert("policies".into(), serde_json::json!(outcome.policies));
             context.insert("policy_version".into(), policy_version.into());
             context.insert("registry_version".into(), registry_version.into());
+            if let Some(revision) = bundle_revision {
+                context.insert("bundle_revision".into(), revision.into());
+            }
             if !allowed {
                 context.insert("reasons".into(), serde_json::json!(outcome.reasons));
             }

@@ -1036,3 +1036,108 @@ fn start_up_refuses_what_can_never_be_safe() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_a_local_bundle_admin_reload_checks_it_and_a_pushed_registry_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = Key::es256("local");
+    let jwks = write_jwks(d, &[&key]);
+    let file = d.join("bundle.tar.gz");
+    std::fs::write(
+        &file,
+        make_bundle("l1", &registry_file(d, 8), &[&key], |_| {}),
+    )
+    .unwrap();
+    let token = d.join("admin.token");
+    std::fs::write(&token, "s3cret-admin-token").unwrap();
+    let admin_port = free_port();
+    let admin_listen = format!("127.0.0.1:{admin_port}");
+    let (child, addr) = spawn_binary(&[
+        "--bundle",
+        &file.display().to_string(),
+        "--bundle-public-key",
+        &jwks.display().to_string(),
+        // Long enough that only the admin API makes it look again.
+        "--bundle-poll-interval",
+        "1h",
+        "--admin-token-file",
+        &token.display().to_string(),
+        "--admin-listen",
+        &admin_listen,
+    ]);
+    let server = Killed::new(child);
+    let addr = addr_of(&addr);
+    let admin: SocketAddr = admin_listen.parse().unwrap();
+    wait_status(addr, "l1 is active", |p| revision(p) == Some("l1")).await;
+    let auth = [("authorization", "Bearer s3cret-admin-token")];
+
+    // AuthZEN answers carry the revision too.
+    let evaluation = json!({
+        "subject": {"type": "Subject", "id": "agt-state-hub-bridge"},
+        "action": {"name": "sign"},
+        "resource": {"type": "Actor", "id": "agt-state-hub-bridge"},
+        "context": {"ttl_hours": 1, "principals": ["state-hub"]},
+    });
+    let answer = send(
+        addr,
+        Method::POST,
+        "/access/v1/evaluation",
+        &[("content-type", "application/json")],
+        evaluation.to_string(),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    assert_eq!(answer.json()["context"]["bundle_revision"], "l1");
+
+    let reload = send(admin, Method::POST, "/v1/admin/reload", &auth, "").await;
+    assert_eq!(reload.status, StatusCode::OK);
+    assert_eq!(reload.json()["outcome"], "unchanged");
+    std::fs::write(
+        &file,
+        make_bundle("l2", &registry_file(d, 4), &[&key], |_| {}),
+    )
+    .unwrap();
+    let reload = send(admin, Method::POST, "/v1/admin/reload", &auth, "").await;
+    assert_eq!(reload.status, StatusCode::OK, "{:?}", reload.body);
+    assert_eq!(reload.json()["outcome"], "loaded");
+    assert_eq!(reload.json()["bundle_revision"], "l2");
+    // A bad bundle: the admin API says why, and nothing changed.
+    std::fs::write(&file, b"garbage").unwrap();
+    let reload = send(admin, Method::POST, "/v1/admin/reload", &auth, "").await;
+    assert_eq!(reload.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        reload.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a complete gzip"),
+        "{:?}",
+        reload.body
+    );
+    assert_eq!(check_bridge(addr, 2).await.1["bundle_revision"], "l2");
+
+    // A registry pushed past the bundle would bypass its signature: refused.
+    let pushed = send(
+        admin,
+        Method::PUT,
+        "/v1/admin/registry",
+        &[auth[0], ("content-type", "application/json")],
+        bridge_snapshot(24),
+    )
+    .await;
+    assert_eq!(pushed.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        pushed.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("only inside a bundle"),
+        "{:?}",
+        pushed.body
+    );
+    let (_, decision) = check_bridge(addr, 6).await;
+    assert_eq!(
+        decision["decision"], "deny",
+        "the pushed 24 h cap was not installed"
+    );
+    stop_binary(server.take());
+}

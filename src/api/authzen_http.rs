@@ -195,6 +195,7 @@ impl Api {
             outcome,
             engine.policy().hash().as_str(),
             engine.registry().hash().as_str(),
+            engine.bundle_revision(),
             self.config.authzen.decision_only,
         )
     }
