@@ -1141,3 +1141,49 @@ async fn serving_a_local_bundle_admin_reload_checks_it_and_a_pushed_registry_is_
     );
     stop_binary(server.take());
 }
+
+/// One signed bundle and the key set that trusts it, made once for the property tests.
+fn fixture() -> &'static (Vec<u8>, flex_auth::bundle::Trust, tempfile::TempDir) {
+    static FIXTURE: std::sync::OnceLock<(Vec<u8>, flex_auth::bundle::Trust, tempfile::TempDir)> =
+        std::sync::OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Key::ed25519("prop");
+        let jwks = write_jwks(dir.path(), &[&key]);
+        let archive = make_bundle("p1", &registry_file(dir.path(), 8), &[&key], |_| {});
+        let trust = flex_auth::bundle::Trust::load(&[jwks.display().to_string()]).unwrap();
+        (archive, trust, dir)
+    })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config { cases: 512, ..Default::default() })]
+
+    /// Flipping bytes anywhere in a signed bundle either gets it refused or leaves exactly the
+    /// signed content: never a panic, never other files accepted.
+    #[test]
+    fn a_damaged_bundle_is_refused_or_identical(
+        flips in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), 1u8..=255), 1..4)
+    ) {
+        let (archive, trust, _) = fixture();
+        let original = bundle::open(archive, 1 << 20, trust).unwrap();
+        let mut damaged = archive.clone();
+        for (at, xor) in &flips {
+            let i = at.index(damaged.len());
+            damaged[i] ^= xor;
+        }
+        if let Ok(opened) = bundle::open(&damaged, 1 << 20, trust) {
+            proptest::prop_assert_eq!(&opened.manifest, &original.manifest);
+            let files: Vec<_> = opened.files().iter().collect();
+            let before: Vec<_> = original.files().iter().collect();
+            proptest::prop_assert_eq!(files, before);
+        }
+    }
+
+    /// Arbitrary bytes are never a bundle, and never a panic.
+    #[test]
+    fn arbitrary_bytes_are_refused(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..4096)) {
+        let (_, trust, _) = fixture();
+        proptest::prop_assert!(bundle::open(&bytes, 1 << 20, trust).is_err());
+    }
+}
