@@ -239,6 +239,11 @@ ACTORS="$BIG_ACTORS" scripts/reload-memory.sh "$BIN"
 echo
 ACTORS="$BIG_ACTORS" DURATION="$DURATION" CONNECTIONS="$CONNECTIONS" scripts/reload-latency.sh "$BIN"
 
+# 5d. Bundles: a $BIG_ACTORS-actor signed bundle from a loopback nginx — activation, peak memory,
+#     the cost of an unchanged poll, p99 while new revisions activate.
+echo
+ACTORS="$BIG_ACTORS" DURATION="$DURATION" CONNECTIONS="$CONNECTIONS" scripts/bundle-bench.sh
+
 # 6. Proxy overhead: direct vs flex-auth proxy vs nginx auth_request → flex-auth.
 echo
 DURATION="$DURATION" CONNECTIONS="$CONNECTIONS" scripts/load-proxy.sh
