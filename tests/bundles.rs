@@ -161,6 +161,144 @@ fn bomb() -> Vec<u8> {
     gz.finish().unwrap()
 }
 
+/// nginx serving `dir/www` on a free loopback port (HTTPS with `tls` = (cert, key)), its access
+/// log at `dir/access.log` as `REQUEST STATUS`.
+async fn start_nginx(nginx: &Path, d: &Path, tls: Option<(&Path, &Path)>) -> (Killed, u16) {
+    let port = free_port();
+    let prefix = d.display();
+    let listen = match tls {
+        Some((cert, key)) => format!(
+            "listen 127.0.0.1:{port} ssl; ssl_certificate {}; ssl_certificate_key {};",
+            cert.display(),
+            key.display()
+        ),
+        None => format!("listen 127.0.0.1:{port};"),
+    };
+    let conf = d.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+  log_format short '$request $status';
+  access_log {prefix}/access.log short;
+  client_body_temp_path {prefix}/body;
+  proxy_temp_path {prefix}/proxy;
+  fastcgi_temp_path {prefix}/fastcgi;
+  uwsgi_temp_path {prefix}/uwsgi;
+  scgi_temp_path {prefix}/scgi;
+  server {{
+    {listen}
+    location / {{ root {prefix}/www; }}
+  }}
+}}
+"#
+        ),
+    )
+    .unwrap();
+    let mut child = Killed::new(
+        Command::new(nginx)
+            .args(["-p", &prefix.to_string(), "-c", &conf.display().to_string()])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(port, child.child(), "nginx").await;
+    (child, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundles_over_https_are_trusted_only_through_the_configured_ca_and_recorded() {
+    let Some(nginx) = tool(
+        &["/usr/sbin/nginx", "/usr/bin/nginx"],
+        "apt-get install nginx",
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("www")).unwrap();
+    let ca = support::tls::Ca::new("bundle test CA");
+    let (cert, key) = support::tls::install(d, &ca.server());
+    let ca_file = d.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let signer = Key::ed25519("tls-key");
+    let jwks = write_jwks(d, &[&signer]);
+    publish(
+        &d.join("www"),
+        "bundle.tar.gz",
+        &make_bundle("t1", &registry_file(d, 8), &[&signer], |_| {}),
+        1,
+    );
+    let (_nginx, port) = start_nginx(&nginx, d, Some((&cert, &key))).await;
+    let url = format!("https://127.0.0.1:{port}/bundle.tar.gz");
+    let jwks = jwks.display().to_string();
+
+    // Without the private CA the certificate is unknown: nothing is activated, and it says why.
+    let (child, addr) = spawn_binary(&[
+        "--bundle",
+        &url,
+        "--bundle-public-key",
+        &jwks,
+        "--bundle-poll-interval",
+        "200ms",
+    ]);
+    let untrusting = Killed::new(child);
+    let addr = addr_of(&addr);
+    let page = wait_status(addr, "the TLS failure shows", |p| {
+        p["bundle"]["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("certificate")
+    })
+    .await;
+    assert_eq!(page["status"], "unready", "{page:#}");
+    assert_eq!(revision(&page), None);
+    let (code, body) = check_bridge(addr, 2).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["fail_closed"], true);
+    stop_binary(untrusting.take());
+
+    // With --bundle-ca: active, and every decision record names the revision.
+    let log = d.join("decisions.jsonl");
+    let sink = format!("file:{}", log.display());
+    let ca_arg = ca_file.display().to_string();
+    let (child, addr) = spawn_binary(&[
+        "--bundle",
+        &url,
+        "--bundle-public-key",
+        &jwks,
+        "--bundle-ca",
+        &ca_arg,
+        "--decision-log",
+        &sink,
+        "--decision-log-mode",
+        "required",
+    ]);
+    let server = Killed::new(child);
+    let addr = addr_of(&addr);
+    wait_status(addr, "t1 is active over HTTPS", |p| {
+        revision(p) == Some("t1")
+    })
+    .await;
+    let (code, decision) = check_bridge(addr, 2).await;
+    assert_eq!(code, StatusCode::OK);
+    let id = decision["decision_id"].as_str().unwrap().to_owned();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let record: Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|r| r["decision_id"] == id.as_str())
+        .expect("the decision is in the log");
+    assert_eq!(record["bundle_revision"], "t1");
+    stop_binary(server.take());
+}
+
 /// Replace `dir/name` atomically, with a modification time of its own (nginx's ETag is the
 /// mtime and size: two bundles of one size written in the same second would share one).
 fn publish(dir: &Path, name: &str, bytes: &[u8], generation: u64) {
@@ -471,43 +609,7 @@ async fn bundles_from_nginx_activate_and_every_bad_one_keeps_the_last_good() {
         1,
     );
 
-    let port = free_port();
-    let prefix = d.display();
-    let conf = d.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            r#"daemon off;
-master_process off;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-  log_format short '$request $status';
-  access_log {prefix}/access.log short;
-  client_body_temp_path {prefix}/body;
-  proxy_temp_path {prefix}/proxy;
-  fastcgi_temp_path {prefix}/fastcgi;
-  uwsgi_temp_path {prefix}/uwsgi;
-  scgi_temp_path {prefix}/scgi;
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{ root {prefix}/www; }}
-  }}
-}}
-"#
-        ),
-    )
-    .unwrap();
-    let mut nginx = Killed::new(
-        Command::new(nginx)
-            .args(["-p", &prefix.to_string(), "-c", &conf.display().to_string()])
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_listening(port, nginx.child(), "nginx").await;
+    let (_nginx, port) = start_nginx(&nginx, d, None).await;
 
     let url = format!("http://127.0.0.1:{port}/bundle.tar.gz");
     let cache = d.join("cache");

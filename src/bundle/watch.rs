@@ -759,3 +759,65 @@ impl crate::readiness::Probe for Watcher {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::bundle::fetch::{Limits, Source};
+
+    fn watcher(poll: Duration, max_staleness: Option<Duration>) -> Watcher {
+        let limits = Limits {
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            download_timeout: Duration::from_secs(1),
+            max_bytes: 1 << 20,
+        };
+        let source = Source::File(PathBuf::from("/nonexistent/bundle.tar.gz"));
+        let fetcher = Fetcher::new(source, limits, None, None, false).unwrap();
+        let config = WatchConfig {
+            poll_interval: poll,
+            max_staleness,
+            cache_dir: None,
+            max_bytes: 1 << 20,
+        };
+        let state = Arc::new(State::for_bundle("test".to_owned()));
+        Watcher::new(fetcher, Trust::none(), config, state)
+    }
+
+    fn delay_after(w: &Watcher, failures: u32) -> Duration {
+        w.status().consecutive_failures = failures;
+        w.next_delay()
+    }
+
+    #[test]
+    fn polls_jitter_and_failures_back_off_exponentially_within_bounds() {
+        let w = watcher(Duration::from_secs(30), None);
+        let within = |d: Duration, around: f64| {
+            let s = d.as_secs_f64();
+            (around * 0.9..=around * 1.1).contains(&s)
+        };
+        for _ in 0..50 {
+            assert!(within(delay_after(&w, 0), 30.0));
+        }
+        // Nothing loaded: retry from 1 s, doubling, up to 5 minutes.
+        assert!(within(delay_after(&w, 1), 1.0));
+        assert!(within(delay_after(&w, 2), 2.0));
+        assert!(within(delay_after(&w, 5), 16.0));
+        assert!(within(delay_after(&w, 40), 300.0));
+        // A staleness limit caps the backoff at half of it, so the source is asked in time.
+        let w = watcher(Duration::from_secs(30), Some(Duration::from_secs(60)));
+        assert!(within(delay_after(&w, 40), 30.0));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_source_with_no_cache_fails_the_start_and_readiness() {
+        let w = watcher(Duration::from_secs(30), None);
+        let e = w.start().await.unwrap_err();
+        assert!(e.contains("/nonexistent/bundle.tar.gz"), "{e}");
+        let probe: &dyn crate::readiness::Probe = &w;
+        assert!(probe.check().unwrap_err().contains("cannot fetch"));
+        assert_eq!(w.status().consecutive_failures, 1);
+    }
+}
