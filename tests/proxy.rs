@@ -1173,3 +1173,61 @@ fn no_raw_token_reaches_a_log_line_or_a_decision_record() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verified_token_is_reused_until_it_expires_and_never_past_a_key_change() {
+    let upstream = Upstream::start().await;
+    let key = TestKey::ed25519("cache-1");
+    let jwks = JwksServer::start(jwt::jwks(&[&key])).await;
+    let mut settings = AuthSettings::new(ISSUER, &[AUDIENCE]);
+    settings.jwks = Some(jwks.url().parse().unwrap());
+    // No key reload in this part: only the token's own `exp` can end its cache entry.
+    settings.jwks_cache_ttl = Duration::from_secs(3600);
+    settings.clock_skew = Duration::ZERO;
+    let broker = start_broker(settings.clone(), upstream.addr, AuditLog::off()).await;
+
+    // One verification, then hits.
+    let mut claims = jwt::claims("agent-demo", ISSUER, AUDIENCE);
+    claims["exp"] = json!(jwt::now() + 2);
+    let short = key.sign(&claims);
+    for _ in 0..5 {
+        assert_eq!(
+            mint(&broker, Some(&short), &[]).await.status,
+            StatusCode::OK
+        );
+    }
+    let (hits, misses) = broker.auth.token_cache_stats();
+    assert_eq!(
+        (hits, misses),
+        (4, 1),
+        "verified once, then served from the cache"
+    );
+    let status = broker.api.status().await;
+    assert_eq!(status["auth"]["token_cache"]["hits"], 4);
+
+    // `exp` is checked on every hit: the cached token stops working when it expires.
+    support::eventually("the cached token expires", async || {
+        mint(&broker, Some(&short), &[]).await.status == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    let expired = mint(&broker, Some(&short), &[]).await;
+    assert_eq!(expired.error_code(), "unauthenticated");
+
+    // A key taken out of the key set: its cached tokens are verified again — and refused.
+    settings.jwks_cache_ttl = Duration::from_secs(1);
+    let broker = start_broker(settings, upstream.addr, AuditLog::off()).await;
+    claims["exp"] = json!(jwt::now() + 600);
+    let long = key.sign(&claims);
+    assert_eq!(mint(&broker, Some(&long), &[]).await.status, StatusCode::OK);
+    assert_eq!(mint(&broker, Some(&long), &[]).await.status, StatusCode::OK);
+    *jwks.document.lock().unwrap() = jwt::jwks(&[&TestKey::es256("cache-2")]);
+    support::eventually("the removed key's cached token is refused", async || {
+        mint(&broker, Some(&long), &[]).await.status == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    // Never allowed again once refused: the refusal is not cached as a success.
+    assert_eq!(
+        mint(&broker, Some(&long), &[]).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}

@@ -11,6 +11,7 @@
 //! Architecture invariant: neither a token nor the secret is ever logged, returned or recorded;
 //! a token is identified by its sha256, the secret by the first 12 hex of its sha256.
 
+mod cache;
 mod jwks;
 mod secret;
 mod settings;
@@ -28,9 +29,15 @@ use sha2::{Digest, Sha256};
 
 use jwks::{find_key, https_client, HttpsClient, KeySet};
 use secret::{SecretState, SECRET_POLL};
-pub use settings::{Alg, AuthSettings, JwksSource, SettingError};
+pub use settings::{Alg, AuthSettings, JwksSource, SettingError, DEFAULT_TOKEN_CACHE_ENTRIES};
 use token::{bearer_token, classify, reject_duplicate_claims, token_header};
 pub use token::{AuthError, Principal};
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
 
 /// One public key of a JWKS document, for verifiers other than the bearer check (bundle
 /// signatures): its `kid`, algorithm and key.
@@ -66,6 +73,8 @@ pub struct Authenticator {
     last_attempt: tokio::sync::Mutex<Option<Instant>>,
     fetches: AtomicU64,
     client: Option<HttpsClient>,
+    /// Verified tokens by sha256 (`--jwt-cache-entries`; `None` when 0).
+    cache: Option<cache::TokenCache>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -82,6 +91,7 @@ impl Authenticator {
     /// [`AuthSettings::validate`]); keys or a secret that cannot be loaded yet leave it unready.
     pub async fn new(settings: AuthSettings) -> Result<Self, SettingError> {
         settings.validate()?;
+        let settings_cache_entries = settings.token_cache_entries;
         let client = match &settings.jwks {
             Some(JwksSource::Url(_)) => Some(
                 https_client(settings.jwks_ca.as_deref())
@@ -97,6 +107,7 @@ impl Authenticator {
             last_attempt: tokio::sync::Mutex::new(None),
             fetches: AtomicU64::new(0),
             client,
+            cache: cache::TokenCache::new(settings_cache_entries),
         };
         auth.reload_secret();
         if auth.settings.jwks.is_some() {
@@ -145,10 +156,54 @@ impl Authenticator {
         self.fetches.load(Ordering::Relaxed)
     }
 
-    /// Verify the request's bearer credential.
+    /// Verified-token cache hits and misses since start (`(0, 0)` when the cache is off).
+    pub fn token_cache_stats(&self) -> (u64, u64) {
+        self.cache.as_ref().map_or((0, 0), cache::TokenCache::stats)
+    }
+
+    /// The tag of the key material that verifies `alg` now: the key set's generation, or the
+    /// HS256 secret's digest prefix. `None`: nothing can verify it now.
+    fn key_tag(&self, alg: Alg) -> Option<u64> {
+        if alg == Alg::HS256 {
+            match self.secret.load().as_ref() {
+                SecretState::Ready { digest, .. } => {
+                    let mut prefix = [0u8; 8];
+                    prefix.copy_from_slice(digest.get(..8)?);
+                    Some(u64::from_le_bytes(prefix))
+                }
+                _ => None,
+            }
+        } else {
+            Some(self.keys.load().generation)
+        }
+    }
+
+    /// Verify the request's bearer credential: from the verified-token cache when this exact
+    /// token was verified with the key material in force (its time claims checked again now),
+    /// else in full — and then remembered.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
         let token = bearer_token(headers)?;
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let skew = self.settings.clock_skew.as_secs_f64();
+        if let Some(cache) = &self.cache {
+            if let Some(hit) = cache.get(&digest, |alg| {
+                // An algorithm taken off the allow-list is not served from the cache either.
+                self.allowed
+                    .contains(&alg)
+                    .then(|| self.key_tag(alg))
+                    .flatten()
+            }) {
+                hit.still_valid(unix_now(), skew)?;
+                return Ok(Principal {
+                    subject: hit.subject.clone(),
+                    claims: hit.claims.clone(),
+                    credential_sha256: hex::encode(digest),
+                });
+            }
+        }
         let (alg, kid) = token_header(token, &self.allowed)?;
+        // The tag before verifying: keys that change meanwhile make the entry a miss later.
+        let tag = self.key_tag(alg);
         let claims = if alg == Alg::HS256 {
             let secret = self.secret.load();
             match secret.as_ref() {
@@ -182,10 +237,29 @@ impl Authenticator {
             }
             _ => return Err(AuthError::MissingClaim(self.settings.subject_claim.clone())),
         };
+        if let (Some(cache), Some(tag)) = (&self.cache, tag) {
+            let number = |name: &str| claims.get(name).and_then(Value::as_f64);
+            if let Some(exp) = number("exp") {
+                cache.insert(
+                    digest,
+                    cache::Verified {
+                        subject: subject.clone(),
+                        claims: claims.clone(),
+                        alg,
+                        tag,
+                        exp,
+                        nbf: number("nbf"),
+                        iat: number("iat"),
+                    },
+                    unix_now(),
+                    skew,
+                );
+            }
+        }
         Ok(Principal {
             subject,
             claims,
-            credential_sha256: hex::encode(Sha256::digest(token.as_bytes())),
+            credential_sha256: hex::encode(digest),
         })
     }
 
@@ -277,6 +351,11 @@ impl Authenticator {
             "subject_claim": self.settings.subject_claim,
             "subject_prefix": self.settings.subject_prefix,
             "clock_skew_seconds": self.settings.clock_skew.as_secs(),
+            "token_cache": {
+                "max_entries": self.settings.token_cache_entries,
+                "hits": self.token_cache_stats().0,
+                "misses": self.token_cache_stats().1,
+            },
         })
     }
 }

@@ -146,7 +146,12 @@ pub struct AuthSettings {
     pub jwks_cache_ttl: Duration,
     /// PEM CA bundle trusted for an `https://` JWKS URL instead of the webpki roots.
     pub jwks_ca: Option<PathBuf>,
+    /// Verified tokens remembered by their sha256 (0: no cache).
+    pub token_cache_entries: usize,
 }
+
+/// Default for `--jwt-cache-entries`.
+pub const DEFAULT_TOKEN_CACHE_ENTRIES: usize = 10_000;
 
 impl AuthSettings {
     /// Settings with the defaults of the command line and no key source.
@@ -163,6 +168,7 @@ impl AuthSettings {
             jwks_refresh_interval: Duration::from_secs(30),
             jwks_cache_ttl: Duration::from_secs(300),
             jwks_ca: None,
+            token_cache_entries: DEFAULT_TOKEN_CACHE_ENTRIES,
         }
     }
 

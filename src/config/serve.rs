@@ -540,6 +540,14 @@ pub struct AuthArgs {
     /// PEM CA bundle trusted for an `https://` `--jwks` URL instead of the public webpki roots.
     #[arg(long, env = "FLEX_AUTH_JWKS_CA", value_name = "FILE")]
     pub jwks_ca: Option<PathBuf>,
+
+    /// Verified tokens remembered by their sha256, so a repeated token skips the signature check
+    /// (each entry good until the token's `exp`, dropped when the keys or the secret change;
+    /// `exp`/`nbf`/`iat` checked again on every use). `0` turns the cache off.
+    #[arg(long, env = "FLEX_AUTH_JWT_CACHE_ENTRIES", value_name = "N",
+          default_value_t = crate::auth::DEFAULT_TOKEN_CACHE_ENTRIES as u64,
+          value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    pub jwt_cache_entries: u64,
 }
 
 impl AuthArgs {
@@ -562,6 +570,7 @@ impl AuthArgs {
             jwks_refresh_interval: self.jwks_refresh_interval,
             jwks_cache_ttl: self.jwks_cache_ttl,
             jwks_ca: self.jwks_ca.clone(),
+            token_cache_entries: usize::try_from(self.jwt_cache_entries).unwrap_or(usize::MAX),
         }
     }
 }
