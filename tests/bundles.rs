@@ -164,7 +164,7 @@ fn bomb() -> Vec<u8> {
 /// nginx serving `dir/www` on a free loopback port (HTTPS with `tls` = (cert, key)), its access
 /// log at `dir/access.log` as `REQUEST STATUS`.
 async fn start_nginx(nginx: &Path, d: &Path, tls: Option<(&Path, &Path)>) -> (Killed, u16) {
-    let port = free_port();
+    let port = support::free_port();
     let prefix = d.display();
     let listen = match tls {
         Some((cert, key)) => format!(
@@ -214,10 +214,7 @@ http {{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bundles_over_https_are_trusted_only_through_the_configured_ca_and_recorded() {
-    let Some(nginx) = tool(
-        &["/usr/sbin/nginx", "/usr/bin/nginx"],
-        "apt-get install nginx",
-    ) else {
+    let Some(nginx) = support::nginx_binary() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -365,22 +362,8 @@ fn addr_of(text: &str) -> SocketAddr {
     text.parse().unwrap()
 }
 
-/// A tool this test needs: its path, or `None` (skipped, visibly) — under `CI` a missing tool
-/// fails the test instead.
 fn tool(candidates: &[&str], install: &str) -> Option<PathBuf> {
-    let found = candidates.iter().map(PathBuf::from).find(|p| p.exists());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{} is required here: {install} (.ci/run does)",
-            candidates[0]
-        );
-        eprintln!(
-            "SKIPPED: {} is not installed ({install}); CI runs this test",
-            candidates[0]
-        );
-    }
-    found
+    support::required_tool(candidates, install, None)
 }
 
 /// A child process killed when the test ends, however it ends.
@@ -408,14 +391,6 @@ impl Drop for Killed {
             let _ = child.wait();
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn wait_listening(port: u16, child: &mut Child, what: &str) {
@@ -585,10 +560,7 @@ fn the_cli_builds_signs_verifies_and_inspects_and_refuses_what_is_wrong() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bundles_from_nginx_activate_and_every_bad_one_keeps_the_last_good() {
-    let Some(nginx) = tool(
-        &["/usr/sbin/nginx", "/usr/bin/nginx"],
-        "apt-get install nginx",
-    ) else {
+    let Some(nginx) = support::nginx_binary() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -757,7 +729,7 @@ async fn bundles_from_a_real_oci_registry_push_pull_and_survive_its_outage() {
     let key = Key::ed25519("oci-key");
     let jwks = write_jwks(d, &[&key]);
     let (reg8, reg4) = (registry_file(d, 8), registry_file(d, 4));
-    let port = free_port();
+    let port = support::free_port();
     let config = d.join("registry.yml");
     std::fs::write(
         &config,
@@ -1153,7 +1125,7 @@ async fn serving_a_local_bundle_admin_reload_checks_it_and_a_pushed_registry_is_
     .unwrap();
     let token = d.join("admin.token");
     std::fs::write(&token, "s3cret-admin-token").unwrap();
-    let admin_port = free_port();
+    let admin_port = support::free_port();
     let admin_listen = format!("127.0.0.1:{admin_port}");
     let (child, addr) = spawn_binary(&[
         "--bundle",

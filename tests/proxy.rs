@@ -866,37 +866,11 @@ fn proxy_configuration_that_cannot_work_fails_boot_with_its_setting() {
     }
 }
 
-/// The nginx binary, when installed. Under CI (`CI` set, as `.ci/run` does after installing
-/// nginx) or with `FLEX_AUTH_REQUIRE_NGINX` set, a missing nginx fails the test instead of
-/// skipping it.
-fn nginx_binary() -> Option<std::path::PathBuf> {
-    let found = ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"]
-        .into_iter()
-        .map(std::path::PathBuf::from)
-        .find(|p| p.exists());
-    let required =
-        std::env::var_os("CI").is_some() || std::env::var_os("FLEX_AUTH_REQUIRE_NGINX").is_some();
-    assert!(
-        found.is_some() || !required,
-        "nginx is required here: `apt-get install nginx` (.ci/run does)"
-    );
-    if found.is_none() {
-        eprintln!("SKIPPED: nginx is not installed (apt-get install nginx); CI runs this test");
-    }
-    found
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_nginx_auth_request_lets_through_only_what_the_policy_allows() {
-    let Some(nginx) = nginx_binary() else { return };
+    let Some(nginx) = support::nginx_binary() else {
+        return;
+    };
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let key = TestKey::ed25519("ed");
@@ -913,7 +887,7 @@ async fn real_nginx_auth_request_lets_through_only_what_the_policy_allows() {
         routes,
     )
     .await;
-    let port = free_port();
+    let port = support::free_port();
     let prefix = dir.path().display();
     let config = format!(
         r#"daemon off;

@@ -457,3 +457,43 @@ pub fn required_log(sink: flex_auth::audit::Sink) -> flex_auth::audit::AuditLog 
     )
     .unwrap()
 }
+
+/// A free loopback port (bound, read and released: a tool started next binds it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A tool a test needs: the first of `candidates` that exists, or `None` (skipped, visibly).
+/// Under `CI` (set by `.ci/run`, which installs the tools) or when `also_required_by` names a
+/// set environment variable, a missing tool fails the test instead of skipping it.
+pub fn required_tool(
+    candidates: &[&str],
+    install: &str,
+    also_required_by: Option<&str>,
+) -> Option<PathBuf> {
+    let found = candidates.iter().map(PathBuf::from).find(|p| p.exists());
+    let required = std::env::var_os("CI").is_some()
+        || also_required_by.is_some_and(|var| std::env::var_os(var).is_some());
+    let name = candidates.first().copied().unwrap_or("a tool");
+    assert!(
+        found.is_some() || !required,
+        "{name} is required here: `{install}` (.ci/run does)"
+    );
+    if found.is_none() {
+        eprintln!("SKIPPED: {name} is not installed ({install}); CI runs this test");
+    }
+    found
+}
+
+/// The nginx binary (`FLEX_AUTH_REQUIRE_NGINX` makes it required outside CI too).
+pub fn nginx_binary() -> Option<PathBuf> {
+    required_tool(
+        &["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"],
+        "apt-get install nginx",
+        Some("FLEX_AUTH_REQUIRE_NGINX"),
+    )
+}
