@@ -50,6 +50,48 @@ pub struct CheckRequest {
     pub context: Option<Map<String, Value>>,
 }
 
+/// [`CheckRequest`] as the fast reader of `POST /v1/check` reads it
+/// ([`crate::http::parse_json_fast`]): the same fields, and a duplicate key at any depth is an
+/// error (serde's derive refuses a field named twice; the context is read by
+/// [`crate::json::strict_map`]), so a body it accepts has no duplicate key and the one pass of
+/// `serde_json` replaces the duplicate-key pass and the path-tracking parse. Anything it refuses
+/// is read again by the full reader, for the error that names the field at fault.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StrictCheckRequest {
+    subject: SubjectRef,
+    action: String,
+    resource: ResourceRef,
+    #[serde(default, deserialize_with = "strict_optional_map")]
+    context: Option<Map<String, Value>>,
+}
+
+impl From<StrictCheckRequest> for CheckRequest {
+    fn from(strict: StrictCheckRequest) -> Self {
+        let StrictCheckRequest {
+            subject,
+            action,
+            resource,
+            context,
+        } = strict;
+        Self {
+            subject,
+            action,
+            resource,
+            context,
+        }
+    }
+}
+
+/// `null` or an object read by [`crate::json::strict_map`].
+fn strict_optional_map<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Map<String, Value>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Strict(#[serde(deserialize_with = "crate::json::strict_map")] Map<String, Value>);
+    Ok(Option::<Strict>::deserialize(d)?.map(|s| s.0))
+}
+
 /// The subject of a request.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]

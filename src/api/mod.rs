@@ -249,7 +249,14 @@ impl Api {
         B::Error: Into<BoxError>,
     {
         match (request.uri().path(), request.method()) {
-            ("/v1/check", &Method::POST) => self.check(self.json_body(request).await?).await,
+            ("/v1/check", &Method::POST) => {
+                let body = read_json_body(request, self.config.max_body_bytes).await?;
+                self.check(crate::http::parse_json_fast::<
+                    crate::decision::CheckRequest,
+                    crate::decision::StrictCheckRequest,
+                >(&body)?)
+                    .await
+            }
             ("/v1/check/batch", &Method::POST) => {
                 self.check_batch(self.json_body(request).await?).await
             }

@@ -39,6 +39,23 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
     }
 }
 
+/// Parse a JSON body into `T` through `F`, a reader of the same shape that itself refuses every
+/// duplicate key: one `serde_json` pass for a valid body, instead of the duplicate-key pass and
+/// the path-tracking parse of [`parse_json`]. A body `F` refuses is parsed again by
+/// [`parse_json`], so every error is the one `parse_json` gives (`tests` pin the equivalence).
+pub fn parse_json_fast<T, F>(body: &[u8]) -> Result<T, ApiError>
+where
+    T: serde::de::DeserializeOwned,
+    F: serde::de::DeserializeOwned + Into<T>,
+{
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        if let Ok(fast) = serde_json::from_slice::<F>(body) {
+            return Ok(fast.into());
+        }
+    }
+    parse_json(body)
+}
+
 /// Refuse a body that is not JSON or whose objects name a key twice, at any depth.
 pub fn reject_duplicate_keys(body: &[u8]) -> Result<(), ApiError> {
     crate::json::check_unique_keys(body).map_err(ApiError::from)
@@ -120,7 +137,127 @@ fn plain_type_names(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decision::CheckRequest;
+    use crate::decision::{CheckRequest, StrictCheckRequest};
+    use proptest::prelude::*;
+
+    fn both(body: &[u8]) -> (String, String) {
+        let full = parse_json::<CheckRequest>(body);
+        let fast = parse_json_fast::<CheckRequest, StrictCheckRequest>(body);
+        (format!("{full:?}"), format!("{fast:?}"))
+    }
+
+    /// JSON text, not values: keys may repeat (also spelled with escapes), values nest.
+    fn json_text() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            Just("null".to_owned()),
+            Just("4".to_owned()),
+            Just("\"a\"".to_owned()),
+            Just("\"sign\"".to_owned()),
+            Just("true".to_owned()),
+            Just("[]".to_owned()),
+            Just("1e400".to_owned()),
+        ];
+        let value = leaf.prop_recursive(4, 48, 6, move |inner| {
+            prop_oneof![
+                object(inner.clone()),
+                prop::collection::vec(inner, 0..3)
+                    .prop_map(|items| format!("[{}]", items.join(","))),
+            ]
+        });
+        // Mostly objects: a context or a subject that is not one stops both readers early.
+        prop_oneof![3 => object(value.clone()), 1 => value]
+    }
+
+    fn object(value: impl Strategy<Value = String> + Clone) -> impl Strategy<Value = String> {
+        let key = prop_oneof![
+            Just("subject"),
+            Just("action"),
+            Just("id"),
+            Just("type"),
+            Just("\\u0069d"),
+            Just("ttl"),
+            Just("x"),
+        ];
+        prop::collection::vec((key, value), 0..5).prop_map(|members| {
+            let members: Vec<String> = members
+                .into_iter()
+                .map(|(k, v)| format!("\"{k}\":{v}"))
+                .collect();
+            format!("{{{}}}", members.join(","))
+        })
+    }
+
+    /// A subject: valid, valid with a key twice, or anything.
+    fn subject() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(r#"{"id":"a"}"#.to_owned()),
+            Just(r#"{"id":"a","type":"T"}"#.to_owned()),
+            Just(r#"{"id":"a","\u0069d":"b"}"#.to_owned()),
+            Just(r#"{"type":"T","id":"a","type":"T"}"#.to_owned()),
+            json_text(),
+        ]
+    }
+
+    /// The fast reader of `/v1/check` answers exactly what the full reader answers: the same
+    /// request, or the same error, for any body — duplicate keys included. A share of the
+    /// generated bodies must be valid, or the equivalence would be shown on errors alone.
+    #[test]
+    fn the_fast_reader_answers_what_the_full_reader_answers() {
+        let bodies = (
+            json_text(),
+            subject(),
+            prop::option::of(("subject|context|resource|action|x", json_text())),
+        )
+            .prop_map(|(context, subject, extra)| {
+                let mut body = format!(
+                    r#"{{"subject":{subject},"action":"sign","resource":{{"type":"A","id":"b"}},"context":{context}"#
+                );
+                if let Some((key, value)) = extra {
+                    body.push_str(&format!(r#","{key}":{value}"#));
+                }
+                body.push('}');
+                body
+            });
+        let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+            cases: 2_000,
+            ..proptest::test_runner::Config::default()
+        });
+        let accepted = std::cell::Cell::new(0u32);
+        runner
+            .run(&bodies, |body| {
+                let (full, fast) = both(body.as_bytes());
+                prop_assert_eq!(&full, &fast, "{}", body);
+                accepted.set(accepted.get() + u32::from(full.starts_with("Ok(")));
+                Ok(())
+            })
+            .unwrap();
+        assert!(
+            accepted.get() >= 100,
+            "only {} valid bodies",
+            accepted.get()
+        );
+    }
+
+    #[test]
+    fn the_fast_reader_refuses_every_duplicate_the_full_reader_refuses() {
+        let valid = r#"{"subject":{"id":"a"},"action":"sign","resource":{"type":"A","id":"b"},"context":{"ttl":4,"p":["x"],"r":{"a":1}}}"#;
+        let (full, fast) = both(valid.as_bytes());
+        assert_eq!(full, fast);
+        assert!(full.starts_with("Ok("), "{full}");
+        for body in [
+            r#"{"subject":{"id":"a"},"action":"sign","resource":{"type":"A","id":"b"},"action":"sign"}"#,
+            r#"{"subject":{"id":"a","id":"b"},"action":"sign","resource":{"type":"A","id":"b"}}"#,
+            r#"{"subject":{"id":"a"},"action":"sign","resource":{"type":"A","id":"b","\u0069d":"c"}}"#,
+            r#"{"subject":{"id":"a"},"action":"sign","resource":{"type":"A","id":"b"},"context":{"t":1,"t":2}}"#,
+            r#"{"subject":{"id":"a"},"action":"sign","resource":{"type":"A","id":"b"},"context":{"r":[{"a":1,"a":1}]}}"#,
+            r#"[{"id":"a"},"sign",{"type":"A","id":"b"}]"#,
+            r#"{"subject":{"id":"a"},"action":"sign","resource":{"type":"A","id":"b"}} {}"#,
+        ] {
+            let (full, fast) = both(body.as_bytes());
+            assert!(full.starts_with("Err("), "{body}: {full}");
+            assert_eq!(full, fast, "{body}");
+        }
+    }
 
     #[test]
     fn json_errors_name_the_field() {

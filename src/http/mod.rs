@@ -25,7 +25,7 @@ use std::borrow::Cow;
 
 mod json_body;
 
-pub use json_body::{classify_json_error, parse_json, reject_duplicate_keys};
+pub use json_body::{classify_json_error, parse_json, parse_json_fast, reject_duplicate_keys};
 
 use crate::decision::{Decision, DecisionId, Engine, Outcome, PolicyError, RequestError};
 

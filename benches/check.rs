@@ -1,0 +1,113 @@
+//! A whole `POST /v1/check` in process (issue 19): the request goes through `Api::handle` —
+//! dispatch, content type, body limit, strict JSON, the typed request, `Engine::decide`, metrics,
+//! the decision record path (log off) and the response body — with no socket, beside
+//! `Engine::decide` alone on the same request, so the cost outside Cedar shows as the difference.
+//! Two packages: the shipped ops-warden package with its production registry, and one permit over
+//! raw Cedar entities. Results: docs/benchmarks.md. Run: `cargo bench --bench check`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "benchmark setup")]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use flex_auth::api::{Api, ApiConfig};
+use flex_auth::state::{RegistrySource, Sources, State, Trigger};
+use flex_auth::{CheckRequest, Decision};
+use http_body_util::{BodyExt as _, Full};
+
+const OPS_WARDEN_BODY: &str = r#"{"subject":{"id":"agt-state-hub-bridge"},"action":"sign","resource":{"type":"Actor","id":"agt-state-hub-bridge"},"context":{"ttl_hours":4,"principals":["state-hub"]}}"#;
+const ONE_PERMIT_BODY: &str = r#"{"subject":{"id":"alice"},"action":"sign","resource":{"type":"Actor","id":"build-bot"},"context":{"ttl":4}}"#;
+const ONE_PERMIT: &str = r#"@id("one-permit")
+permit (principal, action == Action::"sign", resource)
+when { resource.allowed_subjects.contains(principal) && context.ttl <= resource.max_ttl };
+"#;
+const ONE_PERMIT_ENTITIES: &str = r#"[
+  {"uid": {"type": "Actor", "id": "build-bot"},
+   "attrs": {"allowed_subjects": [{"__entity": {"type": "Subject", "id": "alice"}}], "max_ttl": 8},
+   "parents": []},
+  {"uid": {"type": "Subject", "id": "alice"}, "attrs": {}, "parents": []}
+]"#;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn state(policy: &Path, registry: RegistrySource) -> Arc<State> {
+    let state = Arc::new(State::new(Sources {
+        policy: policy.to_owned(),
+        registry,
+    }));
+    state.reload(Trigger::Startup).unwrap();
+    state
+}
+
+fn request(body: &'static str) -> http::Request<Full<Bytes>> {
+    http::Request::post("/v1/check")
+        .header("content-type", "application/json")
+        .header("content-length", body.len())
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap()
+}
+
+fn bench_package(c: &mut Criterion, name: &str, state: Arc<State>, body: &'static str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let api = Api::new(Arc::clone(&state), ApiConfig::default()).unwrap();
+    let check: CheckRequest = serde_json::from_str(body).unwrap();
+    let loaded = state.current();
+    let engine = &loaded.as_ref().unwrap().engine;
+    assert_eq!(engine.decide(&check).unwrap().decision, Decision::Allow);
+    let response = runtime.block_on(api.handle(request(body)));
+    assert_eq!(response.status(), 200);
+    let answer = runtime.block_on(response.into_body().collect()).unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&answer.to_bytes()).unwrap();
+    assert_eq!(answer.get("decision").unwrap(), "allow", "{answer}");
+
+    let mut group = c.benchmark_group(format!("check/{name}"));
+    group.bench_function("engine_decide", |b| {
+        b.iter(|| engine.decide(black_box(&check)).unwrap())
+    });
+    group.bench_function("parse_and_decide", |b| {
+        b.iter(|| {
+            let check: CheckRequest = serde_json::from_str(black_box(body)).unwrap();
+            engine.decide(&check).unwrap()
+        })
+    });
+    group.bench_function("api_handle", |b| {
+        b.iter(|| runtime.block_on(api.handle(black_box(request(body)))))
+    });
+    group.finish();
+}
+
+fn check(c: &mut Criterion) {
+    let root = root();
+    bench_package(
+        c,
+        "ops_warden",
+        state(
+            &root.join("policies/ops-warden"),
+            RegistrySource::Snapshot(
+                root.join("registry/ops-warden/production_registry_snapshot.json"),
+            ),
+        ),
+        OPS_WARDEN_BODY,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("one.cedar");
+    let entities = dir.path().join("entities.json");
+    std::fs::write(&policy, ONE_PERMIT).unwrap();
+    std::fs::write(&entities, ONE_PERMIT_ENTITIES).unwrap();
+    bench_package(
+        c,
+        "one_permit",
+        state(&policy, RegistrySource::Entities(entities)),
+        ONE_PERMIT_BODY,
+    );
+}
+
+criterion_group!(benches, check);
+criterion_main!(benches);
