@@ -51,7 +51,7 @@ pub struct CheckRequest {
 }
 
 /// [`CheckRequest`] as the fast reader of `POST /v1/check` reads it
-/// ([`crate::http::parse_json_fast`]): the same fields, and a duplicate key at any depth is an
+/// (the HTTP layer's `parse_json_fast`): the same fields, and a duplicate key at any depth is an
 /// error (serde's derive refuses a field named twice; the context is read by
 /// [`crate::json::strict_map`]), so a body it accepts has no duplicate key and the one pass of
 /// `serde_json` replaces the duplicate-key pass and the path-tracking parse. Anything it refuses
@@ -165,9 +165,27 @@ impl fmt::Display for DecisionId {
     }
 }
 
+impl DecisionId {
+    /// `decision:` and 16 lowercase hex digits, written without the formatting machinery (every
+    /// answer and record carries one).
+    fn encode(self) -> [u8; 25] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = *b"decision:0000000000000000";
+        for (i, slot) in out.iter_mut().skip(9).enumerate() {
+            let nibble = (self.0 >> (60 - 4 * i)) & 0xf;
+            *slot = HEX.get(nibble as usize).copied().unwrap_or(b'0');
+        }
+        out
+    }
+}
+
 impl Serialize for DecisionId {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        let bytes = self.encode();
+        match std::str::from_utf8(&bytes) {
+            Ok(text) => serializer.serialize_str(text),
+            Err(_) => serializer.collect_str(self),
+        }
     }
 }
 
@@ -346,11 +364,29 @@ impl Engine {
         })
     }
 
-    fn action_uid(&self, name: &str) -> EntityUid {
-        match self.actions.get(name) {
-            Some(uid) => uid.clone(),
-            None => EntityUid::from_type_name_and_id(self.action_type.clone(), EntityId::new(name)),
+    /// The action's uid: one the schema declares (looked up once), or, without a schema, any.
+    fn action_uid(&self, name: &str) -> Result<EntityUid, RequestError> {
+        if name.is_empty() {
+            return Err(RequestError::new("action", "must not be empty"));
         }
+        if let Some(uid) = self.actions.get(name) {
+            return Ok(uid.clone());
+        }
+        if self.policy.schema().is_some() {
+            let mut declared: Vec<&str> = self.actions.keys().map(String::as_str).collect();
+            declared.sort_unstable();
+            return Err(RequestError::new(
+                "action",
+                format!(
+                    "`{name}` is not an action the policy schema declares (declared: {})",
+                    declared.join(", ")
+                ),
+            ));
+        }
+        Ok(EntityUid::from_type_name_and_id(
+            self.action_type.clone(),
+            EntityId::new(name),
+        ))
     }
 
     /// Decide one request (borrowed: callers keep it to log it). `Err` only for requests that
@@ -520,46 +556,35 @@ impl Engine {
 
     /// The Cedar request for a check, validated against the schema when there is one.
     fn cedar_request(&self, request: &CheckRequest) -> Result<Request, RequestError> {
-        let principal_type = match &request.subject.entity_type {
-            Some(t) => self.entity_type("subject.type", t)?,
-            None => self.default_subject_type.clone(),
+        let uids = || -> Result<(EntityUid, EntityUid, EntityUid), RequestError> {
+            let principal_type = match &request.subject.entity_type {
+                Some(t) => self.entity_type("subject.type", t)?,
+                None => self.default_subject_type.clone(),
+            };
+            let principal = EntityUid::from_type_name_and_id(
+                principal_type,
+                EntityId::new(&request.subject.id),
+            );
+            let resource_type = self.entity_type("resource.type", &request.resource.entity_type)?;
+            let resource = EntityUid::from_type_name_and_id(
+                resource_type,
+                EntityId::new(&request.resource.id),
+            );
+            Ok((principal, self.action_uid(&request.action)?, resource))
         };
-        let principal =
-            EntityUid::from_type_name_and_id(principal_type, EntityId::new(&request.subject.id));
-        let resource_type = self.entity_type("resource.type", &request.resource.entity_type)?;
-        let resource =
-            EntityUid::from_type_name_and_id(resource_type, EntityId::new(&request.resource.id));
-        if request.action.is_empty() {
-            return Err(RequestError::new("action", "must not be empty"));
-        }
+        let (principal, action, resource) = uids()?;
         let schema = self.policy.schema();
-        if schema.is_some() && !self.actions.contains_key(&request.action) {
-            let mut declared: Vec<&str> = self.actions.keys().map(String::as_str).collect();
-            declared.sort_unstable();
-            return Err(RequestError::new(
-                "action",
-                format!(
-                    "`{}` is not an action the policy schema declares (declared: {})",
-                    request.action,
-                    declared.join(", ")
-                ),
-            ));
-        }
-        let action = self.action_uid(&request.action);
         let empty = Map::new();
         let context = request.context.as_ref().unwrap_or(&empty);
         // Fast path: plain JSON converted directly, used only when the schema accepts it as is.
-        if let Some(fast) = cedar_json::context(context) {
-            if let Ok(cedar_request) = Request::new(
-                principal.clone(),
-                action.clone(),
-                resource.clone(),
-                fast,
-                schema,
-            ) {
-                return Ok(cedar_request);
-            }
-        }
+        // The uids are moved into it and built again on the rare way out (no clones kept).
+        let (principal, action, resource) = match cedar_json::context(context) {
+            Some(fast) => match Request::new(principal, action, resource, fast, schema) {
+                Ok(cedar_request) => return Ok(cedar_request),
+                Err(_) => uids()?,
+            },
+            None => (principal, action, resource),
+        };
         // Cedar's reader: escapes, schema-directed conversions, and the precise error messages.
         let context =
             Context::from_json_value(Value::Object(context.clone()), schema.map(|s| (s, &action)))
@@ -699,6 +724,20 @@ fn request_validation_error(e: RequestValidationError) -> RequestError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decision_ids_serialize_as_they_display() {
+        for raw in [0, 1, 0xf, 0x0123_4567_89ab_cdef, u64::MAX, 1 << 63] {
+            let id = DecisionId(raw);
+            assert_eq!(
+                serde_json::to_string(&id).unwrap(),
+                format!("\"{id}\""),
+                "{raw:x}"
+            );
+        }
+        let id = DecisionId::generate();
+        assert_eq!(serde_json::to_value(id).unwrap(), id.to_string());
+    }
 
     #[test]
     fn decision_ids_have_the_documented_shape_and_differ() {

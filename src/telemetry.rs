@@ -3,6 +3,7 @@
 //! versions, entity count, readiness — are read from [`State`] when scraped, so the state module
 //! knows nothing of metrics.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{
@@ -33,7 +34,21 @@ pub enum Endpoint {
     Other,
 }
 
+/// Statuses whose `flex_auth_http_responses_total` children are kept resolved; others are
+/// looked up by label on each response.
+const COMMON_STATUSES: [u16; 12] = [200, 400, 401, 403, 404, 405, 413, 415, 422, 429, 500, 503];
+
 impl Endpoint {
+    const ALL: [Self; 7] = [
+        Self::Check,
+        Self::Batch,
+        Self::AuthZen,
+        Self::Operations,
+        Self::Proxy,
+        Self::ForwardAuth,
+        Self::Other,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             Self::Check => "check",
@@ -78,6 +93,9 @@ pub struct Metrics {
     deny_reasons: IntCounterVec,
     batch_size: Histogram,
     responses: IntCounterVec,
+    /// `responses` children by endpoint and common status, resolved on first use (a series
+    /// appears when it is first counted, as with `with_label_values`), then reused.
+    response_children: Arc<[std::sync::OnceLock<IntCounter>]>,
     auth_failures: IntCounterVec,
     upstream_seconds: Histogram,
     upstream_responses: IntCounterVec,
@@ -202,6 +220,9 @@ impl Metrics {
             deny_reasons,
             batch_size,
             responses,
+            response_children: (0..Endpoint::ALL.len() * COMMON_STATUSES.len())
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
             auth_failures,
             upstream_seconds,
             upstream_responses,
@@ -279,9 +300,25 @@ impl Metrics {
 
     /// Count one HTTP response.
     pub fn record_response(&self, endpoint: Endpoint, status: http::StatusCode) {
-        self.responses
-            .with_label_values(&[endpoint.as_str(), status.as_str()])
-            .inc();
+        let slot = COMMON_STATUSES
+            .iter()
+            .position(|s| *s == status.as_u16())
+            .and_then(|i| {
+                self.response_children
+                    .get(endpoint as usize * COMMON_STATUSES.len() + i)
+            });
+        match slot {
+            Some(slot) => slot
+                .get_or_init(|| {
+                    self.responses
+                        .with_label_values(&[endpoint.as_str(), status.as_str()])
+                })
+                .inc(),
+            None => self
+                .responses
+                .with_label_values(&[endpoint.as_str(), status.as_str()])
+                .inc(),
+        }
     }
 
     /// The Prometheus text exposition. Metrics the request path records live in the registry;
@@ -453,4 +490,44 @@ fn scrape_time_metrics(
         registry.register(Box::new(slice_misses))?;
     }
     Ok(registry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_index_their_resolved_children() {
+        for (i, endpoint) in Endpoint::ALL.iter().enumerate() {
+            assert_eq!(*endpoint as usize, i, "{endpoint:?}");
+        }
+    }
+
+    #[test]
+    fn responses_are_counted_by_endpoint_and_status_whether_resolved_or_not() {
+        let metrics = Metrics::new().unwrap();
+        for _ in 0..3 {
+            metrics.record_response(Endpoint::Check, http::StatusCode::OK);
+        }
+        metrics.record_response(Endpoint::Proxy, http::StatusCode::OK);
+        metrics.record_response(Endpoint::Check, http::StatusCode::IM_A_TEAPOT);
+        metrics.record_response(Endpoint::Check, http::StatusCode::IM_A_TEAPOT);
+        let count = |endpoint: &str, status: &str| {
+            metrics
+                .responses
+                .get_metric_with_label_values(&[endpoint, status])
+                .unwrap()
+                .get()
+        };
+        assert_eq!(count("check", "200"), 3);
+        assert_eq!(count("proxy", "200"), 1);
+        assert_eq!(count("check", "418"), 2);
+        // A child is created when first counted, not before.
+        let families = metrics.registry.gather();
+        let responses = families
+            .iter()
+            .find(|f| f.name() == "flex_auth_http_responses_total")
+            .unwrap();
+        assert_eq!(responses.get_metric().len(), 3);
+    }
 }
