@@ -24,6 +24,7 @@ use flex_auth::{CheckRequest, Decision};
 use http_body_util::{BodyExt as _, Full};
 
 const OPS_WARDEN_BODY: &str = r#"{"subject":{"id":"agt-state-hub-bridge"},"action":"sign","resource":{"type":"Actor","id":"agt-state-hub-bridge"},"context":{"ttl_hours":4,"principals":["state-hub"]}}"#;
+const FIFTY_BODY: &str = r#"{"subject":{"id":"agt-state-hub-bridge"},"action":"sign7","resource":{"type":"Actor","id":"agt-state-hub-bridge"},"context":{"ttl_hours":4,"principals":["state-hub"]}}"#;
 const ONE_PERMIT_BODY: &str = r#"{"subject":{"id":"alice"},"action":"sign","resource":{"type":"Actor","id":"build-bot"},"context":{"ttl":4}}"#;
 const ONE_PERMIT: &str = r#"@id("one-permit")
 permit (principal, action == Action::"sign", resource)
@@ -35,6 +36,65 @@ const ONE_PERMIT_ENTITIES: &str = r#"[
    "parents": []},
   {"uid": {"type": "Subject", "id": "alice"}, "attrs": {}, "parents": []}
 ]"#;
+
+/// The shipped package's schema and five policies, once per action of ten (`sign0` … `sign9`):
+/// 50 policies of which five can apply to any one request.
+fn fifty_over_ten(dir: &Path) -> PathBuf {
+    let package = dir.join("fifty");
+    std::fs::create_dir_all(&package).unwrap();
+    let mut schema = String::from(
+        "entity Subject;\nentity Team;\nentity Actor in [Team] {\n  \"type\": String,\n  \
+         principals: Set<String>,\n  allowed_subjects: Set<Subject>,\n  max_ttl_hours: Long,\n  \
+         default_ttl_hours: Long,\n  owner?: String,\n  environment?: String,\n  pipeline?: String,\n};\n",
+    );
+    let mut policies = String::new();
+    for n in 0..10 {
+        schema.push_str(&format!(
+            "action sign{n} appliesTo {{ principal: Subject, resource: Actor, \
+             context: {{ ttl_hours: Long, principals: Set<String> }} }};\n"
+        ));
+        policies.push_str(&format!(
+            r#"@id("allow-{n}")
+permit (principal, action == Action::"sign{n}", resource is Actor)
+when {{
+  resource has max_ttl_hours &&
+  resource.allowed_subjects.contains(principal) &&
+  context.ttl_hours >= 1 &&
+  context.ttl_hours <= resource.max_ttl_hours &&
+  resource.principals.containsAll(context.principals)
+}};
+@id("unknown-actor-{n}")
+@reason("unknown_actor_resource")
+forbid (principal, action == Action::"sign{n}", resource)
+unless {{ resource has max_ttl_hours }};
+@id("ttl-bounds-{n}")
+@reason("ttl_out_of_bounds")
+forbid (principal, action == Action::"sign{n}", resource is Actor)
+when {{
+  resource has max_ttl_hours &&
+  (context.ttl_hours < 1 || context.ttl_hours > resource.max_ttl_hours)
+}};
+@id("subject-not-allowed-{n}")
+@reason("subject_not_allowed")
+forbid (principal, action == Action::"sign{n}", resource is Actor)
+when {{
+  resource has allowed_subjects &&
+  !resource.allowed_subjects.contains(principal)
+}};
+@id("principal-not-allowed-{n}")
+@reason("principal_not_allowed")
+forbid (principal, action == Action::"sign{n}", resource is Actor)
+when {{
+  resource has principals &&
+  !resource.principals.containsAll(context.principals)
+}};
+"#
+        ));
+    }
+    std::fs::write(package.join("schema.cedarschema"), schema).unwrap();
+    std::fs::write(package.join("policies.cedar"), policies).unwrap();
+    package
+}
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -109,6 +169,17 @@ fn check(c: &mut Criterion) {
         OPS_WARDEN_BODY,
     );
     let dir = tempfile::tempdir().unwrap();
+    bench_package(
+        c,
+        "fifty_over_ten",
+        state(
+            &fifty_over_ten(dir.path()),
+            RegistrySource::Snapshot(
+                root.join("registry/ops-warden/production_registry_snapshot.json"),
+            ),
+        ),
+        FIFTY_BODY,
+    );
     let policy = dir.path().join("one.cedar");
     let entities = dir.path().join("entities.json");
     std::fs::write(&policy, ONE_PERMIT).unwrap();

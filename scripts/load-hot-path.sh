@@ -19,6 +19,7 @@
 # Loopback only; every wait bounded. Installs wrk, curl, nginx, openssl (Debian) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/auth-bench.sh
 
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
@@ -91,16 +92,7 @@ routes:
     resource: { type: Actor, id: { path: actor } }
     context: { role: { query: role } }
 YAML
-b64() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
-openssl genpkey -algorithm ed25519 -out "$work/ed.pem" 2>/dev/null
-x=$(openssl pkey -in "$work/ed.pem" -pubout -outform DER | tail -c 32 | b64)
-printf '{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"ed","x":"%s"}]}' "$x" >"$work/jwks.json"
-now=$(date +%s)
-header=$(printf '{"alg":"EdDSA","typ":"JWT","kid":"ed"}' | b64)
-claims=$(printf '{"sub":"agent-demo","iss":"https://issuer.example","aud":"broker","iat":%d,"exp":%d}' "$now" $((now + 7200)) | b64)
-printf '%s.%s' "$header" "$claims" >"$work/signing-input"
-signature=$(openssl pkeyutl -sign -inkey "$work/ed.pem" -rawin -in "$work/signing-input" | b64)
-ed_token="$header.$claims.$signature"
+ed_token=$(eddsa_token "$work" agent-demo)
 hs_token=$(python3 deploy/examples/broker/mint-demo-token.py agent-demo)
 path="/v1/creds/agent-demo?role=aws:demo-readonly"
 
@@ -111,40 +103,8 @@ post_lua "$raw_body" "$work/raw.lua"
 get_lua "$hs_token" "$work/hs.lua"
 get_lua "$ed_token" "$work/ed.lua"
 
-cat >"$work/nginx.conf" <<NGINX
-daemon off;
-master_process off;
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $work/body; proxy_temp_path $work/proxy;
-  fastcgi_temp_path $work/fastcgi; uwsgi_temp_path $work/uwsgi; scgi_temp_path $work/scgi;
-  upstream noop { server 127.0.0.1:$NOOP_PORT; keepalive 64; }
-  upstream broker { server 127.0.0.1:$UPSTREAM_PORT; keepalive 64; }
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    location = /_auth {
-      internal;
-      proxy_pass http://noop/auth;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_pass_request_body off;
-      proxy_set_header Content-Length "";
-      proxy_set_header X-Original-URI \$request_uri;
-      proxy_set_header X-Original-Method \$request_method;
-    }
-    location / {
-      auth_request /_auth;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_pass http://broker;
-    }
-  }
-}
-NGINX
+nginx_conf "$work" "noop=$NOOP_PORT broker=$UPSTREAM_PORT" \
+  "$(nginx_auth_server "$NGINX_PORT" noop /auth broker)"
 
 # run NAME URL SCRIPT CONNS → "rps p50 p99 non2xx" (after a warm-up run of WARMUP)
 run() {

@@ -12,7 +12,10 @@
 #   scripts/load.sh                 # defaults: 15s per run, 32 connections, 1 wrk thread
 #   DURATION=30s CONNECTIONS=64 scripts/load.sh
 #
-# Section 6 (proxy overhead) is scripts/load-proxy.sh, which also runs alone.
+# Section 6 (proxy overhead) is scripts/load-proxy.sh, which also runs alone. Section 8 (the hot
+# path, scripts/load-hot-path.sh) adds the sidecar protocol: wrk -t2 -c64 with nothing pinned (the
+# servers and wrk share the cores), beside the same runs pinned, each against the hello ceiling
+# measured in the same pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -251,3 +254,9 @@ DURATION="$DURATION" CONNECTIONS="$CONNECTIONS" scripts/load-proxy.sh
 # 7. TLS vs plain (HTTP/1.1 and h2) and an overload run past --max-in-flight.
 echo
 DURATION="$DURATION" scripts/load-tls.sh
+
+# 8. The hot path (issue 19): /v1/check on two packages against the hello ceiling, the proxy with
+#    HS256 and EdDSA against direct and nginx auth_request → a no-op auth server, unpinned and
+#    pinned. Its own protocol: wrk -t2 -c64 -d10s after a 2 s warm-up.
+echo
+scripts/load-hot-path.sh

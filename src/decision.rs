@@ -593,9 +593,9 @@ impl Engine {
     }
 
     fn evaluate(&self, request: &Request, entities: &Entities) -> Outcome {
-        let response = self
-            .authorizer
-            .is_authorized(request, self.policy.policies(), entities);
+        // Only the policies whose scope can match the action (`policy::index`): same answer.
+        let policies = self.policy.policies_for(request.action());
+        let response = self.authorizer.is_authorized(request, policies, entities);
         self.outcome(response)
     }
 

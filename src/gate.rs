@@ -44,6 +44,14 @@ impl Surface {
             Self::Nginx => "nginx",
         }
     }
+
+    /// The endpoint its decisions are timed and its responses counted under.
+    fn endpoint(self) -> Endpoint {
+        match self {
+            Self::Proxy => Endpoint::Proxy,
+            Self::Envoy | Self::Nginx => Endpoint::ForwardAuth,
+        }
+    }
 }
 
 /// A request the gate let through with a decision.
@@ -205,7 +213,7 @@ impl Gate {
                 let started = Instant::now();
                 let outcome = engine.decide(&request).map_err(ApiError::Request)?;
                 self.metrics
-                    .observe_check(Endpoint::Check, started.elapsed());
+                    .observe_check(surface.endpoint(), started.elapsed());
                 self.verdicts.record(
                     pending,
                     engine,

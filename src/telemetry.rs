@@ -90,6 +90,8 @@ pub struct Metrics {
     denies: IntCounter,
     check_seconds: Histogram,
     batch_seconds: Histogram,
+    proxy_seconds: Histogram,
+    forward_auth_seconds: Histogram,
     deny_reasons: IntCounterVec,
     batch_size: Histogram,
     responses: IntCounterVec,
@@ -217,6 +219,9 @@ impl Metrics {
             denies: decisions.with_label_values(&["deny"]),
             check_seconds: check_duration.with_label_values(&[Endpoint::Check.as_str()]),
             batch_seconds: check_duration.with_label_values(&[Endpoint::Batch.as_str()]),
+            proxy_seconds: check_duration.with_label_values(&[Endpoint::Proxy.as_str()]),
+            forward_auth_seconds: check_duration
+                .with_label_values(&[Endpoint::ForwardAuth.as_str()]),
             deny_reasons,
             batch_size,
             responses,
@@ -288,6 +293,8 @@ impl Metrics {
     pub fn observe_check(&self, endpoint: Endpoint, elapsed: Duration) {
         let histogram = match endpoint {
             Endpoint::Batch => &self.batch_seconds,
+            Endpoint::Proxy => &self.proxy_seconds,
+            Endpoint::ForwardAuth => &self.forward_auth_seconds,
             _ => &self.check_seconds,
         };
         histogram.observe(elapsed.as_secs_f64());

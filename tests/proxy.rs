@@ -665,6 +665,13 @@ async fn proxied_decisions_are_recorded_with_the_credential_hash_never_the_token
         .to_str()
         .unwrap()
         .to_owned();
+    // Each surface's decisions are timed under its own endpoint, none under `/v1/check`'s.
+    let metrics = String::from_utf8(broker.api.get("/metrics").await.body.to_vec()).unwrap();
+    for (endpoint, count) in [("proxy", 2), ("forward_auth", 1), ("check", 0)] {
+        let line =
+            format!("flex_auth_check_duration_seconds_count{{endpoint=\"{endpoint}\"}} {count}\n");
+        assert!(metrics.contains(&line), "no `{line}` in\n{metrics}");
+    }
 
     let conn = rusqlite::Connection::open(&log).unwrap();
     let envoy_record: String = conn

@@ -136,7 +136,9 @@ pub(super) fn build_package(raw: RawPackage) -> Result<PolicyPackage, PolicyLoad
 
     let hash = raw.hash();
     let name = raw.manifest.name.clone().unwrap_or(raw.name);
+    let index = super::ActionIndex::build(&policies, schema.as_ref());
     Ok(PolicyPackage {
+        index,
         name,
         version: raw.manifest.version,
         policies,

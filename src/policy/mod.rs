@@ -14,17 +14,19 @@
 mod build;
 mod diagnostics;
 mod discovery;
+mod index;
 mod markdown;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use cedar_policy::{PolicyId, PolicySet, Schema};
+use cedar_policy::{EntityUid, PolicyId, PolicySet, Schema};
 use serde::Deserialize;
 
 use crate::hash::ContentHash;
 use build::build_package;
 use discovery::{has_extension, read_cedar_file, read_directory};
+use index::ActionIndex;
 use markdown::read_markdown_file;
 
 /// The annotation that names a policy in decisions.
@@ -46,6 +48,8 @@ pub struct PolicyPackage {
     hash: ContentHash,
     sources: Vec<PathBuf>,
     warnings: Vec<String>,
+    /// The policies that can apply to each action (see `index`).
+    index: ActionIndex,
 }
 
 impl PolicyPackage {
@@ -67,6 +71,18 @@ impl PolicyPackage {
     /// The Cedar schema, when the package has one.
     pub fn schema(&self) -> Option<&Schema> {
         self.schema.as_ref()
+    }
+
+    /// The policies Cedar needs for a request naming `action`: the package's policies less those
+    /// whose action scope cannot match it (same decision, determining policies and errors as the
+    /// whole set; `tests/policy_index.rs`). The whole set when `action` is `None`.
+    pub fn policies_for(&self, action: Option<&EntityUid>) -> &PolicySet {
+        self.index.for_action(action, &self.policies)
+    }
+
+    /// How many actions are evaluated against fewer policies than the whole package.
+    pub fn indexed_actions(&self) -> usize {
+        self.index.indexed_actions()
     }
 
     /// Content hash of every file that went into the package.
