@@ -489,6 +489,17 @@ fn forwarded_headers(
         }
         headers.append(name.clone(), value);
     }
+    add_forwarding(&mut headers, host, peer);
+    headers
+}
+
+/// What flex-auth says of the hop itself: the client's `Host` as `X-Forwarded-Host`, the peer
+/// appended to `X-Forwarded-For` (to a passed-through value, or alone), `X-Forwarded-Proto`.
+fn add_forwarding(
+    headers: &mut HeaderMap,
+    host: Option<HeaderValue>,
+    peer: Option<std::net::IpAddr>,
+) {
     if let Some(host) = host {
         headers.insert(HeaderName::from_static("x-forwarded-host"), host);
     }
@@ -498,13 +509,12 @@ fn forwarded_headers(
             Some(previous) if !previous.is_empty() => format!("{previous}, {peer}"),
             _ => peer.to_string(),
         };
-        insert_header(&mut headers, "x-forwarded-for", &value);
+        insert_header(headers, "x-forwarded-for", &value);
     }
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static("http"),
     );
-    headers
 }
 
 fn insert_header(headers: &mut HeaderMap, name: &'static str, value: &str) {
@@ -575,7 +585,7 @@ mod tests {
     }
 
     /// What `forwarded_headers` did before it was one pass: remove each unwanted name from a
-    /// copy. The property below holds the one pass to it.
+    /// copy (then the same `add_forwarding`). The property below holds the one pass to it.
     fn forwarded_headers_by_removal(
         incoming: &HeaderMap,
         passed: &[HeaderName],
@@ -589,20 +599,8 @@ mod tests {
                 headers.remove(name);
             }
         }
-        if let Some(host) = headers.remove(http::header::HOST) {
-            headers.insert(HeaderName::from_static("x-forwarded-host"), host);
-        }
-        if let Some(peer) = peer {
-            let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-                Some(previous) if !previous.is_empty() => format!("{previous}, {peer}"),
-                _ => peer.to_string(),
-            };
-            insert_header(&mut headers, "x-forwarded-for", &value);
-        }
-        headers.insert(
-            HeaderName::from_static("x-forwarded-proto"),
-            HeaderValue::from_static("http"),
-        );
+        let host = headers.remove(http::header::HOST);
+        add_forwarding(&mut headers, host, peer);
         headers
     }
 
