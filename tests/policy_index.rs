@@ -299,3 +299,54 @@ fn the_shipped_packages_are_indexed_where_they_can_be() {
         "the todo package has one policy set per action"
     );
 }
+
+#[test]
+fn with_a_schema_an_entities_file_cannot_put_an_action_in_another_group() {
+    // The index trusts the schema's action groups. An entities file that claims `a0` is in `g0`
+    // when the schema says it is not must not make `action in [g0]` match where the narrowed set
+    // has left that policy out: Cedar refuses such a file, or the schema's groups win.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("policies.cedar"),
+        "@id(\"group\") permit (principal, action in [Action::\"g0\"], resource);\n\
+         @id(\"a1\") permit (principal, action == Action::\"a1\", resource);\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("schema.cedarschema"),
+        "entity User;\nentity Doc { level: Long };\naction g0;\n\
+         action a0 appliesTo { principal: User, resource: Doc, context: { x: Long } };\n\
+         action a1 in [g0] appliesTo { principal: User, resource: Doc, context: { x: Long } };\n",
+    )
+    .unwrap();
+    let package = load_package(dir.path()).unwrap();
+    let schema = package.schema();
+    let a0 = EntityUid::from_str("Action::\"a0\"").unwrap();
+    assert_eq!(
+        package.policies_for(Some(&a0)).policies().count(),
+        0,
+        "no policy can apply to a0"
+    );
+    let json = json!([
+        {"uid": {"type": "User", "id": "u"}, "attrs": {}, "parents": []},
+        {"uid": {"type": "Doc", "id": "d"}, "attrs": {"level": 1}, "parents": []},
+        {"uid": {"type": "Action", "id": "a0"}, "attrs": {},
+         "parents": [{"type": "Action", "id": "g0"}]},
+    ]);
+    let Ok(entities) = Entities::from_json_value(json, schema) else {
+        return; // refused: nothing can disagree
+    };
+    let request = Request::new(
+        EntityUid::from_str("User::\"u\"").unwrap(),
+        a0.clone(),
+        EntityUid::from_str("Doc::\"d\"").unwrap(),
+        Context::from_json_value(json!({"x": 1}), None).unwrap(),
+        schema,
+    )
+    .unwrap();
+    let authorizer = Authorizer::new();
+    assert_eq!(
+        answer(&authorizer.is_authorized(&request, package.policies_for(Some(&a0)), &entities)),
+        answer(&authorizer.is_authorized(&request, package.policies(), &entities)),
+    );
+}
