@@ -161,31 +161,37 @@ impl DecisionId {
 
 impl fmt::Display for DecisionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "decision:{:016x}", self.0)
+        f.write_str(self.encode().as_str())
     }
 }
 
 impl DecisionId {
     /// `decision:` and 16 lowercase hex digits, written without the formatting machinery (every
     /// answer and record carries one).
-    fn encode(self) -> [u8; 25] {
+    fn encode(self) -> Encoded {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = *b"decision:0000000000000000";
         for (i, slot) in out.iter_mut().skip(9).enumerate() {
             let nibble = (self.0 >> (60 - 4 * i)) & 0xf;
             *slot = HEX.get(nibble as usize).copied().unwrap_or(b'0');
         }
-        out
+        Encoded(out)
+    }
+}
+
+/// A decision id's text, on the stack: the one encoding `Display` and `Serialize` both write.
+struct Encoded([u8; 25]);
+
+impl Encoded {
+    fn as_str(&self) -> &str {
+        // Always ASCII (a fixed prefix and hex digits); the fallback is never taken.
+        std::str::from_utf8(&self.0).unwrap_or("decision:invalid")
     }
 }
 
 impl Serialize for DecisionId {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let bytes = self.encode();
-        match std::str::from_utf8(&bytes) {
-            Ok(text) => serializer.serialize_str(text),
-            Err(_) => serializer.collect_str(self),
-        }
+        serializer.serialize_str(self.encode().as_str())
     }
 }
 
@@ -734,6 +740,7 @@ mod tests {
                 format!("\"{id}\""),
                 "{raw:x}"
             );
+            assert_eq!(id.to_string(), format!("decision:{raw:016x}"), "{raw:x}");
         }
         let id = DecisionId::generate();
         assert_eq!(serde_json::to_value(id).unwrap(), id.to_string());
