@@ -192,5 +192,18 @@ fn check(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, check);
+/// Counting one answered deny with two reasons (a package `@reason` and a fixed code): the
+/// metrics a deny adds to a request, measured alone.
+fn count_deny(c: &mut Criterion) {
+    let metrics = flex_auth::telemetry::Metrics::new().unwrap();
+    let mut outcome = flex_auth::Outcome::deny("ttl_out_of_bounds");
+    outcome.reasons.push("no_matching_permit".to_owned());
+    let mut tally = flex_auth::telemetry::Tally::default();
+    tally.add(&outcome);
+    c.bench_function("metrics/count_deny_two_reasons", |b| {
+        b.iter(|| metrics.record_tally(black_box(&tally)))
+    });
+}
+
+criterion_group!(benches, check, count_deny);
 criterion_main!(benches);

@@ -6,6 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -93,6 +95,9 @@ pub struct Metrics {
     proxy_seconds: Histogram,
     forward_auth_seconds: Histogram,
     deny_reasons: IntCounterVec,
+    /// `deny_reasons` children by reason, resolved once per reason (the fixed codes at start,
+    /// a package's `@reason`s on their first deny) and read without a lock.
+    reason_children: Arc<ArcSwap<ReasonChildren>>,
     batch_size: Histogram,
     responses: IntCounterVec,
     /// `responses` children by endpoint and common status, resolved on first use (a series
@@ -103,6 +108,22 @@ pub struct Metrics {
     upstream_responses: IntCounterVec,
     refused: IntCounterVec,
 }
+
+/// Resolved `deny_reasons` children. Reasons come from fixed codes and a package's `@reason`
+/// annotations, so the map stays small; it is bounded all the same (past the bound a reason is
+/// looked up by label on each deny).
+type ReasonChildren = hashbrown::HashMap<Box<str>, IntCounter>;
+
+/// The most `deny_reasons` children kept resolved.
+const MAX_RESOLVED_REASONS: usize = 1024;
+
+/// Reason codes every deployment can report, resolved (and exported at 0) from the start.
+const FIXED_REASONS: [&str; 4] = [
+    crate::decision::REASON_NO_MATCHING_PERMIT,
+    crate::decision::REASON_POLICY_ERROR,
+    crate::decision::REASON_NO_ROUTE,
+    crate::decision::REASON_FORBIDDEN,
+];
 
 /// Label values of `flex_auth_refused_total`, all exported from the start.
 const REFUSALS: [&str; 4] = [
@@ -222,6 +243,12 @@ impl Metrics {
             proxy_seconds: check_duration.with_label_values(&[Endpoint::Proxy.as_str()]),
             forward_auth_seconds: check_duration
                 .with_label_values(&[Endpoint::ForwardAuth.as_str()]),
+            reason_children: Arc::new(ArcSwap::from_pointee(
+                FIXED_REASONS
+                    .iter()
+                    .map(|r| (Box::from(*r), deny_reasons.with_label_values(&[r])))
+                    .collect(),
+            )),
             deny_reasons,
             batch_size,
             responses,
@@ -273,11 +300,30 @@ impl Metrics {
             Decision::Deny => {
                 self.denies.inc();
                 for reason in &outcome.reasons {
-                    self.deny_reasons
-                        .with_label_values(&[reason.as_str()])
-                        .inc();
+                    self.count_deny_reason(reason);
                 }
             }
+        }
+    }
+
+    /// Count one deny reason: through the resolved map, or looked up by label and added to it
+    /// (copy on write: a new reason is rare, a lookup is every deny).
+    fn count_deny_reason(&self, reason: &str) {
+        let children = self.reason_children.load();
+        if let Some(child) = children.get(reason) {
+            child.inc();
+            return;
+        }
+        let full = children.len() >= MAX_RESOLVED_REASONS;
+        drop(children);
+        let child = self.deny_reasons.with_label_values(&[reason]);
+        child.inc();
+        if !full {
+            self.reason_children.rcu(|children| {
+                let mut children = ReasonChildren::clone(children);
+                children.insert(Box::from(reason), child.clone());
+                children
+            });
         }
     }
 
@@ -536,5 +582,45 @@ mod tests {
             .find(|f| f.name() == "flex_auth_http_responses_total")
             .unwrap();
         assert_eq!(responses.get_metric().len(), 3);
+    }
+
+    fn deny(reasons: &[&str]) -> Outcome {
+        Outcome {
+            decision: Decision::Deny,
+            id: crate::decision::DecisionId::generate(),
+            reasons: reasons.iter().map(|r| (*r).to_owned()).collect(),
+            policies: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn deny_reasons_are_counted_whether_fixed_new_or_past_the_resolved_bound() {
+        let metrics = Metrics::new().unwrap();
+        let count = |reason: &str| {
+            metrics
+                .deny_reasons
+                .get_metric_with_label_values(&[reason])
+                .unwrap()
+                .get()
+        };
+        // The fixed codes are exported at 0 before any deny.
+        assert_eq!(count(crate::decision::REASON_NO_MATCHING_PERMIT), 0);
+        metrics.record_decision(&deny(&["ttl_out_of_bounds", "no_matching_permit"]));
+        metrics.record_decision(&deny(&["ttl_out_of_bounds"]));
+        assert_eq!(count("ttl_out_of_bounds"), 2);
+        assert_eq!(count("no_matching_permit"), 1);
+        assert!(metrics
+            .reason_children
+            .load()
+            .contains_key("ttl_out_of_bounds"));
+        // Past the bound a reason is still counted, by label.
+        for i in 0..MAX_RESOLVED_REASONS + 10 {
+            metrics.record_decision(&deny(&[&format!("r{i}")]));
+        }
+        let last = format!("r{}", MAX_RESOLVED_REASONS + 9);
+        metrics.record_decision(&deny(&[&last]));
+        assert_eq!(count(&last), 2);
+        assert_eq!(metrics.reason_children.load().len(), MAX_RESOLVED_REASONS);
     }
 }
