@@ -100,6 +100,12 @@ pub struct CaseResult {
     pub name: String,
     /// `None` when it passed, else what differed.
     pub failure: Option<String>,
+    /// The policies that determined the case's decision (the satisfied permits of an allow, the
+    /// satisfied forbids of a deny; never a policy that failed to evaluate). Empty when the
+    /// request was invalid.
+    pub determined: Vec<String>,
+    /// The reasons the decision reported.
+    pub reasons: Vec<String>,
 }
 
 impl fmt::Display for CaseResult {
@@ -126,6 +132,18 @@ pub fn run_cases(engine: &Engine, file: CaseFile) -> Vec<CaseResult> {
                     field: "case",
                     message: "give exactly one of `request` and `authzen`".to_owned(),
                 }),
+            };
+            let (determined, reasons) = match &decided {
+                Ok(outcome) => (
+                    outcome
+                        .policies
+                        .iter()
+                        .filter(|p| !outcome.errors.iter().any(|e| &e.policy == *p))
+                        .cloned()
+                        .collect(),
+                    outcome.reasons.clone(),
+                ),
+                Err(_) => (Vec::new(), Vec::new()),
             };
             let failure = match decided {
                 Err(e) => Some(format!(
@@ -181,6 +199,8 @@ pub fn run_cases(engine: &Engine, file: CaseFile) -> Vec<CaseResult> {
             CaseResult {
                 name: case.name,
                 failure,
+                determined,
+                reasons,
             }
         })
         .collect()
@@ -190,5 +210,155 @@ fn describe(decision: Decision, reasons: Option<&[String]>) -> String {
     match reasons {
         Some(r) => format!("{} [{}]", decision.as_str(), r.join(", ")),
         None => decision.as_str().to_owned(),
+    }
+}
+
+/// Which of a package's policies and reasons a run of cases reached (`flex-auth test
+/// --coverage`): per policy, how many cases it determined. The percentage is of policies; the
+/// reasons the package declares — each `forbid`'s `@reason` (`forbidden_by_policy` without
+/// one) — are listed with how many cases produced each, and any other reason a case produced
+/// (`no_matching_permit`, `policy_error`) beside them.
+#[derive(Debug)]
+pub struct Coverage {
+    policies: Vec<PolicyCoverage>,
+    reasons: Vec<(String, usize)>,
+    other_reasons: std::collections::BTreeMap<String, usize>,
+}
+
+/// One policy's line in a coverage report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyCoverage {
+    /// The policy id.
+    pub id: String,
+    /// `permit` or `forbid`.
+    pub effect: &'static str,
+    /// A `forbid`'s reason code.
+    pub reason: Option<String>,
+    /// Cases it determined.
+    pub cases: usize,
+}
+
+impl Coverage {
+    /// Nothing reached yet, over `package`'s policies (in id order) and reasons.
+    pub fn new(package: &crate::policy::PolicyPackage) -> Self {
+        let mut policies: Vec<PolicyCoverage> = package
+            .policies()
+            .policies()
+            .map(|policy| {
+                let forbid = policy.effect() == cedar_policy::Effect::Forbid;
+                PolicyCoverage {
+                    id: policy.id().to_string(),
+                    effect: if forbid { "forbid" } else { "permit" },
+                    reason: forbid.then(|| {
+                        package
+                            .reason_of(policy.id())
+                            .unwrap_or(crate::decision::REASON_FORBIDDEN)
+                            .to_owned()
+                    }),
+                    cases: 0,
+                }
+            })
+            .collect();
+        policies.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut reasons: Vec<(String, usize)> = policies
+            .iter()
+            .filter_map(|p| p.reason.clone())
+            .map(|r| (r, 0))
+            .collect();
+        reasons.sort();
+        reasons.dedup();
+        Self {
+            policies,
+            reasons,
+            other_reasons: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// Count what one case reached.
+    pub fn add(&mut self, result: &CaseResult) {
+        for id in &result.determined {
+            if let Some(policy) = self.policies.iter_mut().find(|p| &p.id == id) {
+                policy.cases += 1;
+            }
+        }
+        for reason in &result.reasons {
+            match self.reasons.iter_mut().find(|(r, _)| r == reason) {
+                Some(entry) => entry.1 += 1,
+                None => *self.other_reasons.entry(reason.clone()).or_default() += 1,
+            }
+        }
+    }
+
+    /// Per policy, in id order.
+    pub fn policies(&self) -> &[PolicyCoverage] {
+        &self.policies
+    }
+
+    /// Policies no case determined.
+    pub fn unreached(&self) -> impl Iterator<Item = &PolicyCoverage> {
+        self.policies.iter().filter(|p| p.cases == 0)
+    }
+
+    /// Reasons the package declares that no case produced.
+    pub fn unproduced_reasons(&self) -> impl Iterator<Item = &str> {
+        self.reasons
+            .iter()
+            .filter(|(_, n)| *n == 0)
+            .map(|(r, _)| r.as_str())
+    }
+
+    /// Percentage of policies that determined at least one case (100 for a package with none).
+    pub fn percent(&self) -> f64 {
+        if self.policies.is_empty() {
+            return 100.0;
+        }
+        let reached = self.policies.len() - self.unreached().count();
+        100.0 * reached as f64 / self.policies.len() as f64
+    }
+}
+
+impl fmt::Display for Coverage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let reached = self.policies.len() - self.unreached().count();
+        writeln!(
+            f,
+            "coverage: {reached} of {} policies determined a case ({:.1} %)",
+            self.policies.len(),
+            self.percent()
+        )?;
+        let width = self.policies.iter().map(|p| p.id.len()).max().unwrap_or(0);
+        for p in &self.policies {
+            let mut line = format!(
+                "  {:<6} {:<width$}  {:>4} {:<5}",
+                p.effect,
+                p.id,
+                p.cases,
+                if p.cases == 1 { "case" } else { "cases" },
+            );
+            if let Some(reason) = &p.reason {
+                line.push_str(&format!(" [{reason}]"));
+            }
+            if p.cases == 0 {
+                line.push_str("  NOT REACHED");
+            }
+            writeln!(f, "{}", line.trim_end())?;
+        }
+        let unreached: Vec<&str> = self.unreached().map(|p| p.id.as_str()).collect();
+        if !unreached.is_empty() {
+            writeln!(f, "policies no case reached: {}", unreached.join(", "))?;
+        }
+        let reasons: Vec<&str> = self.unproduced_reasons().collect();
+        if !reasons.is_empty() {
+            writeln!(f, "reasons no case produced: {}", reasons.join(", "))?;
+        }
+        if !self.other_reasons.is_empty() {
+            let others: Vec<String> = self
+                .other_reasons
+                .iter()
+                .map(|(r, n)| format!("{r} ({n})"))
+                .collect();
+            writeln!(f, "other reasons produced: {}", others.join(", "))?;
+        }
+        Ok(())
     }
 }

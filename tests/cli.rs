@@ -283,6 +283,108 @@ fn test_command_passes_the_shipped_cases() {
 }
 
 #[test]
+fn test_coverage_names_the_unreached_policy_and_min_coverage_fails_the_run() {
+    // `never` can apply (validation accepts it) but no case reaches it; `nobody` is a forbid
+    // whose reason no case produces.
+    let policy = r#"
+@id("read")
+permit (principal, action == Action::"read", resource);
+@id("write-own")
+permit (principal, action == Action::"write", resource) when { context.own };
+@id("never")
+permit (principal, action == Action::"delete", resource) when { context.admin };
+@id("locked")
+@reason("locked")
+forbid (principal, action == Action::"write", resource) when { context.locked };
+@id("nobody")
+@reason("banned")
+forbid (principal, action, resource) when { context has banned };
+"#;
+    let entities = "[]";
+    let cases = r#"
+cases:
+  - name: read
+    request: {subject: {id: a}, action: read, resource: {type: Doc, id: d}, context: {}}
+    expect: {decision: allow, policies: [read]}
+  - name: write own
+    request: {subject: {id: a}, action: write, resource: {type: Doc, id: d}, context: {own: true, locked: false}}
+    expect: {decision: allow}
+  - name: write locked
+    request: {subject: {id: a}, action: write, resource: {type: Doc, id: d}, context: {own: true, locked: true}}
+    expect: {decision: deny, reasons: [locked]}
+  - name: write someone else's
+    request: {subject: {id: a}, action: write, resource: {type: Doc, id: d}, context: {own: false, locked: false}}
+    expect: {decision: deny, reasons: [no_matching_permit]}
+"#;
+    let dir = temp_package(&[
+        ("p.cedar", policy),
+        ("e.json", entities),
+        ("cases.yaml", cases),
+    ]);
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let run = |extra: &[&str]| {
+        let (policy, entities, cases) = (path("p.cedar"), path("e.json"), path("cases.yaml"));
+        let mut args = vec!["test", "--policy", &policy, "--entities", &entities];
+        args.extend_from_slice(extra);
+        args.push(&cases);
+        flex_auth(&args)
+    };
+    // Without a coverage flag: passes, no report.
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("coverage"), "{}", stdout(&out));
+
+    let out = run(&["--coverage"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("coverage: 3 of 5 policies determined a case (60.0 %)"),
+        "{text}"
+    );
+    let line = |id: &str| {
+        text.lines()
+            .find(|l| {
+                let mut words = l.split_whitespace();
+                matches!(words.next(), Some("permit" | "forbid")) && words.next() == Some(id)
+            })
+            .unwrap_or_else(|| panic!("no line for {id}: {text}"))
+            .to_owned()
+    };
+    assert!(line("read").contains(" 1 case"), "{text}");
+    assert!(line("write-own").contains(" 1 case"), "{text}");
+    assert!(line("locked").contains("1 case  [locked]"), "{text}");
+    assert!(line("never").ends_with("NOT REACHED"), "{text}");
+    assert!(line("nobody").contains("[banned]  NOT REACHED"), "{text}");
+    assert!(
+        text.contains("policies no case reached: never, nobody"),
+        "{text}"
+    );
+    assert!(text.contains("reasons no case produced: banned"), "{text}");
+    assert!(
+        text.contains("other reasons produced: no_matching_permit (1)"),
+        "{text}"
+    );
+
+    let out = run(&["--min-coverage", "60"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("60.0 %"), "{}", stdout(&out));
+    let out = run(&["--min-coverage", "61%"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("policy coverage 60.0 % is below --min-coverage 61 %"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["--min-coverage", "101"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a percentage"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn test_command_fails_with_a_readable_diff() {
     let cases = r#"
 cases:

@@ -97,6 +97,7 @@ pub fn test(args: &TestArgs) -> ExitCode {
         }
     };
     let (mut passed, mut failed) = (0usize, 0usize);
+    let mut coverage = suite::Coverage::new(engine.policy());
     for path in &args.cases {
         let file = match suite::load_cases(path) {
             Ok(file) => file,
@@ -108,6 +109,7 @@ pub fn test(args: &TestArgs) -> ExitCode {
         println!("{}", path.display());
         for result in suite::run_cases(&engine, file) {
             println!("  {result}");
+            coverage.add(&result);
             if result.failure.is_some() {
                 failed += 1;
             } else {
@@ -116,7 +118,17 @@ pub fn test(args: &TestArgs) -> ExitCode {
         }
     }
     println!("{passed} passed, {failed} failed");
-    if failed == 0 && passed > 0 {
+    if args.coverage || args.min_coverage.is_some() {
+        print!("{coverage}");
+    }
+    let below = args.min_coverage.filter(|min| coverage.percent() < *min);
+    if let Some(min) = below {
+        eprintln!(
+            "error: policy coverage {:.1} % is below --min-coverage {min} %",
+            coverage.percent()
+        );
+    }
+    if failed == 0 && passed > 0 && below.is_none() {
         ExitCode::from(EXIT_OK)
     } else {
         if passed + failed == 0 {

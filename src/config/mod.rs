@@ -356,6 +356,23 @@ pub struct TestArgs {
     /// Test case files (YAML or JSON): `cases: [{name, request, expect: {decision, reasons}}]`.
     #[arg(required = true, env = "FLEX_AUTH_TEST_CASES", value_delimiter = ',')]
     pub cases: Vec<PathBuf>,
+
+    /// After the cases, report per policy how many cases it determined (as a `permit`, or as a
+    /// `forbid` with its reason), the policies no case reached and the reasons no case produced.
+    #[arg(long, env = "FLEX_AUTH_TEST_COVERAGE")]
+    pub coverage: bool,
+
+    /// Fail (exit 1) when fewer than PCT percent of the package's policies determined a case
+    /// (implies `--coverage`).
+    #[arg(long, env = "FLEX_AUTH_TEST_MIN_COVERAGE", value_name = "PCT", value_parser = parse_percent)]
+    pub min_coverage: Option<f64>,
+}
+
+fn parse_percent(text: &str) -> Result<f64, String> {
+    match text.trim_end_matches('%').parse::<f64>() {
+        Ok(pct) if (0.0..=100.0).contains(&pct) => Ok(pct),
+        _ => Err(format!("`{text}` is not a percentage from 0 to 100")),
+    }
 }
 
 /// `flex-auth decisions …`.
