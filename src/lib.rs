@@ -27,6 +27,7 @@ pub mod readiness;
 pub mod reference;
 pub mod registry;
 pub mod reload;
+pub mod replay;
 pub mod routes;
 pub mod server;
 pub mod slice_cache;
@@ -51,6 +52,7 @@ pub fn run(cli: Cli) -> ExitCode {
         config::Command::Test(args) => cli::test(&args),
         config::Command::LoadRegistry(args) => cli::load_registry(&args),
         config::Command::Decisions(command) => cli::decisions(&command),
+        config::Command::Replay(args) => cli::replay(&args),
         config::Command::Bundle(command) => cli::bundle(&command),
         config::Command::Config(config::ConfigCommand::Reference { markdown }) => {
             cli::config_reference(markdown)

@@ -75,11 +75,18 @@ pub enum Mode {
     Required,
 }
 
+/// The `record_version` this build writes. 2: the record carries the whole request as
+/// evaluated (subject, action, resource, context, AuthZEN properties), so `flex-auth replay`
+/// can evaluate it again; records without the field were written before and are not replayed.
+pub const RECORD_VERSION: u32 = 2;
+
 /// One decision, as logged. Credentials never appear here.
 #[derive(Debug, Serialize)]
 pub struct Record<'a> {
     /// The decision id returned to the caller.
     pub decision_id: String,
+    /// [`RECORD_VERSION`].
+    pub record_version: u32,
     /// RFC 3339 time of the decision, in milliseconds.
     pub time: String,
     /// Where the request came in: `api:check`, `api:batch`.
@@ -116,6 +123,112 @@ pub struct Record<'a> {
     /// credential itself.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credential_sha256: Option<&'a str>,
+}
+
+/// A field `--decision-log-redact` drops from every record: a JSON pointer (RFC 6901) into
+/// the record, below one of the request's fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redaction {
+    pointer: String,
+    /// The pointer's reference tokens, unescaped (`~1` → `/`, `~0` → `~`).
+    tokens: Vec<String>,
+}
+
+/// The record fields a redaction may name (or reach below).
+const REDACTABLE: [&str; 6] = [
+    "subject",
+    "action",
+    "resource",
+    "context",
+    "properties",
+    "credential_sha256",
+];
+
+impl Redaction {
+    /// Parse and check a pointer.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let Some(rest) = text.strip_prefix('/') else {
+            return Err(format!(
+                "`{text}` is not a JSON pointer into the record: it starts with `/`, e.g. /context/ssh_public_key"
+            ));
+        };
+        let mut tokens = Vec::new();
+        for raw in rest.split('/') {
+            let mut token = String::with_capacity(raw.len());
+            let mut chars = raw.chars();
+            while let Some(c) = chars.next() {
+                if c != '~' {
+                    token.push(c);
+                    continue;
+                }
+                match chars.next() {
+                    Some('0') => token.push('~'),
+                    Some('1') => token.push('/'),
+                    _ => {
+                        return Err(format!(
+                            "`{text}`: `~` must be followed by 0 or 1 (RFC 6901)"
+                        ))
+                    }
+                }
+            }
+            tokens.push(token);
+        }
+        let root = tokens.first().map(String::as_str).unwrap_or_default();
+        if !REDACTABLE.contains(&root) {
+            return Err(format!(
+                "`{text}`: only the request's fields can be redacted (/{}); the decision, its                  id, time, origin, reasons, policies and versions are what the record is for",
+                REDACTABLE.join(", /")
+            ));
+        }
+        if tokens.iter().any(String::is_empty) {
+            return Err(format!("`{text}`: a pointer has no empty segments"));
+        }
+        Ok(Self {
+            pointer: text.to_owned(),
+            tokens,
+        })
+    }
+
+    /// The pointer as given.
+    pub fn pointer(&self) -> &str {
+        &self.pointer
+    }
+
+    /// Remove the field from `record`; whether it was there. A token below an array names an
+    /// index.
+    fn remove_from(&self, record: &mut serde_json::Value) -> bool {
+        let Some((last, parents)) = self.tokens.split_last() else {
+            return false;
+        };
+        let mut node = record;
+        for token in parents {
+            let next = match node {
+                serde_json::Value::Object(map) => map.get_mut(token),
+                serde_json::Value::Array(items) => {
+                    token.parse::<usize>().ok().and_then(|i| items.get_mut(i))
+                }
+                _ => None,
+            };
+            match next {
+                Some(next) => node = next,
+                None => return false,
+            }
+        }
+        match node {
+            serde_json::Value::Object(map) => map.remove(last).is_some(),
+            // An array element is replaced by null, so the other elements keep their places.
+            serde_json::Value::Array(items) => {
+                match last.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
+                    Some(item) => {
+                        *item = serde_json::Value::Null;
+                        true
+                    }
+                    None => false,
+                }
+            }
+            _ => false,
+        }
+    }
 }
 
 /// What a surface adds to a record beyond the check and its outcome.
@@ -169,6 +282,7 @@ pub struct AuditLog {
     healthy: Arc<AtomicBool>,
     failures: Arc<AtomicU64>,
     written: Arc<AtomicU64>,
+    redactions: Arc<[Redaction]>,
 }
 
 /// Why a record could not be made durable.
@@ -184,6 +298,7 @@ impl AuditLog {
             healthy: Arc::new(AtomicBool::new(true)),
             failures: Arc::new(AtomicU64::new(0)),
             written: Arc::new(AtomicU64::new(0)),
+            redactions: Arc::new([]),
         }
     }
 
@@ -199,6 +314,7 @@ impl AuditLog {
             healthy: Arc::new(AtomicBool::new(true)),
             failures: Arc::new(AtomicU64::new(0)),
             written: Arc::new(AtomicU64::new(0)),
+            redactions: Arc::new([]),
         };
         let mut writer = Writer::open(sink, rotation, mode == Mode::Required)?;
         let (healthy, failures, written) = (
@@ -210,6 +326,12 @@ impl AuditLog {
             .name("flex-auth-decision-log".to_owned())
             .spawn(move || writer.run(&rx, &healthy, &failures, &written))?;
         Ok(log)
+    }
+
+    /// Drop these fields from every record (`--decision-log-redact`).
+    pub fn with_redactions(mut self, redactions: Vec<Redaction>) -> Self {
+        self.redactions = redactions.into();
+        self
     }
 
     /// The mode.
@@ -240,7 +362,23 @@ impl AuditLog {
     /// Serialize a record as one JSON line (`None` only if serialization failed, which is
     /// counted, and in required mode must refuse the decision).
     pub fn line(&self, record: &Record<'_>) -> Option<Vec<u8>> {
-        match serde_json::to_vec(record) {
+        let serialized = if self.redactions.is_empty() {
+            serde_json::to_vec(record)
+        } else {
+            serde_json::to_value(record).and_then(|mut value| {
+                let dropped: Vec<&str> = self
+                    .redactions
+                    .iter()
+                    .filter(|r| r.remove_from(&mut value))
+                    .map(Redaction::pointer)
+                    .collect();
+                if let (false, serde_json::Value::Object(map)) = (dropped.is_empty(), &mut value) {
+                    map.insert("redacted".to_owned(), dropped.into());
+                }
+                serde_json::to_vec(&value)
+            })
+        };
+        match serialized {
             Ok(mut line) => {
                 line.push(b'\n');
                 Some(line)
@@ -266,6 +404,7 @@ impl AuditLog {
         self.enabled().then(|| {
             self.line(&Record {
                 decision_id: outcome.id.to_string(),
+                record_version: RECORD_VERSION,
                 time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
                 origin,
                 subject: check.map(|c| &c.subject),
@@ -369,6 +508,79 @@ pub fn sink_files(path: &Path) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redactions_parse_only_request_fields_and_remove_what_they_name() {
+        let r = |text: &str| Redaction::parse(text);
+        assert!(r("context/x").unwrap_err().contains("starts with `/`"));
+        assert!(r("/decision")
+            .unwrap_err()
+            .contains("only the request's fields"));
+        assert!(r("/reasons/0").is_err());
+        assert!(r("/context/a~2b").unwrap_err().contains("RFC 6901"));
+        assert!(r("/context//x").unwrap_err().contains("empty"));
+        let mut record = serde_json::json!({
+            "decision": "allow",
+            "context": {"ssh_public_key": "AAAA", "a/b": 1, "keep": [1, 2, 3]},
+            "subject": {"id": "s"}
+        });
+        assert!(r("/context/ssh_public_key")
+            .unwrap()
+            .remove_from(&mut record));
+        assert!(r("/context/a~1b").unwrap().remove_from(&mut record));
+        assert!(r("/context/keep/1").unwrap().remove_from(&mut record));
+        assert!(!r("/context/keep/7").unwrap().remove_from(&mut record));
+        assert!(!r("/context/absent").unwrap().remove_from(&mut record));
+        assert!(!r("/properties/subject").unwrap().remove_from(&mut record));
+        assert_eq!(
+            record,
+            serde_json::json!({
+                "decision": "allow",
+                "context": {"keep": [1, null, 3]},
+                "subject": {"id": "s"}
+            })
+        );
+        let log = AuditLog {
+            tx: None,
+            ..AuditLog::off()
+        }
+        .with_redactions(vec![
+            r("/context/ssh_public_key").unwrap(),
+            r("/properties").unwrap(),
+        ]);
+        let context = serde_json::json!({"ssh_public_key": "AAAA", "ttl": 1});
+        let serde_json::Value::Object(context) = context else {
+            unreachable!()
+        };
+        let line = log
+            .line(&Record {
+                decision_id: "decision:0000000000000001".to_owned(),
+                record_version: RECORD_VERSION,
+                time: "t".to_owned(),
+                origin: "api:check",
+                subject: None,
+                action: Some("sign"),
+                resource: None,
+                context: Some(&context),
+                properties: None,
+                decision: "allow",
+                reasons: &[],
+                policies: &[],
+                policy_version: "p",
+                registry_version: "r",
+                bundle_revision: None,
+                latency_us: 1,
+                credential_sha256: None,
+            })
+            .unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(value["context"], serde_json::json!({"ttl": 1}));
+        // Only what was there is listed.
+        assert_eq!(
+            value["redacted"],
+            serde_json::json!(["/context/ssh_public_key"])
+        );
+    }
 
     #[test]
     fn sinks_parse() {

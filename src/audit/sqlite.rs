@@ -117,6 +117,30 @@ pub fn open_for_reading(path: &Path) -> Result<Connection, Error> {
     }
 }
 
+/// Open an existing database strictly read-only (`flex-auth replay`): nothing is ever written,
+/// not even a `-shm` file the reader could create (SQLite reads a WAL database without one when
+/// no writer holds it, and shares the writer's when one does).
+pub fn open_read_only(path: &Path) -> Result<Connection, Error> {
+    if !path.exists() {
+        return Err(Error::new(path, "no such file"));
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| Error::new(path, e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| Error::new(path, e))?;
+    match schema_version(&conn, path)? {
+        Some(SCHEMA_VERSION) => Ok(conn),
+        None => Err(Error::new(path, "it has no `decisions` table")),
+        Some(other) => Err(Error::new(
+            path,
+            format!("its `decisions` table has layout version {other}, not {SCHEMA_VERSION}"),
+        )),
+    }
+}
+
 /// `None` when there is no `decisions` table yet.
 fn schema_version(conn: &Connection, path: &Path) -> Result<Option<i64>, Error> {
     let err = |e: rusqlite::Error| Error::new(path, e);

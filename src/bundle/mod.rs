@@ -196,6 +196,24 @@ impl Opened {
     }
 }
 
+impl Opened {
+    /// Build an engine from another package (`policy`, on disk) and this bundle's registry:
+    /// a candidate package evaluated against the registry production runs with.
+    pub fn engine_with_package(&self, policy: &Path) -> Result<Engine, BundleError> {
+        let registry = PathBuf::from(&self.manifest.registry.path);
+        let sources = Sources {
+            policy: policy.to_path_buf(),
+            registry: match self.manifest.registry.format {
+                RegistryFormat::Snapshot => RegistrySource::Snapshot(registry),
+                RegistryFormat::Entities => RegistrySource::Entities(registry),
+            },
+        };
+        let origin = format!("bundle:{}", self.manifest.registry.path);
+        crate::state::load_with_registry(&sources, self.registry_bytes(), &origin)
+            .map_err(|e| BundleError::Load(e.to_string()))
+    }
+}
+
 /// How staging directories are named (a restart removes the ones a killed process left).
 pub const STAGING_PREFIX: &str = ".flex-auth-staging-";
 

@@ -3,12 +3,13 @@
 //!
 //! `serve` is the composition root (it wires the modules together and owns no logic of its own),
 //! `check` the decision client, `registry` the `load-registry` command, `decisions` the decision
-//! log reader, `validate` the `validate` and `test` commands.
+//! log reader, `replay` the replay of a decision log, `validate` the `validate` and `test` commands.
 
 mod bundle;
 mod check;
 mod decisions;
 mod registry;
+mod replay;
 mod serve;
 mod validate;
 
@@ -20,6 +21,7 @@ pub use bundle::bundle;
 pub use check::check;
 pub use decisions::decisions;
 pub use registry::load_registry;
+pub use replay::replay;
 pub use serve::serve;
 pub use validate::{test, validate};
 

@@ -256,13 +256,15 @@ fn decision_log(args: &ServeArgs) -> Result<AuditLog, ExitCode> {
                 max_bytes: args.decision_log_max_bytes,
                 keep: args.decision_log_keep,
             };
-            AuditLog::start(sink.clone(), mode, rotation).map_err(|e| {
-                boot_fail(
-                    "FLEX_AUTH_DECISION_LOG",
-                    &format!("cannot open the decision log: {e}"),
-                    crate::audit::PROBLEM,
-                )
-            })
+            AuditLog::start(sink.clone(), mode, rotation)
+                .map(|log| log.with_redactions(args.decision_log_redact.clone()))
+                .map_err(|e| {
+                    boot_fail(
+                        "FLEX_AUTH_DECISION_LOG",
+                        &format!("cannot open the decision log: {e}"),
+                        crate::audit::PROBLEM,
+                    )
+                })
         }
     }
 }

@@ -63,6 +63,10 @@ pub enum Command {
     /// Read decision records back from a decision log.
     #[command(subcommand)]
     Decisions(DecisionsCommand),
+    /// Re-evaluate every request a decision log recorded against a candidate policy (and
+    /// registry) and report what would change; exit 0 nothing changed, 1 something did, 2 could
+    /// not run (docs/policy-changes.md).
+    Replay(ReplayArgs),
     /// Validate a registry snapshot, then install it atomically where a server watches
     /// (`--target`) or push it to a running server's admin API (`--url`).
     LoadRegistry(LoadRegistryArgs),
@@ -372,6 +376,115 @@ fn parse_percent(text: &str) -> Result<f64, String> {
     match text.trim_end_matches('%').parse::<f64>() {
         Ok(pct) if (0.0..=100.0).contains(&pct) => Ok(pct),
         _ => Err(format!("`{text}` is not a percentage from 0 to 100")),
+    }
+}
+
+/// `flex-auth replay`. The candidate's flags have their own `FLEX_AUTH_REPLAY_*` variables, so
+/// a server's `FLEX_AUTH_POLICY` in the environment never stands in for the candidate (a replay
+/// of the live package against itself would report "nothing changed").
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// The decision log to read: `file:PATH` (rotated files `PATH.N` … `PATH.1` first, oldest
+    /// first) or `sqlite:PATH` (opened read-only). Never written to.
+    #[arg(long, visible_alias = "decision-log", env = "FLEX_AUTH_REPLAY_LOG", value_parser = parse_sink)]
+    pub log: crate::audit::Sink,
+
+    /// The candidate policy package (with `--bundle`: evaluated against the bundle's registry).
+    #[arg(long, env = "FLEX_AUTH_REPLAY_POLICY", value_name = "PATH")]
+    pub policy: Option<PathBuf>,
+
+    /// The registry snapshot to evaluate against.
+    #[arg(long, env = "FLEX_AUTH_REPLAY_REGISTRY", value_name = "FILE", conflicts_with_all = ["entities", "bundle"])]
+    pub registry: Option<PathBuf>,
+
+    /// Raw Cedar entities JSON to evaluate against, instead of a registry snapshot.
+    #[arg(
+        long,
+        env = "FLEX_AUTH_REPLAY_ENTITIES",
+        value_name = "FILE",
+        conflicts_with = "bundle"
+    )]
+    pub entities: Option<PathBuf>,
+
+    /// A bundle (`.tar.gz`): its package and registry, or only its registry when `--policy`
+    /// names the candidate package.
+    #[arg(long, env = "FLEX_AUTH_REPLAY_BUNDLE", value_name = "FILE")]
+    pub bundle: Option<PathBuf>,
+
+    /// Key(s) the bundle's signature must verify against (a JWKS or `[KID=]` a PEM public key);
+    /// without one the bundle's hashes are checked and its signature is not.
+    #[arg(
+        long = "bundle-public-key",
+        env = "FLEX_AUTH_REPLAY_BUNDLE_PUBLIC_KEY",
+        value_name = "[KID=]FILE",
+        value_delimiter = ',',
+        requires = "bundle"
+    )]
+    pub bundle_public_keys: Vec<String>,
+
+    /// Only records at or after TIME: RFC 3339 (`2026-11-26T00:00:00Z`) or a duration ago
+    /// (`7d`, `36h`).
+    #[arg(long, env = "FLEX_AUTH_REPLAY_SINCE", value_name = "TIME", value_parser = parse_time)]
+    pub since: Option<std::time::SystemTime>,
+
+    /// Only records before TIME (same forms as `--since`).
+    #[arg(long, env = "FLEX_AUTH_REPLAY_UNTIL", value_name = "TIME", value_parser = parse_time)]
+    pub until: Option<std::time::SystemTime>,
+
+    /// Only records whose origin starts with PREFIX (`api:`, `proxy:`, `forward-auth:`).
+    #[arg(long, env = "FLEX_AUTH_REPLAY_ORIGIN", value_name = "PREFIX")]
+    pub origin: Option<String>,
+
+    /// Report format.
+    #[arg(
+        long,
+        env = "FLEX_AUTH_REPLAY_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub format: ReplayFormat,
+
+    /// Example decisions shown per change class.
+    #[arg(
+        long,
+        env = "FLEX_AUTH_REPLAY_LIMIT_EXAMPLES",
+        value_name = "N",
+        default_value_t = 5
+    )]
+    pub limit_examples: usize,
+
+    /// How AuthZEN properties apply, as `serve --authzen-properties` (use the server's setting).
+    #[arg(
+        long,
+        env = "FLEX_AUTH_REPLAY_AUTHZEN_PROPERTIES",
+        value_enum,
+        value_name = "MODE",
+        default_value = "extend"
+    )]
+    pub authzen_properties: crate::authzen::PropertiesMode,
+}
+
+/// `flex-auth replay --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReplayFormat {
+    /// For people.
+    Text,
+    /// One JSON document.
+    Json,
+}
+
+/// An RFC 3339 time, or a duration before now.
+fn parse_time(text: &str) -> Result<std::time::SystemTime, String> {
+    if let Ok(time) = humantime::parse_rfc3339_weak(text) {
+        return Ok(time);
+    }
+    match humantime::parse_duration(text) {
+        Ok(ago) => std::time::SystemTime::now()
+            .checked_sub(ago)
+            .ok_or_else(|| format!("`{text}` reaches before the epoch")),
+        Err(_) => Err(format!(
+            "`{text}` is neither an RFC 3339 time (2026-11-26T00:00:00Z) nor a duration ago (7d, 36h)"
+        )),
     }
 }
 

@@ -112,6 +112,15 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1024..))]
     pub decision_log_max_bytes: u64,
 
+    /// Drop a field from every decision record: a JSON pointer into the record, e.g.
+    /// `/context/ssh_public_key` (repeatable or comma-separated). Only the request's fields may
+    /// be named (`/subject…`, `/action`, `/resource…`, `/context…`, `/properties…`,
+    /// `/credential_sha256`); a record lists what was dropped in `redacted`, and `replay`
+    /// evaluates it as missing.
+    #[arg(long = "decision-log-redact", env = "FLEX_AUTH_DECISION_LOG_REDACT", value_name = "POINTER", help_heading = "Decision log",
+          value_delimiter = ',', value_parser = crate::audit::Redaction::parse)]
+    pub decision_log_redact: Vec<crate::audit::Redaction>,
+
     /// Rotated `file:` decision logs to keep (`PATH.1` … `PATH.N`).
     #[arg(
         long,
