@@ -96,39 +96,24 @@ pub fn open(path: &Path) -> Result<Connection, Error> {
 
 /// Open an existing database to read records back (never creates one).
 pub fn open_for_reading(path: &Path) -> Result<Connection, Error> {
-    if !path.exists() {
-        return Err(Error::new(path, "no such file"));
-    }
     // Read-write without create: a WAL database may need its `-shm` file created to be read.
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| Error::new(path, e))?;
-    conn.busy_timeout(BUSY_TIMEOUT)
-        .map_err(|e| Error::new(path, e))?;
-    match schema_version(&conn, path)? {
-        Some(SCHEMA_VERSION) => Ok(conn),
-        None => Err(Error::new(path, "it has no `decisions` table")),
-        Some(other) => Err(Error::new(
-            path,
-            format!("its `decisions` table has layout version {other}, not {SCHEMA_VERSION}"),
-        )),
-    }
+    open_existing(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
 }
 
 /// Open an existing database strictly read-only (`flex-auth replay`): nothing is ever written,
 /// not even a `-shm` file the reader could create (SQLite reads a WAL database without one when
 /// no writer holds it, and shares the writer's when one does).
 pub fn open_read_only(path: &Path) -> Result<Connection, Error> {
+    open_existing(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+}
+
+/// Open an existing database with `mode` and check its table layout is this build's.
+fn open_existing(path: &Path, mode: OpenFlags) -> Result<Connection, Error> {
     if !path.exists() {
         return Err(Error::new(path, "no such file"));
     }
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| Error::new(path, e))?;
+    let conn = Connection::open_with_flags(path, mode | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(|e| Error::new(path, e))?;
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(|e| Error::new(path, e))?;
     match schema_version(&conn, path)? {
@@ -181,12 +166,13 @@ struct Columns<'a> {
     registry_version: Cow<'a, str>,
 }
 
+/// The subject as recorded; `--decision-log-redact /subject/id` may have removed the id.
 #[derive(Deserialize)]
 struct Subject<'a> {
     #[serde(borrow, rename = "type", default)]
     entity_type: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    id: Cow<'a, str>,
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
 }
 
 /// Insert records (JSON lines) in one immediate transaction; all or nothing.
@@ -205,7 +191,7 @@ pub fn insert<'l>(
             let (subject_type, subject_id) = match &c.subject {
                 Some(s) => (
                     Some(s.entity_type.as_deref().unwrap_or("Subject")),
-                    Some(s.id.as_ref()),
+                    s.id.as_deref(),
                 ),
                 None => (None, None),
             };
@@ -276,6 +262,16 @@ mod tests {
             )
             .unwrap();
         assert_eq!(subject, "Subject:bridge");
+    }
+
+    #[test]
+    fn a_record_with_its_subject_id_redacted_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open(&dir.path().join("d.db")).unwrap();
+        let redacted = LINE.replace(r#""subject":{"id":"bridge"}"#, r#""subject":{}"#);
+        assert_ne!(redacted, LINE);
+        insert(&mut conn, [redacted.as_bytes()].into_iter()).unwrap();
+        assert_eq!(newest(&conn, 1).unwrap(), vec![redacted]);
     }
 
     #[test]
