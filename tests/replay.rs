@@ -360,3 +360,104 @@ fn a_replay_that_cannot_run_exits_2_and_says_why() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert_eq!(std::fs::read(&not_db).unwrap(), vec![b'x'; 4096]);
 }
+
+/// A hand-written log: a line that is not UTF-8 is one unreadable record (the next one is still
+/// read), a record whose subject id was redacted is not replayable and says so, and the
+/// candidate can come from a bundle, alone or with another package against its registry.
+#[test]
+fn odd_lines_redacted_subjects_and_bundle_candidates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (live, candidate, entities) = files(dir.path());
+    let record = |id: &str, ttl: i64, subject: Value, redacted: Value| {
+        json!({
+            "decision_id": id, "record_version": 2, "time": "2026-12-01T00:00:00.000Z",
+            "origin": "api:check", "subject": subject, "action": "sign",
+            "resource": {"type": "Actor", "id": "box"}, "context": {"ttl": ttl},
+            "decision": "allow", "reasons": [], "policies": ["sign"],
+            "policy_version": "p", "registry_version": "r", "latency_us": 1,
+            "redacted": redacted,
+        })
+        .to_string()
+    };
+    let mut log = Vec::new();
+    log.extend(
+        record(
+            "decision:0000000000000001",
+            2,
+            json!({"id": "alice"}),
+            json!([]),
+        )
+        .bytes(),
+    );
+    log.extend(b"\n{\"decision_id\": \"\xff\xfe\"}\n");
+    log.extend(
+        record(
+            "decision:0000000000000002",
+            6,
+            json!({"id": "alice"}),
+            json!([]),
+        )
+        .bytes(),
+    );
+    log.push(b'\n');
+    log.extend(
+        record(
+            "decision:0000000000000003",
+            6,
+            json!({}),
+            json!(["/subject/id"]),
+        )
+        .bytes(),
+    );
+    log.push(b'\n');
+    let path = dir.path().join("hand.log");
+    std::fs::write(&path, &log).unwrap();
+    let log = format!("file:{}", path.display());
+
+    let (out, report) = replay(&[
+        "--log",
+        &log,
+        "--policy",
+        &candidate,
+        "--entities",
+        &entities,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let r = &report["report"];
+    assert_eq!(r["read"], 4, "{report:#}");
+    assert_eq!(r["replayed"], 2);
+    assert_eq!(
+        r["not_replayable"],
+        json!({
+            "not a JSON record (not UTF-8)": 1,
+            "a redacted subject, action or resource": 1
+        })
+    );
+    assert_eq!(
+        r["allow_to_deny"]["examples"][0]["decision_id"],
+        "decision:0000000000000002"
+    );
+
+    let bundle = dir.path().join("live.tar.gz");
+    let built = Command::new(env!("CARGO_BIN_EXE_flex-auth"))
+        .args([
+            "bundle",
+            "build",
+            "--policy",
+            &live,
+            "--entities",
+            &entities,
+        ])
+        .args(["--revision", "r1", "-o", bundle.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{built:?}");
+    let bundle = bundle.to_str().unwrap();
+    let (out, same) = replay(&["--log", &log, "--bundle", bundle]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(same["candidate"]["bundle_revision"], "r1");
+    assert_eq!(same["report"]["unchanged"], 2);
+    let (out, changed) = replay(&["--log", &log, "--policy", &candidate, "--bundle", bundle]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(changed["report"]["allow_to_deny"]["count"], 1);
+}

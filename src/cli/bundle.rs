@@ -38,7 +38,7 @@ pub fn bundle(command: &BundleCommand) -> ExitCode {
     }
 }
 
-enum Failure {
+pub(super) enum Failure {
     /// The bundle (or what would go into it) is invalid or refused: exit 1.
     Invalid(String),
     /// Something outside failed (a file, the network): exit 2.
@@ -47,7 +47,17 @@ enum Failure {
     Config(String),
 }
 
-fn read_bundle(path: &Path, max: u64) -> Result<Vec<u8>, Failure> {
+impl Failure {
+    /// The message, whatever the kind (for callers with one exit code for all).
+    pub(super) fn into_message(self) -> String {
+        match self {
+            Self::Invalid(m) | Self::Cannot(m) | Self::Config(m) => m,
+        }
+    }
+}
+
+/// Read a bundle file, refusing one larger than `max`.
+pub(super) fn read_bundle(path: &Path, max: u64) -> Result<Vec<u8>, Failure> {
     use std::io::Read as _;
     let file = std::fs::File::open(path)
         .map_err(|e| Failure::Cannot(format!("cannot read `{}`: {e}", path.display())))?;

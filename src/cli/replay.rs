@@ -85,7 +85,8 @@ fn log_name(sink: &Sink) -> String {
 /// bundle's registry.
 fn candidate(args: &ReplayArgs) -> Result<Engine, String> {
     if let Some(bundle) = &args.bundle {
-        let archive = read_small(bundle)?;
+        let archive = super::bundle::read_bundle(bundle, crate::bundle::DEFAULT_MAX_BYTES)
+            .map_err(super::bundle::Failure::into_message)?;
         let trust = crate::bundle::Trust::load(&args.bundle_public_keys)?;
         let opened = crate::bundle::open(&archive, crate::bundle::DEFAULT_MAX_BYTES, &trust)
             .map_err(|e| format!("`{}`: {e}", bundle.display()))?;
@@ -105,21 +106,6 @@ fn candidate(args: &ReplayArgs) -> Result<Engine, String> {
     };
     crate::state::load(&crate::state::Sources { policy, registry })
         .map_err(|e| format!("candidate does not load: {e}"))
-}
-
-fn read_small(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    use std::io::Read as _;
-    let max = crate::bundle::DEFAULT_MAX_BYTES;
-    let file =
-        std::fs::File::open(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
-    let mut bytes = Vec::new();
-    file.take(max.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
-    if bytes.len() as u64 > max {
-        return Err(format!("`{}` is larger than {max} bytes", path.display()));
-    }
-    Ok(bytes)
 }
 
 fn text(args: &ReplayArgs, engine: &Engine, r: &Report, elapsed: std::time::Duration) -> String {
