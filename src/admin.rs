@@ -137,6 +137,13 @@ impl Admin {
     }
 
     async fn reload(&self) -> Result<Response<Full<Bytes>>, ApiError> {
+        let shadow = self.reload_shadow().await;
+        let with_shadow = |mut body: serde_json::Value| {
+            if let (Some(shadow), Some(map)) = (&shadow, body.as_object_mut()) {
+                map.insert("shadow".into(), shadow.clone());
+            }
+            body
+        };
         if let Some(watcher) = self.api.bundle() {
             // Serving a bundle: a reload is a check of its source, now.
             return match watcher.check(Trigger::Admin).await {
@@ -146,7 +153,10 @@ impl Admin {
                         crate::bundle::watch::CheckOutcome::Unchanged => "unchanged",
                     };
                     tracing::info!(outcome, "admin reload of the bundle");
-                    Ok(json_response(StatusCode::OK, &self.versions(outcome, None)))
+                    Ok(json_response(
+                        StatusCode::OK,
+                        &with_shadow(self.versions(outcome, None)),
+                    ))
                 }
                 Err(message) => Err(ApiError::Rejected(message)),
             };
@@ -163,7 +173,10 @@ impl Admin {
                     "unchanged"
                 };
                 tracing::info!(outcome, "admin reload");
-                Ok(json_response(StatusCode::OK, &self.versions(outcome, None)))
+                Ok(json_response(
+                    StatusCode::OK,
+                    &with_shadow(self.versions(outcome, None)),
+                ))
             }
             Err(failure) => {
                 if self.state.current().is_some() {
@@ -225,6 +238,34 @@ impl Admin {
                 ))
             }
         }
+    }
+
+    /// Reload the shadow (when one is configured) and say what happened; its failure fails
+    /// nothing else.
+    async fn reload_shadow(&self) -> Option<serde_json::Value> {
+        let shadow = Arc::clone(self.state.shadow_state()?);
+        let result = tokio::task::spawn_blocking(move || {
+            let result = shadow.reload(Trigger::Admin);
+            (result, shadow)
+        })
+        .await;
+        Some(match result {
+            Ok((Ok(outcome), shadow)) => {
+                let loaded = shadow.current();
+                serde_json::json!({
+                    "outcome": if outcome == ReloadOutcome::Loaded { "loaded" } else { "unchanged" },
+                    "policy_version": loaded.as_ref().map(|l| l.engine.policy().hash().to_string()),
+                    "registry_version": loaded.as_ref().map(|l| l.engine.registry().hash().to_string()),
+                })
+            }
+            Ok((Err(failure), _)) => {
+                tracing::warn!(error = %failure.message, "admin reload of the shadow failed; the live package is not affected");
+                serde_json::json!({"outcome": "failed", "error": failure.message, "setting": failure.setting})
+            }
+            Err(e) => {
+                serde_json::json!({"outcome": "failed", "error": format!("reload task failed: {e}")})
+            }
+        })
     }
 
     fn versions(

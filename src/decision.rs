@@ -233,6 +233,53 @@ impl Outcome {
     }
 }
 
+/// How a second answer to the same request differs from the first — a candidate's from the
+/// recorded one (`flex-auth replay`), a shadow's from the live one (`serve --shadow-policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Allowed before, denied now.
+    AllowToDeny,
+    /// Denied before, allowed now.
+    DenyToAllow,
+    /// Denied both times, for a different set of reasons.
+    ReasonsChanged,
+}
+
+impl Change {
+    /// Every change, in label order.
+    pub const ALL: [Self; 3] = [Self::AllowToDeny, Self::DenyToAllow, Self::ReasonsChanged];
+
+    /// Stable name (report keys, metric label values).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AllowToDeny => "allow_to_deny",
+            Self::DenyToAllow => "deny_to_allow",
+            Self::ReasonsChanged => "reasons_changed",
+        }
+    }
+
+    /// The change from `before` to `after`; `None` when they agree (the same decision and, for a
+    /// deny, the same reasons in any order). Which policies determined an answer is not compared.
+    pub fn between(
+        before: Decision,
+        before_reasons: &[String],
+        after: Decision,
+        after_reasons: &[String],
+    ) -> Option<Self> {
+        let same_set = |a: &[String], b: &[String]| {
+            a.len() == b.len() && a.iter().all(|r| b.contains(r)) && b.iter().all(|r| a.contains(r))
+        };
+        match (before, after) {
+            (Decision::Allow, Decision::Deny) => Some(Self::AllowToDeny),
+            (Decision::Deny, Decision::Allow) => Some(Self::DenyToAllow),
+            (Decision::Deny, Decision::Deny) if !same_set(before_reasons, after_reasons) => {
+                Some(Self::ReasonsChanged)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// A request the engine cannot evaluate: the caller's input is wrong (an HTTP 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]

@@ -211,7 +211,10 @@ impl Gate {
         self.verdicts
             .decide(|engine, pending| {
                 let started = Instant::now();
-                let outcome = engine.decide(&request).map_err(ApiError::Request)?;
+                let outcome = self
+                    .verdicts
+                    .evaluate(pending, engine, |e| e.decide(&request))
+                    .map_err(ApiError::Request)?;
                 self.metrics
                     .observe_check(surface.endpoint(), started.elapsed());
                 self.verdicts.record(
@@ -223,7 +226,7 @@ impl Gate {
                     started,
                     crate::audit::Extra {
                         credential_sha256: Some(&principal.credential_sha256),
-                        properties: None,
+                        ..crate::audit::Extra::default()
                     },
                 );
                 tracing::Span::current()

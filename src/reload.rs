@@ -13,7 +13,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::state::{ReloadOutcome, State, Trigger};
+use crate::state::{ReloadOutcome, Role, State, Trigger};
 
 /// How reloads are triggered.
 #[derive(Debug, Clone)]
@@ -54,14 +54,46 @@ impl Drop for ReloadTasks {
     }
 }
 
-/// Reload once on the blocking pool and log what happened.
+/// Reload once on the blocking pool and log what happened: the state, then the shadow beside
+/// it (if any). A shadow's failure is logged and kept for `/v1/status`; it touches nothing live.
 pub async fn reload_now(state: Arc<State>, trigger: Trigger) {
+    let shadow = state.shadow_state().cloned();
+    if state.sources().is_some() {
+        reload_one(state, trigger).await;
+    }
+    if let Some(shadow) = shadow {
+        reload_one(shadow, trigger).await;
+    }
+}
+
+async fn reload_one(state: Arc<State>, trigger: Trigger) {
     let result = tokio::task::spawn_blocking(move || {
         let result = state.reload(trigger);
         (result, state)
     })
     .await;
     match result {
+        Ok((Ok(ReloadOutcome::Loaded), state)) if state.role() == Role::Shadow => {
+            if let Some(loaded) = state.current().as_ref() {
+                let engine = &loaded.engine;
+                tracing::info!(
+                    trigger = trigger.as_str(),
+                    package = engine.policy().name(),
+                    policy_version = %engine.policy().hash(),
+                    registry_version = %engine.registry().hash(),
+                    "reloaded the shadow policy package and registry"
+                );
+            }
+        }
+        Ok((Err(failure), state)) if state.role() == Role::Shadow => {
+            tracing::warn!(
+                trigger = trigger.as_str(),
+                setting = failure.setting,
+                error = %failure.message,
+                "shadow reload failed; the live package is not affected{}",
+                if state.current().is_some() { " and the previous shadow keeps being evaluated" } else { ", and nothing is shadowed until valid files appear" }
+            );
+        }
         Ok((Ok(ReloadOutcome::Loaded), state)) => {
             if let Some(loaded) = state.current().as_ref() {
                 let engine = &loaded.engine;
@@ -163,9 +195,14 @@ fn spawn_sighup(_: Arc<State>) -> Option<JoinHandle<()>> {
 /// directory package itself (a ConfigMap mounted there swaps `..data` inside it).
 fn watched_dirs(state: &State) -> BTreeSet<PathBuf> {
     let mut dirs = BTreeSet::new();
-    let Some(sources) = state.sources() else {
-        return dirs;
-    };
+    let shadow = state.shadow_state().and_then(|s| s.sources());
+    for sources in state.sources().into_iter().chain(shadow) {
+        add_dirs(sources, &mut dirs);
+    }
+    dirs
+}
+
+fn add_dirs(sources: &crate::state::Sources, dirs: &mut BTreeSet<PathBuf>) {
     let mut add_parent = |path: &Path| {
         let parent = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -178,7 +215,6 @@ fn watched_dirs(state: &State) -> BTreeSet<PathBuf> {
     if sources.policy.is_dir() {
         dirs.insert(sources.policy.clone());
     }
-    dirs
 }
 
 fn start_watcher(

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::authzen::{Mapped, PropertiesMode};
-use crate::decision::{CheckRequest, Decision, Engine, ResourceRef, SubjectRef};
+use crate::decision::{Change, CheckRequest, Decision, Engine, ResourceRef, SubjectRef};
 
 /// The `record_version` of the first records that carry the whole request as evaluated.
 pub const REPLAYABLE_SINCE: u32 = 2;
@@ -323,29 +323,23 @@ impl<'e> Replay<'e> {
         if !redacted.is_empty() {
             self.report.redacted += 1;
         }
-        let class = match (decision, outcome.decision) {
-            (Decision::Allow, Decision::Deny) => Class::AllowToDeny,
-            (Decision::Deny, Decision::Allow) => Class::DenyToAllow,
-            (Decision::Deny, Decision::Deny) if !same_set(&reasons, &outcome.reasons) => {
-                Class::ReasonsChanged
-            }
-            _ => {
-                self.report.unchanged += 1;
-                return;
-            }
+        let Some(class) = Change::between(decision, &reasons, outcome.decision, &outcome.reasons)
+        else {
+            self.report.unchanged += 1;
+            return;
         };
         if !redacted.is_empty() {
             self.report.redacted_changed += 1;
         }
         let changes = match class {
-            Class::AllowToDeny => &mut self.report.allow_to_deny,
-            Class::DenyToAllow => &mut self.report.deny_to_allow,
-            Class::ReasonsChanged => &mut self.report.reasons_changed,
+            Change::AllowToDeny => &mut self.report.allow_to_deny,
+            Change::DenyToAllow => &mut self.report.deny_to_allow,
+            Change::ReasonsChanged => &mut self.report.reasons_changed,
         };
         changes.count += 1;
         let check = mapped.check;
         count(&mut changes.by_action, &check.action);
-        let counted = if class == Class::DenyToAllow {
+        let counted = if class == Change::DenyToAllow {
             &reasons
         } else {
             &outcome.reasons
@@ -401,13 +395,6 @@ impl<'e> Replay<'e> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Class {
-    AllowToDeny,
-    DenyToAllow,
-    ReasonsChanged,
-}
-
 /// The answer to a request the candidate refuses to evaluate: what the server answers it.
 fn invalid() -> crate::decision::Outcome {
     crate::decision::Outcome::deny(crate::verdict::REASON_INVALID_REQUEST)
@@ -418,10 +405,6 @@ fn is_request_field(pointer: &str) -> bool {
     ["/subject", "/action", "/resource"]
         .iter()
         .any(|f| pointer == *f || pointer.starts_with(&format!("{f}/")))
-}
-
-fn same_set(a: &[String], b: &[String]) -> bool {
-    a.len() == b.len() && a.iter().all(|r| b.contains(r)) && b.iter().all(|r| a.contains(r))
 }
 
 fn count(table: &mut BTreeMap<String, u64>, key: &str) {

@@ -447,6 +447,20 @@ pub struct State {
     fresh_until_nanos: AtomicU64,
     /// When the state was made; `fresh_until_nanos` counts from it.
     epoch: Instant,
+    /// Whether this is the package in force or a shadow beside it.
+    role: Role,
+    /// The shadow evaluated beside this (live) state, when `serve --shadow-policy` is set.
+    shadow: Option<Arc<State>>,
+}
+
+/// What a state's engine is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The package that answers.
+    Live,
+    /// A candidate evaluated beside the live package (`serve --shadow-policy`); its answers are
+    /// recorded and counted, never given, and its failures never touch readiness.
+    Shadow,
 }
 
 /// Where a state's engines come from.
@@ -473,6 +487,32 @@ impl State {
         Self::with_origin(Origin::Bundle { url })
     }
 
+    /// A shadow state (nothing loaded yet) reading `sources`: reloaded like a live one, its
+    /// failures reported under the `FLEX_AUTH_SHADOW_*` settings.
+    pub fn shadow(sources: Sources) -> Self {
+        Self {
+            role: Role::Shadow,
+            ..Self::with_origin(Origin::Files(sources))
+        }
+    }
+
+    /// This (live) state with `shadow` evaluated beside it.
+    #[must_use]
+    pub fn with_shadow(mut self, shadow: Arc<State>) -> Self {
+        self.shadow = Some(shadow);
+        self
+    }
+
+    /// The shadow beside this state, when one is configured.
+    pub fn shadow_state(&self) -> Option<&Arc<State>> {
+        self.shadow.as_ref()
+    }
+
+    /// Whether this state answers or shadows.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
     fn with_origin(origin: Origin) -> Self {
         Self {
             origin,
@@ -485,6 +525,8 @@ impl State {
             last_swap_nanos: AtomicU64::new(0),
             fresh_until_nanos: AtomicU64::new(u64::MAX),
             epoch: Instant::now(),
+            role: Role::Live,
+            shadow: None,
         }
     }
 
@@ -707,6 +749,23 @@ impl State {
     }
 
     fn failure(&self, e: &LoadError, trigger: Trigger) -> ReloadFailure {
+        if self.role == Role::Shadow {
+            return ReloadFailure {
+                setting: match (e, &self.origin) {
+                    (LoadError::Registry(_) | LoadError::Engine(_), Origin::Files(sources)) => {
+                        match sources.registry {
+                            RegistrySource::Snapshot(_) => "FLEX_AUTH_SHADOW_REGISTRY",
+                            RegistrySource::Entities(_) => "FLEX_AUTH_SHADOW_ENTITIES",
+                        }
+                    }
+                    _ => "FLEX_AUTH_SHADOW_POLICY",
+                },
+                problem: problem_of(e),
+                message: e.to_string(),
+                at: SystemTime::now(),
+                trigger,
+            };
+        }
         ReloadFailure {
             setting: match (e, &self.origin) {
                 (LoadError::Bundle { .. }, _) | (_, Origin::Bundle { .. }) => "FLEX_AUTH_BUNDLE",

@@ -14,7 +14,7 @@ use prometheus::{
 };
 
 use crate::audit::AuditLog;
-use crate::decision::{Decision, Outcome};
+use crate::decision::{Change, Decision, Outcome};
 use crate::state::State;
 
 /// The HTTP endpoints metrics are labelled with (a fixed set, so label cardinality is bounded).
@@ -68,6 +68,8 @@ impl Endpoint {
 #[derive(Debug, Default)]
 pub struct Tally {
     outcomes: Vec<Outcome>,
+    /// Live and shadow decision of each shadowed decision, and how they differ.
+    shadowed: Vec<(Decision, Decision, Option<Change>)>,
 }
 
 impl Tally {
@@ -80,6 +82,26 @@ impl Tally {
             policies: Vec::new(),
             errors: Vec::new(),
         });
+    }
+
+    /// One decision also evaluated on the shadow.
+    pub fn add_shadowed(&mut self, live: Decision, shadow: Decision, change: Option<Change>) {
+        self.shadowed.push((live, shadow, change));
+    }
+}
+
+/// Index of a (live, shadow) pair in `Metrics::shadow_decisions`.
+fn shadow_pair(live: Decision, shadow: Decision) -> usize {
+    let bit = |d: Decision| usize::from(d == Decision::Deny);
+    bit(live) * 2 + bit(shadow)
+}
+
+/// Index of a change in `Metrics::shadow_disagreements` (the order of [`Change::ALL`]).
+fn change_index(change: Change) -> usize {
+    match change {
+        Change::AllowToDeny => 0,
+        Change::DenyToAllow => 1,
+        Change::ReasonsChanged => 2,
     }
 }
 
@@ -107,6 +129,10 @@ pub struct Metrics {
     upstream_seconds: Histogram,
     upstream_responses: IntCounterVec,
     refused: IntCounterVec,
+    /// `shadow_decisions_total` by [`shadow_pair`].
+    shadow_decisions: [IntCounter; 4],
+    /// `shadow_disagreements_total` by [`change_index`].
+    shadow_disagreements: [IntCounter; 3],
 }
 
 /// Resolved `deny_reasons` children. Reasons come from fixed codes and a package's `@reason`
@@ -215,6 +241,20 @@ impl Metrics {
         for reason in REFUSALS {
             refused.with_label_values(&[reason]);
         }
+        let shadow_decisions = IntCounterVec::new(
+            Opts::new(
+                "shadow_decisions_total",
+                "Decisions also evaluated on the shadow package (serve --shadow-policy), by the live and the shadow decision.",
+            ),
+            &["live", "shadow"],
+        )?;
+        let shadow_disagreements = IntCounterVec::new(
+            Opts::new(
+                "shadow_disagreements_total",
+                "Shadowed decisions where the shadow answered differently: allow_to_deny, deny_to_allow, reasons_changed (same deny, other reasons).",
+            ),
+            &["kind"],
+        )?;
         let build = IntGaugeVec::new(
             Opts::new("build_info", "Build information (value 1)."),
             &["version"],
@@ -230,6 +270,8 @@ impl Metrics {
             Box::new(upstream_seconds.clone()),
             Box::new(upstream_responses.clone()),
             Box::new(refused.clone()),
+            Box::new(shadow_decisions.clone()),
+            Box::new(shadow_disagreements.clone()),
             Box::new(build),
         ] {
             registry.register(collector)?;
@@ -259,6 +301,14 @@ impl Metrics {
             upstream_seconds,
             upstream_responses,
             refused,
+            shadow_decisions: [
+                shadow_decisions.with_label_values(&["allow", "allow"]),
+                shadow_decisions.with_label_values(&["allow", "deny"]),
+                shadow_decisions.with_label_values(&["deny", "allow"]),
+                shadow_decisions.with_label_values(&["deny", "deny"]),
+            ],
+            shadow_disagreements: Change::ALL
+                .map(|change| shadow_disagreements.with_label_values(&[change.as_str()])),
         })
     }
 
@@ -332,6 +382,16 @@ impl Metrics {
     pub fn record_tally(&self, tally: &Tally) {
         for outcome in &tally.outcomes {
             self.record_decision(outcome);
+        }
+        for &(live, shadow, change) in &tally.shadowed {
+            if let Some(counter) = self.shadow_decisions.get(shadow_pair(live, shadow)) {
+                counter.inc();
+            }
+            if let Some(counter) =
+                change.and_then(|c| self.shadow_disagreements.get(change_index(c)))
+            {
+                counter.inc();
+            }
         }
     }
 

@@ -183,3 +183,41 @@ fn nothing_calls_cli() {
         .collect();
     assert!(callers.is_empty(), "`cli` is called by {callers:?}");
 }
+
+/// Every serving surface decides through `Verdicts::evaluate`, so that the shadow (when one is
+/// loaded) sees every decision an engine makes: no surface calls an engine's `decide` itself.
+#[test]
+fn serving_surfaces_decide_only_through_the_decision_path() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let surfaces = [
+        "api/check.rs",
+        "api/authzen_http.rs",
+        "api/mod.rs",
+        "gate.rs",
+        "proxy.rs",
+        "forward_auth.rs",
+    ];
+    let mut broken = Vec::new();
+    for surface in surfaces {
+        let text = std::fs::read_to_string(root.join(surface)).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or_default();
+            let direct = [
+                "engine.decide(",
+                "engine.decide_with_properties(",
+                "(engine, mode)",
+            ]
+            .iter()
+            .any(|call| code.contains(call))
+                || (code.contains(".decide(engine") && !code.contains("|e|"));
+            if direct {
+                broken.push(format!("src/{surface}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "decide through `Verdicts::evaluate(pending, engine, |e| …)` instead:\n{}",
+        broken.join("\n")
+    );
+}

@@ -135,8 +135,10 @@ impl Api {
         started: Instant,
         pending: &mut Pending,
     ) -> Result<Outcome, ApiError> {
-        let outcome = evaluation
-            .decide(engine, self.config.authzen.properties)
+        let mode = self.config.authzen.properties;
+        let outcome = self
+            .verdicts
+            .evaluate(pending, engine, |e| evaluation.decide(e, mode))
             .map_err(ApiError::Request)?;
         let properties = evaluation.recorded_properties();
         self.verdicts.record(
@@ -149,6 +151,7 @@ impl Api {
             Extra {
                 credential_sha256: None,
                 properties: properties.as_ref(),
+                ..Extra::default()
             },
         );
         Ok(outcome)

@@ -36,7 +36,9 @@ impl Api {
         verdicts
             .decide(|engine, pending| {
                 let started = Instant::now();
-                let outcome = engine.decide(&check).map_err(ApiError::Request)?;
+                let outcome = verdicts
+                    .evaluate(pending, engine, |e| e.decide(&check))
+                    .map_err(ApiError::Request)?;
                 self.metrics
                     .observe_check(Endpoint::Check, started.elapsed());
                 verdicts.record(
@@ -91,7 +93,10 @@ impl Api {
         let check: Result<CheckRequest, ApiError> = serde_path_to_error::deserialize(item)
             .map_err(|e| classify_json_error(e.path().to_string(), e.into_inner()));
         let (error, check) = match check {
-            Ok(check) => match engine.decide(&check) {
+            Ok(check) => match self
+                .verdicts
+                .evaluate(pending, engine, |e| e.decide(&check))
+            {
                 Ok(outcome) => {
                     self.verdicts.record(
                         pending,

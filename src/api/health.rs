@@ -14,7 +14,7 @@ use super::Api;
 use crate::http::json_response;
 use crate::readiness::{Check, Report, Status};
 use crate::registry::RegistryKind;
-use crate::state::ReloadFailure;
+use crate::state::{Loaded, ReloadFailure, State};
 
 impl Api {
     /// Readiness: `ready`, `degraded` (the last reload failed, the previous version serves) or
@@ -117,69 +117,9 @@ impl Api {
             checks,
         } = self.readiness_of(loaded.is_some(), last_reload_error.clone());
         let sources = self.state.origin();
-        let (policy, registry) = match loaded.as_ref() {
-            Some(loaded) => {
-                let engine = &loaded.engine;
-                let package = engine.policy();
-                let reg = engine.registry();
-                let details = match reg.kind() {
-                    RegistryKind::Snapshot {
-                        schema_version,
-                        generated_at,
-                        source,
-                        ..
-                    } => serde_json::json!({
-                        "format": "snapshot", "schema_version": schema_version,
-                        "generated_at": generated_at, "source": source,
-                    }),
-                    RegistryKind::CedarEntities => serde_json::json!({"format": "cedar_entities"}),
-                };
-                let loaded_at = humantime::format_rfc3339_seconds(loaded.loaded_at).to_string();
-                let files: Vec<String> = package
-                    .sources()
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect();
-                (
-                    serde_json::json!({
-                        "name": package.name(),
-                        "declared_version": package.declared_version(),
-                        "hash": package.hash().as_str(),
-                        "policies": package.policy_count(),
-                        "schema": package.schema().is_some(),
-                        "files": files,
-                        "loaded_at": loaded_at,
-                    }),
-                    serde_json::json!({
-                        "hash": reg.hash().as_str(),
-                        "entities": reg.entity_count(),
-                        "details": details,
-                        "loaded_at": loaded_at,
-                        "load_ms": u64::try_from(loaded.load_duration.as_millis()).unwrap_or(u64::MAX),
-                        "bytes": reg.bytes(),
-                        "load_phases_ms": load_phases_ms(reg.phases(), self.state.last_swap()),
-                        "loaded_by": loaded.trigger.as_str(),
-                    }),
-                )
-            }
-            None => (Value::Null, Value::Null),
-        };
-        let last_error = last_reload_error.map(|f| {
-            serde_json::json!({
-                "message": f.message,
-                "setting": f.setting,
-                "trigger": f.trigger.as_str(),
-                "at": humantime::format_rfc3339_seconds(f.at).to_string(),
-                "docs": format!("docs/runbook.md#{}", f.problem),
-            })
-        });
-        let reloads: serde_json::Map<String, Value> = self
-            .state
-            .counters()
-            .snapshot()
-            .into_iter()
-            .map(|(trigger, counts)| (trigger.to_owned(), serde_json::json!(counts)))
-            .collect();
+        let (policy, registry) = loaded_json(&self.state, loaded.as_ref());
+        let last_error = last_reload_error.as_deref().map(failure_json);
+        let reloads = reloads_json(&self.state);
         json_response(
             StatusCode::OK,
             &serde_json::json!({
@@ -194,6 +134,7 @@ impl Api {
                     crate::state::Origin::Bundle { url } => serde_json::json!({"bundle": url}),
                 },
                 "bundle": self.bundle.as_ref().map(|b| b.status_json()),
+                "shadow": self.state.shadow_state().map(|shadow| shadow_json(shadow)),
                 "policy": policy,
                 "registry": registry,
                 "last_reload_error": last_error,
@@ -211,6 +152,96 @@ impl Api {
             }),
         )
     }
+}
+
+/// The `policy` and `registry` sections of what `state` has loaded (`null` when nothing).
+fn loaded_json(state: &State, loaded: Option<&Arc<Loaded>>) -> (Value, Value) {
+    match loaded {
+        Some(loaded) => {
+            let engine = &loaded.engine;
+            let package = engine.policy();
+            let reg = engine.registry();
+            let details = match reg.kind() {
+                RegistryKind::Snapshot {
+                    schema_version,
+                    generated_at,
+                    source,
+                    ..
+                } => serde_json::json!({
+                    "format": "snapshot", "schema_version": schema_version,
+                    "generated_at": generated_at, "source": source,
+                }),
+                RegistryKind::CedarEntities => serde_json::json!({"format": "cedar_entities"}),
+            };
+            let loaded_at = humantime::format_rfc3339_seconds(loaded.loaded_at).to_string();
+            let files: Vec<String> = package
+                .sources()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            (
+                serde_json::json!({
+                    "name": package.name(),
+                    "declared_version": package.declared_version(),
+                    "hash": package.hash().as_str(),
+                    "policies": package.policy_count(),
+                    "schema": package.schema().is_some(),
+                    "files": files,
+                    "loaded_at": loaded_at,
+                }),
+                serde_json::json!({
+                    "hash": reg.hash().as_str(),
+                    "entities": reg.entity_count(),
+                    "details": details,
+                    "loaded_at": loaded_at,
+                    "load_ms": u64::try_from(loaded.load_duration.as_millis()).unwrap_or(u64::MAX),
+                    "bytes": reg.bytes(),
+                    "load_phases_ms": load_phases_ms(reg.phases(), state.last_swap()),
+                    "loaded_by": loaded.trigger.as_str(),
+                }),
+            )
+        }
+        None => (Value::Null, Value::Null),
+    }
+}
+
+/// A reload failure as `/v1/status` shows it.
+fn failure_json(f: &ReloadFailure) -> Value {
+    serde_json::json!({
+        "message": f.message,
+        "setting": f.setting,
+        "trigger": f.trigger.as_str(),
+        "at": humantime::format_rfc3339_seconds(f.at).to_string(),
+        "docs": format!("docs/runbook.md#{}", f.problem),
+    })
+}
+
+/// Reload counts by trigger.
+fn reloads_json(state: &State) -> serde_json::Map<String, Value> {
+    state
+        .counters()
+        .snapshot()
+        .into_iter()
+        .map(|(trigger, counts)| (trigger.to_owned(), serde_json::json!(counts)))
+        .collect()
+}
+
+/// The `shadow` section: where it reads from, what it has loaded, its last failure. A shadow
+/// never takes part in readiness, so this is the only place its state shows.
+fn shadow_json(shadow: &State) -> Value {
+    let loaded = shadow.current();
+    let (policy, registry) = loaded_json(shadow, loaded.as_ref());
+    serde_json::json!({
+        "loaded": loaded.is_some(),
+        "sources": shadow.sources().map(|sources| serde_json::json!({
+            "policy": sources.policy.display().to_string(),
+            "registry": sources.registry.path().display().to_string(),
+        })),
+        "policy": policy,
+        "registry": registry,
+        "last_reload_error": shadow.last_error().as_deref().map(failure_json),
+        "reloads": reloads_json(shadow),
+    })
 }
 
 /// The last load's phases in milliseconds (fractions kept: a swap takes microseconds).

@@ -123,6 +123,29 @@ pub struct Record<'a> {
     /// credential itself.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credential_sha256: Option<&'a str>,
+    /// The shadow's answer (`serve --shadow-policy`), only when it disagreed with this one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowRecord<'a>>,
+}
+
+/// What the shadow package answered to the same request, when it disagreed with the live one.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ShadowRecord<'a> {
+    /// `allow` or `deny`.
+    pub decision: &'a str,
+    /// `allow_to_deny`, `deny_to_allow` or `reasons_changed`: how it differs from the record's.
+    pub change: &'a str,
+    /// Reason codes.
+    pub reasons: &'a [String],
+    /// Determining (or erroring) policy ids.
+    pub policies: &'a [String],
+    /// The shadow's policy package version.
+    pub policy_version: &'a str,
+    /// The shadow's registry version.
+    pub registry_version: &'a str,
+    /// Why the shadow could not evaluate the request (its schema refused it), when it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
 }
 
 /// A field `--decision-log-redact` drops from every record: a JSON pointer (RFC 6901) into
@@ -238,6 +261,8 @@ pub struct Extra<'a> {
     pub credential_sha256: Option<&'a str>,
     /// AuthZEN properties as sent.
     pub properties: Option<&'a serde_json::Value>,
+    /// The shadow's disagreeing answer (set by the decision path, not by surfaces).
+    pub shadow: Option<ShadowRecord<'a>>,
 }
 
 /// Rotation of a file sink.
@@ -420,6 +445,7 @@ impl AuditLog {
                 bundle_revision: engine.bundle_revision(),
                 latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
                 credential_sha256: extra.credential_sha256,
+                shadow: extra.shadow,
             })
         })
     }
@@ -571,6 +597,7 @@ mod tests {
                 bundle_revision: None,
                 latency_us: 1,
                 credential_sha256: None,
+                shadow: None,
             })
             .unwrap();
         let value: serde_json::Value = serde_json::from_slice(&line).unwrap();

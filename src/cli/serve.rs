@@ -33,9 +33,14 @@ pub fn serve(args: ServeArgs) -> ExitCode {
 fn run(args: &ServeArgs) -> Result<ExitCode, ExitCode> {
     let bundle = bundle_setup(args)?;
     let state = match &bundle {
-        Some(b) => Arc::new(State::for_bundle(b.source.label())),
-        None => Arc::new(State::new(file_sources(args)?)),
+        Some(b) => State::for_bundle(b.source.label()),
+        None => State::new(file_sources(args)?),
     };
+    let shadow = shadow_state(args, &state)?;
+    let state = Arc::new(match &shadow {
+        Some(shadow) => state.with_shadow(Arc::clone(shadow)),
+        None => state,
+    });
     if let Some(path) = &args.admin_token_file {
         if let Err(e) = crate::admin::read_token(path) {
             return Err(boot_fail(
@@ -50,6 +55,9 @@ fn run(args: &ServeArgs) -> Result<ExitCode, ExitCode> {
     let tls = listener_tls(args)?;
     if bundle.is_none() {
         initial_load(args, &state)?;
+    }
+    if let Some(shadow) = &shadow {
+        initial_shadow_load(shadow);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -294,6 +302,43 @@ fn listener_tls(args: &ServeArgs) -> Result<Option<Arc<Tls>>, ExitCode> {
     }
 }
 
+/// The shadow state of `--shadow-policy`, nothing loaded yet; `None` without the flag.
+fn shadow_state(args: &ServeArgs, live: &State) -> Result<Option<Arc<State>>, ExitCode> {
+    let live_registry = live.sources().map(|s| &s.registry);
+    match args.shadow.sources(live_registry) {
+        Ok(sources) => Ok(sources.map(|sources| Arc::new(State::shadow(sources)))),
+        Err(message) => Err(boot_fail(
+            "FLEX_AUTH_SHADOW_POLICY",
+            &message,
+            "policy-missing",
+        )),
+    }
+}
+
+/// Load the shadow once. A failure is logged and shown in `/v1/status` under `shadow`; it never
+/// stops the process or makes it unready, whatever the mode: the shadow answers nobody.
+fn initial_shadow_load(shadow: &State) {
+    match shadow.reload(Trigger::Startup) {
+        Ok(_) => {
+            if let Some(loaded) = shadow.current().as_ref() {
+                let engine = &loaded.engine;
+                tracing::info!(
+                    package = engine.policy().name(),
+                    policy_version = %engine.policy().hash(),
+                    policies = engine.policy().policy_count(),
+                    registry_version = %engine.registry().hash(),
+                    "loaded the shadow policy package and registry: every decision is also evaluated on it"
+                );
+            }
+        }
+        Err(failure) => tracing::warn!(
+            setting = failure.setting,
+            error = %failure.message,
+            "the shadow did not load; the live package is not affected, and nothing is shadowed until valid files appear"
+        ),
+    }
+}
+
 /// Load the files once. A failure is a `BOOT_FAIL` in production mode; otherwise the server
 /// starts unready and the reload triggers keep trying.
 fn initial_load(args: &ServeArgs, state: &State) -> Result<(), ExitCode> {
@@ -356,18 +401,16 @@ async fn listen_until_stopped(
     proxy: Option<crate::proxy::Proxy>,
     watcher: Option<Arc<crate::bundle::watch::Watcher>>,
 ) -> Result<ExitCode, ExitCode> {
-    // Files reload on events, polls and SIGHUP; a bundle on its own polls and SIGHUP.
-    let _triggers = match &watcher {
-        None => {
-            let reload_config = ReloadConfig {
-                watch: !args.no_watch,
-                poll_interval: Some(args.poll_interval).filter(|d| !d.is_zero()),
-                ..ReloadConfig::default()
-            };
-            Some(reload::spawn(state.clone(), &reload_config))
-        }
-        Some(_) => None,
-    };
+    // Files reload on events, polls and SIGHUP; a bundle on its own polls and SIGHUP. A
+    // shadow's files reload on the same triggers (beside a bundle, on their own).
+    let _triggers = (watcher.is_none() || state.shadow_state().is_some()).then(|| {
+        let reload_config = ReloadConfig {
+            watch: !args.no_watch,
+            poll_interval: Some(args.poll_interval).filter(|d| !d.is_zero()),
+            ..ReloadConfig::default()
+        };
+        reload::spawn(state.clone(), &reload_config)
+    });
     let _bundle_polls = watcher.as_ref().map(crate::bundle::watch::Watcher::spawn);
     let _tls_reload = tls.as_ref().map(Tls::spawn_reload);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

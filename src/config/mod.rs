@@ -11,7 +11,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 mod serve;
 
 pub use serve::{
-    AuthArgs, BundleArgs, LimitsArgs, MetricsListener, Mode, ProxyArgs, ServeArgs, TlsArgs,
+    AuthArgs, BundleArgs, LimitsArgs, MetricsListener, Mode, ProxyArgs, ServeArgs, ShadowArgs,
+    TlsArgs,
 };
 
 /// flex-auth: a Cedar policy decision point and fail-closed authorization proxy.

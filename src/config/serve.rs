@@ -180,6 +180,66 @@ pub struct ServeArgs {
     /// Serving from a signed bundle instead of files.
     #[command(flatten)]
     pub bundle: BundleArgs,
+
+    /// A candidate package evaluated beside the live one (docs/policy-changes.md).
+    #[command(flatten)]
+    pub shadow: ShadowArgs,
+}
+
+/// `serve --shadow-policy`: a candidate policy package (and optionally registry) evaluated on
+/// every decision beside the live one; the answer is always the live one.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Shadow evaluation")]
+pub struct ShadowArgs {
+    /// Candidate policy package evaluated beside the live one on every decision. Disagreements
+    /// are counted and recorded in the decision log; answers are always the live package's. A
+    /// shadow that fails to load never affects the live package or readiness.
+    #[arg(long, env = "FLEX_AUTH_SHADOW_POLICY", value_name = "PATH")]
+    pub shadow_policy: Option<PathBuf>,
+
+    /// Registry snapshot for the shadow (default: the live --registry or --entities file).
+    #[arg(
+        long,
+        env = "FLEX_AUTH_SHADOW_REGISTRY",
+        value_name = "FILE",
+        requires = "shadow_policy",
+        conflicts_with = "shadow_entities"
+    )]
+    pub shadow_registry: Option<PathBuf>,
+
+    /// Raw Cedar entities JSON for the shadow, instead of a registry snapshot.
+    #[arg(
+        long,
+        env = "FLEX_AUTH_SHADOW_ENTITIES",
+        value_name = "FILE",
+        requires = "shadow_policy"
+    )]
+    pub shadow_entities: Option<PathBuf>,
+}
+
+impl ShadowArgs {
+    /// The shadow's sources, when a shadow is configured: its own registry, else the live one
+    /// (`live`, `None` when serving a bundle). `Err` names what is missing.
+    pub fn sources(
+        &self,
+        live: Option<&crate::state::RegistrySource>,
+    ) -> Result<Option<crate::state::Sources>, String> {
+        let Some(policy) = &self.shadow_policy else {
+            return Ok(None);
+        };
+        let registry = match (&self.shadow_registry, &self.shadow_entities, live) {
+            (Some(path), _, _) => crate::state::RegistrySource::Snapshot(path.clone()),
+            (None, Some(path), _) => crate::state::RegistrySource::Entities(path.clone()),
+            (None, None, Some(live)) => live.clone(),
+            (None, None, None) => {
+                return Err("--shadow-policy with --bundle needs --shadow-registry or --shadow-entities: a bundle's registry is not a file the shadow can read".to_owned())
+            }
+        };
+        Ok(Some(crate::state::Sources {
+            policy: policy.clone(),
+            registry,
+        }))
+    }
 }
 
 /// `serve --bundle`: where the bundle comes from, which keys sign it, how it is polled, cached
