@@ -137,8 +137,16 @@ pub(super) fn build_package(raw: RawPackage) -> Result<PolicyPackage, PolicyLoad
     let hash = raw.hash();
     let name = raw.manifest.name.clone().unwrap_or(raw.name);
     let index = super::ActionIndex::build(&policies, schema.as_ref());
+    let reasons = policies
+        .policies()
+        .filter_map(|p| {
+            p.annotation(REASON_ANNOTATION)
+                .map(|reason| (p.id().clone(), Box::from(reason)))
+        })
+        .collect();
     Ok(PolicyPackage {
         index,
+        reasons,
         name,
         version: raw.manifest.version,
         policies,

@@ -50,6 +50,10 @@ pub struct PolicyPackage {
     warnings: Vec<String>,
     /// The policies that can apply to each action (see `index`).
     index: ActionIndex,
+    /// Each policy's `@reason`, read once at load: Cedar's `PolicySet::annotation` parses the
+    /// annotation key with the policy parser on every call (a lexer, and its regex cache, per
+    /// deny).
+    reasons: std::collections::HashMap<PolicyId, Box<str>>,
 }
 
 impl PolicyPackage {
@@ -107,7 +111,7 @@ impl PolicyPackage {
 
     /// The `@reason` of a policy, if it has one.
     pub fn reason_of(&self, id: &PolicyId) -> Option<&str> {
-        self.policies.annotation(id, REASON_ANNOTATION)
+        self.reasons.get(id).map(|reason| &**reason)
     }
 }
 
