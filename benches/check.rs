@@ -205,5 +205,97 @@ fn count_deny(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, check, count_deny);
+/// Shadow evaluation (issue 20) on the shipped package: the same `/v1/check` through
+/// `Api::handle` without and with a shadow (the package with TTLs capped at 2 hours, so the
+/// request is a live allow and a shadow deny, recorded and counted as a disagreement), beside the
+/// shadow's own evaluation of that request — what the shadow may add. And the `@reason` lookup a
+/// deny makes: through Cedar's `PolicySet::annotation` (what it was) and the package's map.
+fn shadow(c: &mut Criterion) {
+    let root = root();
+    let dir = tempfile::tempdir().unwrap();
+    let candidate = dir.path().join("candidate");
+    std::fs::create_dir_all(&candidate).unwrap();
+    let package =
+        std::fs::read_to_string(root.join("policies/ops-warden/policy_package.md")).unwrap();
+    let bounds = "(context.ttl_hours < 1 || context.ttl_hours > resource.max_ttl_hours)";
+    assert!(package.contains(bounds));
+    std::fs::write(
+        candidate.join("policy_package.md"),
+        package.replace(bounds, "(context.ttl_hours < 1 || context.ttl_hours > resource.max_ttl_hours || context.ttl_hours > 2)"),
+    )
+    .unwrap();
+    let registry = || {
+        RegistrySource::Snapshot(root.join("registry/ops-warden/production_registry_snapshot.json"))
+    };
+    let live = state(&root.join("policies/ops-warden"), registry());
+    let shadow_state = state(&candidate, registry());
+    let shadowed = Arc::new(
+        State::new(Sources {
+            policy: root.join("policies/ops-warden"),
+            registry: registry(),
+        })
+        .with_shadow(Arc::clone(&shadow_state)),
+    );
+    shadowed.reload(Trigger::Startup).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let without = Api::new(live, ApiConfig::default()).unwrap();
+    let with = Api::new(shadowed, ApiConfig::default()).unwrap();
+    let check: CheckRequest = serde_json::from_str(OPS_WARDEN_BODY).unwrap();
+    let loaded = shadow_state.current();
+    let candidate_engine = &loaded.as_ref().unwrap().engine;
+    let denied = candidate_engine.decide(&check).unwrap();
+    assert_eq!(denied.decision, Decision::Deny);
+    for api in [&without, &with] {
+        let response = runtime.block_on(api.handle(request(OPS_WARDEN_BODY)));
+        assert_eq!(response.status(), 200);
+    }
+
+    let mut group = c.benchmark_group("shadow/ops_warden");
+    group.bench_function("api_handle_without_shadow", |b| {
+        b.iter_batched(
+            || request(OPS_WARDEN_BODY),
+            |r| runtime.block_on(without.handle(black_box(r))),
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("api_handle_with_shadow", |b| {
+        b.iter_batched(
+            || request(OPS_WARDEN_BODY),
+            |r| runtime.block_on(with.handle(black_box(r))),
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("shadow_engine_decide", |b| {
+        b.iter(|| candidate_engine.decide(black_box(&check)).unwrap())
+    });
+    let policy = denied
+        .policies
+        .first()
+        .unwrap()
+        .parse::<cedar_policy::PolicyId>()
+        .unwrap();
+    group.bench_function("reason_of/cedar_annotation", |b| {
+        b.iter(|| {
+            candidate_engine
+                .policy()
+                .policies()
+                .annotation(black_box(&policy), "reason")
+                .map(str::len)
+        })
+    });
+    group.bench_function("reason_of/package_map", |b| {
+        b.iter(|| {
+            candidate_engine
+                .policy()
+                .reason_of(black_box(&policy))
+                .map(str::len)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, check, count_deny, shadow);
 criterion_main!(benches);
