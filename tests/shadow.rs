@@ -468,3 +468,89 @@ fn shadow_flags_that_cannot_work_fail_before_serving() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_reload_and_sighup_reload_the_shadow_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = files(dir.path());
+    let token = dir.path().join("admin.token");
+    std::fs::write(&token, "an-admin-token-for-the-shadow-test\n").unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+        .parse()
+        .unwrap();
+    // No watch, no polling: only the admin API and SIGHUP reload.
+    let (child, addr) = support::spawn_binary(&[
+        "--policy",
+        &f.live,
+        "--entities",
+        &f.entities,
+        "--shadow-policy",
+        &f.candidate,
+        "--no-watch",
+        "--poll-interval",
+        "0",
+        "--admin-listen",
+        &admin.to_string(),
+        "--admin-token-file",
+        token.to_str().unwrap(),
+    ]);
+    let addr: SocketAddr = addr.parse().unwrap();
+    let (_, status) = get_json(addr, "/v1/status").await;
+    let first = policy_hash(&status["shadow"]);
+
+    std::fs::write(&f.candidate, LIVE).unwrap();
+    let reply = support::send(
+        admin,
+        Method::POST,
+        "/v1/admin/reload",
+        &[("authorization", "Bearer an-admin-token-for-the-shadow-test")],
+        "",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let body: Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(body["outcome"], "unchanged", "{body:#}");
+    assert_eq!(body["shadow"]["outcome"], "loaded", "{body:#}");
+    let second = body["shadow"]["policy_version"].clone();
+    assert_ne!(second, first);
+    let (_, status) = get_json(addr, "/v1/status").await;
+    assert_eq!(policy_hash(&status["shadow"]), second);
+    // The shadow now matches the live package: nothing disagrees.
+    let agreed = check(addr, json!({"ttl": 6})).await;
+    assert_eq!(agreed["decision"], "allow");
+
+    // A broken shadow through the admin API: 200 for the live reload, the failure under `shadow`.
+    std::fs::write(&f.candidate, "forbid (").unwrap();
+    let reply = support::send(
+        admin,
+        Method::POST,
+        "/v1/admin/reload",
+        &[("authorization", "Bearer an-admin-token-for-the-shadow-test")],
+        "",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let body: Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(body["shadow"]["outcome"], "failed", "{body:#}");
+    assert_eq!(body["shadow"]["setting"], "FLEX_AUTH_SHADOW_POLICY");
+
+    // SIGHUP.
+    std::fs::write(&f.candidate, CANDIDATE).unwrap();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    support::eventually("SIGHUP reloads the shadow", async || {
+        let (_, status) = get_json(addr, "/v1/status").await;
+        policy_hash(&status["shadow"]) == first && status["shadow"]["last_reload_error"].is_null()
+    })
+    .await;
+    let (_, status) = get_json(addr, "/v1/status").await;
+    assert_eq!(
+        status["shadow"]["reloads"]["sighup"]["loaded"], 1,
+        "{status:#}"
+    );
+    assert_eq!(status["shadow"]["reloads"]["admin"]["failed"], 1);
+    support::stop_binary(child);
+}
