@@ -1,6 +1,6 @@
 //! `serve --shadow-policy` on the real binary: a candidate that tightens a TTL (and renames its
 //! reason, and drops a condition) is evaluated beside the live package on `/v1/check`, a batch,
-//! AuthZEN and forward-auth. The answers stay the live ones; the record of each disagreeing
+//! AuthZEN, forward-auth and the proxy. The answers stay the live ones; the record of each disagreeing
 //! decision carries the shadow's answer, and the metrics count every pair. A shadow file that
 //! breaks, or is missing at start-up, changes nothing live and never touches readiness.
 
@@ -147,7 +147,17 @@ async fn the_shadow_is_recorded_and_counted_on_every_surface_and_never_answers()
     let dir = tempfile::tempdir().unwrap();
     let f = files(dir.path());
     let log = format!("file:{}", f.log.display());
+    let upstream = support::broker::Upstream::start().await;
+    let upstream_url = format!("http://{}", upstream.addr);
+    let proxy: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+        .parse()
+        .unwrap();
+    let proxy_listen = proxy.to_string();
     let (child, addr) = support::spawn_binary(&[
+        "--upstream",
+        &upstream_url,
+        "--proxy-listen",
+        &proxy_listen,
         "--policy",
         &f.live,
         "--entities",
@@ -255,6 +265,31 @@ async fn the_shadow_is_recorded_and_counted_on_every_surface_and_never_answers()
             .to_owned(),
     );
 
+    // The proxy: forwarded on the live allow, whatever the shadow says.
+    support::eventually("the proxy listens", async || {
+        tokio::net::TcpStream::connect(proxy).await.is_ok()
+    })
+    .await;
+    let proxied = support::send(
+        proxy,
+        Method::POST,
+        "/sign",
+        &[
+            ("authorization", &bearer),
+            ("content-type", "application/json"),
+        ],
+        json!({"ttl": 8}).to_string(),
+    )
+    .await;
+    assert_eq!(proxied.status, 200, "{:?}", proxied.body);
+    assert_eq!(upstream.count(), 1);
+    let proxied_id = Value::from(
+        proxied.headers["x-flex-auth-decision-id"]
+            .to_str()
+            .unwrap()
+            .to_owned(),
+    );
+
     let shadow_of = |id: &Value| record(&f.log, id)["shadow"].clone();
     assert_eq!(shadow_of(&agreed["decision_id"]), Value::Null);
     let denied = shadow_of(&tightened["decision_id"]);
@@ -287,9 +322,13 @@ async fn the_shadow_is_recorded_and_counted_on_every_surface_and_never_answers()
     let envoy_record = record(&f.log, &envoy_id);
     assert_eq!(envoy_record["origin"], "envoy:sign");
     assert_eq!(envoy_record["shadow"]["change"], "allow_to_deny");
+    let proxied_record = record(&f.log, &proxied_id);
+    assert_eq!(proxied_record["origin"], "proxy:sign");
+    assert_eq!(proxied_record["decision"], "allow");
+    assert_eq!(proxied_record["shadow"]["decision"], "deny");
     // One record per decision: the shadow adds none.
     let lines = std::fs::read_to_string(&f.log).unwrap().lines().count();
-    assert_eq!(lines, 8);
+    assert_eq!(lines, 9);
 
     let m = metrics(addr).await;
     let pair = |live: &str, shadow: &str| {
@@ -298,8 +337,8 @@ async fn the_shadow_is_recorded_and_counted_on_every_surface_and_never_answers()
             &format!("flex_auth_shadow_decisions_total{{live=\"{live}\",shadow=\"{shadow}\"}}"),
         )
     };
-    // allow/deny: ttl 6, batch ttl 6, AuthZEN ttl 7, forward-auth ttl 5.
-    assert_eq!(pair("allow", "deny"), 4, "{m}");
+    // allow/deny: ttl 6, batch ttl 6, AuthZEN ttl 7, forward-auth ttl 5, the proxy's ttl 8.
+    assert_eq!(pair("allow", "deny"), 5, "{m}");
     assert_eq!(pair("allow", "allow"), 2);
     assert_eq!(pair("deny", "allow"), 1);
     assert_eq!(pair("deny", "deny"), 1);
@@ -309,13 +348,13 @@ async fn the_shadow_is_recorded_and_counted_on_every_surface_and_never_answers()
             &format!("flex_auth_shadow_disagreements_total{{kind=\"{k}\"}}"),
         )
     };
-    assert_eq!(kind("allow_to_deny"), 4);
+    assert_eq!(kind("allow_to_deny"), 5);
     assert_eq!(kind("deny_to_allow"), 1);
     assert_eq!(kind("reasons_changed"), 1);
     // The live counts are the answers given.
     assert_eq!(
         counter(&m, "flex_auth_decisions_total{decision=\"allow\"}"),
-        6
+        7
     );
 
     // A shadow file that breaks: reported under `shadow`, nothing live changes.
