@@ -593,3 +593,74 @@ async fn the_admin_reload_and_sighup_reload_the_shadow_too() {
     assert_eq!(status["shadow"]["reloads"]["admin"]["failed"], 1);
     support::stop_binary(child);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beside_a_bundle_the_shadow_reads_its_own_files_and_reloads_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = files(dir.path());
+    std::fs::remove_file(&f.candidate).unwrap();
+    let candidate = dir.path().join("candidate");
+    std::fs::create_dir(&candidate).unwrap();
+    std::fs::write(candidate.join("policies.cedar"), CANDIDATE).unwrap();
+    let bundle = dir.path().join("live.tar.gz");
+    let built = std::process::Command::new(env!("CARGO_BIN_EXE_flex-auth"))
+        .args([
+            "bundle",
+            "build",
+            "--policy",
+            &f.live,
+            "--entities",
+            &f.entities,
+        ])
+        .args(["--revision", "r1", "-o", bundle.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{built:?}");
+    let (child, addr) = support::spawn_binary(&[
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--shadow-policy",
+        candidate.to_str().unwrap(),
+        "--shadow-entities",
+        &f.entities,
+        "--poll-interval",
+        "1s",
+    ]);
+    let addr: SocketAddr = addr.parse().unwrap();
+    support::eventually("the bundle is live", async || {
+        get_json(addr, "/readyz").await.0 == 200
+    })
+    .await;
+    let answer = check(addr, json!({"ttl": 6})).await;
+    assert_eq!(answer["decision"], "allow");
+    assert_eq!(answer["bundle_revision"], "r1");
+    let m = metrics(addr).await;
+    assert_eq!(
+        counter(
+            &m,
+            "flex_auth_shadow_disagreements_total{kind=\"allow_to_deny\"}"
+        ),
+        1
+    );
+    let (_, status) = get_json(addr, "/v1/status").await;
+    let first = policy_hash(&status["shadow"]);
+    // The shadow's directory is watched and polled although the live package is a bundle.
+    std::fs::write(candidate.join("policies.cedar"), LIVE).unwrap();
+    support::eventually("the shadow reloads beside the bundle", async || {
+        let (_, status) = get_json(addr, "/v1/status").await;
+        policy_hash(&status["shadow"]) != first
+    })
+    .await;
+    let answer = check(addr, json!({"ttl": 6})).await;
+    assert_eq!(answer["decision"], "allow");
+    let m = metrics(addr).await;
+    assert_eq!(
+        counter(
+            &m,
+            "flex_auth_shadow_decisions_total{live=\"allow\",shadow=\"allow\"}"
+        ),
+        1,
+        "the reloaded shadow agrees"
+    );
+    support::stop_binary(child);
+}
