@@ -25,9 +25,13 @@ fn main() -> ExitCode {
         None => EnvFilter::try_from_default_env().ok(),
     }
     .unwrap_or_else(|| EnvFilter::new("info"));
+    // A log line that cannot be written (stderr a closed pipe: the log collector died) is
+    // dropped. The default reports the failure with `eprintln!` — to the same broken stderr,
+    // which panics the thread that logged: a request worker, the whole server.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Json => logs.json().init(),

@@ -1076,3 +1076,61 @@ fn tls_and_limit_settings_that_cannot_work_fail_boot_with_their_setting() {
     let (code, stderr) = run(&["--request-timeout", "0s"]);
     assert_eq!(code, Some(2), "{stderr}");
 }
+
+/// The log collector goes away: stderr becomes a closed pipe. Log lines are dropped; the server
+/// keeps answering and drains cleanly (it used to panic: tracing-subscriber reported the failed
+/// write with `eprintln!` to the same broken stderr).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stderr_drops_log_lines_and_never_stops_the_server() {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flex-auth"))
+        .args(["--log-format", "json", "--log-level", "debug", "serve"])
+        .args(["--listen", "127.0.0.1:0", "--policy", "policies/ops-warden"])
+        .args([
+            "--registry",
+            "registry/ops-warden/production_registry_snapshot.json",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("the server logs `listening`").unwrap();
+        if line.contains("\"listening\"") {
+            let v: Value = serde_json::from_str(&line).unwrap();
+            break v["fields"]["addr"]
+                .as_str()
+                .unwrap()
+                .parse::<SocketAddr>()
+                .unwrap();
+        }
+    };
+    // The reading end closes: every later log line fails to write (EPIPE).
+    drop(lines);
+    let body = json!({
+        "subject": {"id": "agt-state-hub-bridge"}, "action": "sign",
+        "resource": {"type": "Actor", "id": "agt-state-hub-bridge"},
+        "context": {"ttl_hours": 4, "principals": ["state-hub"]},
+    })
+    .to_string();
+    for _ in 0..20 {
+        let reply = send(
+            addr,
+            Method::POST,
+            "/v1/check",
+            &[("content-type", "application/json")],
+            body.clone(),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    assert_eq!(
+        child.try_wait().unwrap(),
+        None,
+        "the server stopped after its log pipe closed"
+    );
+    support::stop_binary(child);
+}

@@ -664,3 +664,54 @@ async fn beside_a_bundle_the_shadow_reads_its_own_files_and_reloads_on_its_own()
     );
     support::stop_binary(child);
 }
+
+#[test]
+fn the_shadow_packages_validator_warnings_are_logged_at_start_up() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let package = dir.path().join("policy_package.md");
+    let mut text =
+        std::fs::read_to_string(support::repo_path("policies/ops-warden/policy_package.md"))
+            .unwrap();
+    text.push_str(
+        "\n```cedar\n@id(\"typo\")\n@reason(\"typo\")\nforbid (principal, action == Action::\"sign\", resource is Subject);\n```\n",
+    );
+    std::fs::write(&package, text).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flex-auth"))
+        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+        .args(["--policy", "policies/ops-warden"])
+        .args([
+            "--registry",
+            "registry/ops-warden/production_registry_snapshot.json",
+        ])
+        .arg("--shadow-policy")
+        .arg(&package)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut warned = false;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            warned |= line.contains("shadow policy validation warning")
+                && line.contains("policy is impossible");
+            if line.contains("\"listening\"") {
+                let _ = tx.send(warned);
+            }
+        }
+    });
+    let warned = rx.recv_timeout(std::time::Duration::from_secs(30));
+    support::stop_binary(child);
+    assert_eq!(
+        warned,
+        Ok(true),
+        "no shadow validation warning before `listening`"
+    );
+}

@@ -329,6 +329,9 @@ fn initial_shadow_load(shadow: &State) {
                     registry_version = %engine.registry().hash(),
                     "loaded the shadow policy package and registry: every decision is also evaluated on it"
                 );
+                for warning in engine.policy().warnings() {
+                    tracing::warn!(%warning, "shadow policy validation warning");
+                }
             }
         }
         Err(failure) => tracing::warn!(
