@@ -21,25 +21,7 @@ use std::process::{Command, Output};
 use http::Method;
 use serde_json::{json, Value};
 
-const LIVE: &str = r#"
-@id("sign")
-permit (principal, action == Action::"sign", resource)
-when { context.ttl <= 8 && !(context has banned) };
-@id("ttl")
-@reason("ttl_too_long")
-forbid (principal, action == Action::"sign", resource) when { context.ttl > 8 };
-"#;
-
-/// Tightens the TTL to 4, renames the TTL reason, no longer refuses `banned`.
-const CANDIDATE: &str = r#"
-@id("sign")
-permit (principal, action == Action::"sign", resource) when { context.ttl <= 4 };
-@id("ttl")
-@reason("ttl_over_limit")
-forbid (principal, action == Action::"sign", resource) when { context.ttl > 4 };
-"#;
-
-const ENTITIES: &str = r#"[{"uid": {"type": "Actor", "id": "box"}, "attrs": {}, "parents": []}]"#;
+use support::ttl_change::{CANDIDATE, ENTITIES, LIVE};
 
 fn replay(args: &[&str]) -> (Output, Value) {
     let out = Command::new(env!("CARGO_BIN_EXE_flex-auth"))

@@ -497,3 +497,30 @@ pub fn nginx_binary() -> Option<PathBuf> {
         Some("FLEX_AUTH_REQUIRE_NGINX"),
     )
 }
+
+/// A live package and a candidate that changes it in each way a change can be classified
+/// (`tests/replay.rs`, `tests/shadow.rs`): over `ENTITIES`, a `sign` with `context.ttl`.
+pub mod ttl_change {
+    /// Allows a TTL up to 8 unless `banned`; refuses longer ones as `ttl_too_long`.
+    pub const LIVE: &str = r#"
+@id("sign")
+permit (principal, action == Action::"sign", resource)
+when { context.ttl <= 8 && !(context has banned) };
+@id("ttl")
+@reason("ttl_too_long")
+forbid (principal, action == Action::"sign", resource) when { context.ttl > 8 };
+"#;
+
+    /// Tightens the TTL to 4, renames the TTL reason, no longer refuses `banned`.
+    pub const CANDIDATE: &str = r#"
+@id("sign")
+permit (principal, action == Action::"sign", resource) when { context.ttl <= 4 };
+@id("ttl")
+@reason("ttl_over_limit")
+forbid (principal, action == Action::"sign", resource) when { context.ttl > 4 };
+"#;
+
+    /// The one resource, `Actor::"box"`.
+    pub const ENTITIES: &str =
+        r#"[{"uid": {"type": "Actor", "id": "box"}, "attrs": {}, "parents": []}]"#;
+}
