@@ -16,7 +16,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Body;
 
-use crate::gate::{Gate, Matched, Surface, Target, DECISION_HEADER, SUBJECT_HEADER};
+use crate::gate::{Gate, Surface, Target, DECISION_HEADER, SUBJECT_HEADER};
 use crate::http::ApiError;
 
 /// The nginx `auth_request` endpoint.
@@ -70,29 +70,27 @@ where
         query,
         headers: &parts.headers,
     };
-    let matched = match gate.route(surface, &target).await? {
-        Matched::Public(_) => return Ok(allow_response(None)),
-        Matched::Checked(checked) => checked,
-    };
     // Envoy sends the body when `with_request_body` is set; nginx never does.
-    let body = match (surface, matched.route.body_limit) {
-        (Surface::Envoy, Some(limit)) => {
-            let declared = crate::http::declared_length(&parts.headers);
-            let admission = crate::gate::admission(&parts.extensions);
-            let bytes = crate::server::read_body(body, declared, limit, admission.as_deref())
-                .await
-                .map_err(ApiError::from)?;
-            (!bytes.is_empty()).then_some(bytes)
-        }
-        _ => {
-            crate::gate::admit(&parts.extensions)?;
-            None
-        }
-    };
     let allowed = gate
-        .authorize(surface, &matched, &target, body.as_deref())
+        .authorize_target(surface, &target, async |route| {
+            match (surface, route.body_limit) {
+                (Surface::Envoy, Some(limit)) => {
+                    let declared = crate::http::declared_length(&parts.headers);
+                    let admission = crate::gate::admission(&parts.extensions);
+                    let bytes =
+                        crate::server::read_body(body, declared, limit, admission.as_deref())
+                            .await
+                            .map_err(ApiError::from)?;
+                    Ok((!bytes.is_empty()).then_some(bytes))
+                }
+                _ => {
+                    crate::gate::admit(&parts.extensions)?;
+                    Ok(None)
+                }
+            }
+        })
         .await?;
-    Ok(allow_response(Some(&allowed)))
+    Ok(allow_response(allowed.as_ref()))
 }
 
 fn header_text<'h>(headers: &'h http::HeaderMap, name: &str) -> Result<Option<&'h str>, ApiError> {

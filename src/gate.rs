@@ -1,7 +1,9 @@
 //! The gate every surface that fronts a service goes through — the reverse proxy, the
-//! forward-auth endpoints (Envoy `ext_authz` HTTP, nginx `auth_request`) and later gRPC
-//! `ext_authz`: match a route, authenticate the bearer credential, read the body only when the
+//! forward-auth endpoints (Envoy `ext_authz` HTTP, nginx `auth_request`) and Envoy `ext_authz`
+//! over gRPC: match a route, authenticate the bearer credential, read the body only when the
 //! route needs it, decide, record. A surface forwards or answers allow only with an [`Allowed`].
+//! The authorizers that answer instead of forwarding (forward-auth, gRPC) share one path,
+//! [`Gate::authorize_target`].
 //!
 //! Architecture invariant: a request that matches no route is a logged deny (`no_route`), and a
 //! decision is handed to the decision log (in required mode: made durable) before the gate
@@ -10,6 +12,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::{HeaderMap, Method};
 
 use crate::audit::AuditLog;
@@ -20,6 +23,7 @@ use crate::routes::{Check, Inputs, Route, Routes};
 use crate::server::Admission;
 use crate::state::State;
 use crate::telemetry::{Endpoint, Metrics};
+use crate::tls::ClientCert;
 use crate::verdict::Verdicts;
 
 pub use crate::decision::REASON_NO_ROUTE;
@@ -34,22 +38,27 @@ pub enum Surface {
     Envoy,
     /// `/v1/authz/nginx`.
     Nginx,
+    /// `envoy.service.auth.v3.Authorization/Check` on the gRPC listener.
+    EnvoyGrpc,
 }
 
 impl Surface {
-    fn as_str(self) -> &'static str {
+    /// As written in a record's `origin` (before `:ROUTE`).
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Proxy => "proxy",
             Self::Envoy => "envoy",
             Self::Nginx => "nginx",
+            Self::EnvoyGrpc => "envoy-grpc",
         }
     }
 
     /// The endpoint its decisions are timed and its responses counted under.
-    fn endpoint(self) -> Endpoint {
+    pub fn endpoint(self) -> Endpoint {
         match self {
             Self::Proxy => Endpoint::Proxy,
             Self::Envoy | Self::Nginx => Endpoint::ForwardAuth,
+            Self::EnvoyGrpc => Endpoint::ExtAuthzGrpc,
         }
     }
 }
@@ -250,6 +259,27 @@ impl Gate {
             .await?
     }
 
+    /// Route, authenticate and decide a request for an authorizer that answers instead of
+    /// forwarding (forward-auth, gRPC `ext_authz`): `Ok(None)` for a public route, an
+    /// [`Allowed`] for an allow, the refusal otherwise. `body` is called with the matched
+    /// route before deciding: it takes the request's in-flight slot and gives the request body
+    /// when the route reads it (`route.body_limit`), `None` when that body cannot be had.
+    pub async fn authorize_target(
+        &self,
+        surface: Surface,
+        target: &Target<'_>,
+        body: impl AsyncFnOnce(&Route) -> Result<Option<Bytes>, ApiError>,
+    ) -> Result<Option<Allowed>, ApiError> {
+        let matched = match self.route(surface, target).await? {
+            Matched::Public(_) => return Ok(None),
+            Matched::Checked(checked) => checked,
+        };
+        let body = body(matched.route).await?;
+        self.authorize(surface, &matched, target, body.as_deref())
+            .await
+            .map(Some)
+    }
+
     /// The verified principal, or the 401 (503 when keys cannot be had) that refuses it.
     async fn authenticate(
         &self,
@@ -319,6 +349,19 @@ pub fn request_span(surface: &'static str, method: &Method, path: &str) -> traci
         path = %path,
         decision_id = tracing::field::Empty
     )
+}
+
+/// Whether the connection's client certificate may ask for decisions (on a listener with
+/// `--client-ca`): 401 without one, 403 when its names are not allowed. Requests without the
+/// extension come from a listener that asks for no certificate.
+pub fn client_allowed(client: Option<&ClientCert>) -> Result<(), ApiError> {
+    match client {
+        None | Some(ClientCert::NotRequired | ClientCert::Allowed { .. }) => Ok(()),
+        Some(ClientCert::Missing) => Err(ApiError::ClientCertificateMissing),
+        Some(ClientCert::NotAllowed { names }) => {
+            Err(ApiError::ClientCertificateNotAllowed(names.clone()))
+        }
+    }
 }
 
 /// The request's admission (see [`crate::server::Admission`]); in-process callers have none.

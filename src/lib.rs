@@ -18,6 +18,7 @@ pub mod config;
 pub mod decision;
 pub mod forward_auth;
 pub mod gate;
+pub mod grpc;
 pub mod hash;
 pub mod http;
 pub mod json;

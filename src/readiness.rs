@@ -25,6 +25,13 @@ pub trait Probe: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// Whoever builds the whole [`Report`] (the decision API, which lists every probe), for another
+/// surface that reports readiness in its own protocol (the gRPC health service).
+pub trait Reporter: Send + Sync + std::fmt::Debug {
+    /// Readiness now.
+    fn report(&self) -> Report;
+}
+
 /// The overall answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

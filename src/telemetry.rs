@@ -32,6 +32,9 @@ pub enum Endpoint {
     Proxy,
     /// `/v1/authz/envoy…`, `/v1/authz/nginx`.
     ForwardAuth,
+    /// Envoy `ext_authz` over gRPC (`--grpc-listen`); the status is the HTTP status the answer
+    /// tells Envoy to send (200 for an allow).
+    ExtAuthzGrpc,
     /// Anything else (404s, 405s).
     Other,
 }
@@ -41,13 +44,14 @@ pub enum Endpoint {
 const COMMON_STATUSES: [u16; 12] = [200, 400, 401, 403, 404, 405, 413, 415, 422, 429, 500, 503];
 
 impl Endpoint {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 8] = [
         Self::Check,
         Self::Batch,
         Self::AuthZen,
         Self::Operations,
         Self::Proxy,
         Self::ForwardAuth,
+        Self::ExtAuthzGrpc,
         Self::Other,
     ];
 
@@ -59,6 +63,7 @@ impl Endpoint {
             Self::Operations => "operations",
             Self::Proxy => "proxy",
             Self::ForwardAuth => "forward_auth",
+            Self::ExtAuthzGrpc => "ext_authz_grpc",
             Self::Other => "other",
         }
     }
@@ -116,6 +121,7 @@ pub struct Metrics {
     batch_seconds: Histogram,
     proxy_seconds: Histogram,
     forward_auth_seconds: Histogram,
+    ext_authz_grpc_seconds: Histogram,
     deny_reasons: IntCounterVec,
     /// `deny_reasons` children by reason, resolved once per reason (the fixed codes at start,
     /// a package's `@reason`s on their first deny) and read without a lock.
@@ -285,6 +291,8 @@ impl Metrics {
             proxy_seconds: check_duration.with_label_values(&[Endpoint::Proxy.as_str()]),
             forward_auth_seconds: check_duration
                 .with_label_values(&[Endpoint::ForwardAuth.as_str()]),
+            ext_authz_grpc_seconds: check_duration
+                .with_label_values(&[Endpoint::ExtAuthzGrpc.as_str()]),
             reason_children: Arc::new(ArcSwap::from_pointee(
                 FIXED_REASONS
                     .iter()
@@ -401,6 +409,7 @@ impl Metrics {
             Endpoint::Batch => &self.batch_seconds,
             Endpoint::Proxy => &self.proxy_seconds,
             Endpoint::ForwardAuth => &self.forward_auth_seconds,
+            Endpoint::ExtAuthzGrpc => &self.ext_authz_grpc_seconds,
             _ => &self.check_seconds,
         };
         histogram.observe(elapsed.as_secs_f64());

@@ -16,6 +16,12 @@ use crate::readiness::{Check, Report, Status};
 use crate::registry::RegistryKind;
 use crate::state::{Loaded, ReloadFailure, State};
 
+impl crate::readiness::Reporter for Api {
+    fn report(&self) -> Report {
+        self.readiness()
+    }
+}
+
 impl Api {
     /// Readiness: `ready`, `degraded` (the last reload failed, the previous version serves) or
     /// `unready` (nothing loaded, or a registered probe fails), with one check per concern.

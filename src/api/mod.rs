@@ -195,7 +195,9 @@ impl Api {
             endpoint,
             Endpoint::Check | Endpoint::Batch | Endpoint::AuthZen | Endpoint::ForwardAuth
         ) {
-            if let Err(refusal) = client_allowed(request.extensions().get::<ClientCert>()) {
+            if let Err(refusal) =
+                crate::gate::client_allowed(request.extensions().get::<ClientCert>())
+            {
                 let response = refusal.into_response();
                 self.metrics.record_response(endpoint, response.status());
                 return response;
@@ -360,18 +362,6 @@ where
     crate::server::read_body(request.into_body(), declared, limit, admission.as_deref())
         .await
         .map_err(ApiError::from)
-}
-
-/// Whether the connection's client certificate may ask for decisions. Requests without the
-/// extension come from a listener that asks for no certificate.
-fn client_allowed(client: Option<&ClientCert>) -> Result<(), ApiError> {
-    match client {
-        None | Some(ClientCert::NotRequired | ClientCert::Allowed { .. }) => Ok(()),
-        Some(ClientCert::Missing) => Err(ApiError::ClientCertificateMissing),
-        Some(ClientCert::NotAllowed { names }) => {
-            Err(ApiError::ClientCertificateNotAllowed(names.clone()))
-        }
-    }
 }
 
 fn is_forward_auth(path: &str) -> bool {

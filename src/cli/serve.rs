@@ -1,6 +1,6 @@
 //! `flex-auth serve`: the composition root. It checks every flag that no waiting can fix before
 //! the first log line (so a `BOOT_FAIL` is the only thing on stderr), loads the files, builds the
-//! API, gate, proxy and admin handlers, binds their listeners and drains them on SIGTERM.
+//! API, gate, proxy, gRPC and admin handlers, binds their listeners and drains them on SIGTERM.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -79,7 +79,13 @@ fn run(args: &ServeArgs) -> Result<ExitCode, ExitCode> {
     if let Some(watcher) = &watcher {
         api = api.with_bundle(Arc::clone(watcher));
     }
-    let (api, proxy) = runtime.block_on(gate_and_proxy(args, &state, api, proxy_config))?;
+    let (api, proxy, gate) = runtime.block_on(gate_and_proxy(args, &state, api, proxy_config))?;
+    // The gRPC listener decides through the same gate; its health service reads the API's
+    // readiness (every probe the API lists).
+    let grpc = args.grpc.grpc_listen.and(gate).map(|gate| {
+        let readiness: Arc<dyn crate::readiness::Reporter> = Arc::new(api.clone());
+        crate::grpc::Grpc::new(gate, readiness, args.grpc.config())
+    });
     let admin = match &args.admin_token_file {
         Some(path) => {
             let max = usize::try_from(args.admin_max_body_bytes).unwrap_or(usize::MAX);
@@ -97,7 +103,16 @@ fn run(args: &ServeArgs) -> Result<ExitCode, ExitCode> {
         None => None,
     };
     let exit = runtime.block_on(listen_until_stopped(
-        args, state, tls, api, admin, proxy, watcher,
+        args,
+        state,
+        tls,
+        Handlers {
+            api,
+            admin,
+            proxy,
+            grpc,
+        },
+        watcher,
     ));
     // Never wait for stray blocking work past the grace: the hard cap is the point.
     runtime.shutdown_timeout(Duration::from_millis(500));
@@ -393,17 +408,30 @@ fn api_config(args: &ServeArgs) -> ApiConfig {
     }
 }
 
+/// The handler of every listener `serve` binds (the decision API always; the others when
+/// their flags ask for them).
+struct Handlers {
+    api: Api,
+    admin: Option<Admin>,
+    proxy: Option<crate::proxy::Proxy>,
+    grpc: Option<crate::grpc::Grpc>,
+}
+
 /// Start the reload triggers and the signal handler, bind every listener, serve until SIGTERM or
 /// SIGINT, and drain. The exit code says whether any request was cut at the grace.
 async fn listen_until_stopped(
     args: &ServeArgs,
     state: Arc<State>,
     tls: Option<Arc<Tls>>,
-    api: Api,
-    admin: Option<Admin>,
-    proxy: Option<crate::proxy::Proxy>,
+    handlers: Handlers,
     watcher: Option<Arc<crate::bundle::watch::Watcher>>,
 ) -> Result<ExitCode, ExitCode> {
+    let Handlers {
+        api,
+        admin,
+        proxy,
+        grpc,
+    } = handlers;
     // Files reload on events, polls and SIGHUP; a bundle on its own polls and SIGHUP. A
     // shadow's files reload on the same triggers (beside a bundle, on their own).
     let _triggers = (watcher.is_none() || state.shadow_state().is_some()).then(|| {
@@ -445,9 +473,36 @@ async fn listen_until_stopped(
         upstream: None,
         cleartext: cleartext_api,
     };
+    // The decision listener and the gRPC listener answer the same kind of question for the
+    // same callers: one in-flight budget for both.
+    let in_flight = crate::server::InFlightLimit::new(limits.max_in_flight);
     let api = api.with_listener(limits.clone(), tls.clone());
-    let main = main.bind(api, &limits, &metrics, tls).await?;
+    let main = main
+        .bind(api, &limits, &metrics, tls.clone())
+        .await?
+        .sharing_in_flight(in_flight.clone());
     let mut serving = Vec::new();
+    if let (Some(grpc), Some(addr)) = (grpc, args.grpc.grpc_listen) {
+        let listener = Listener {
+            addr,
+            name: " (gRPC ext_authz)",
+            message: "gRPC ext_authz listening",
+            scheme: if tls.is_some() { "grpcs" } else { "grpc" },
+            upstream: None,
+            cleartext: tls.is_none().then_some(
+                "gRPC ext_authz serves without TLS on a non-loopback address; requests and tokens travel in cleartext (set --tls-cert/--tls-key)",
+            ),
+        };
+        let grpc_limits = Limits {
+            h2_max_concurrent_streams: args.grpc.grpc_max_concurrent_streams,
+            ..limits.clone()
+        };
+        let server = listener
+            .bind(grpc, &grpc_limits, &metrics, tls.clone())
+            .await?
+            .sharing_in_flight(in_flight);
+        serving.push(tokio::spawn(server.announce().serve(stopped())));
+    }
     if let Some(admin) = admin {
         let listener = Listener {
             addr: args.admin_listen,
@@ -547,6 +602,12 @@ struct Bound<'a, H: Handler> {
 }
 
 impl<H: Handler> Bound<'_, H> {
+    /// Take in-flight slots from `limit`, shared with another listener.
+    fn sharing_in_flight(mut self, limit: crate::server::InFlightLimit) -> Self {
+        self.server = self.server.with_in_flight_limit(limit);
+        self
+    }
+
     /// Log the address (and warn about cleartext off loopback); the server is ready to serve.
     fn announce(self) -> Server<H> {
         let Listener {
@@ -580,6 +641,13 @@ type ProxyConfig = (
 fn proxy_config(args: &ServeArgs) -> Result<Option<ProxyConfig>, ExitCode> {
     let proxy_args = &args.proxy;
     let Some(routes_path) = &proxy_args.routes else {
+        if args.grpc.grpc_listen.is_some() {
+            return Err(boot_fail(
+                "FLEX_AUTH_GRPC_LISTEN",
+                "--grpc-listen needs --routes (and --jwks or --hs256-secret-file): the gRPC ext_authz service decides through the routes",
+                ROUTES_INVALID,
+            ));
+        }
         if proxy_args.upstream.is_some() {
             return Err(boot_fail(
                 "FLEX_AUTH_ROUTES",
@@ -659,18 +727,18 @@ fn proxy_config(args: &ServeArgs) -> Result<Option<ProxyConfig>, ExitCode> {
     Ok(Some((routes, upstream)))
 }
 
-/// With `--routes`: the authenticator, the forward-auth endpoints on the API, and with
-/// `--upstream` the reverse proxy. Configuration that can never work is a `BOOT_FAIL` in every
-/// mode; credentials that cannot be loaded yet are one in production mode, and otherwise leave
-/// the server unready until they load.
+/// With `--routes`: the authenticator, the gate, the forward-auth endpoints on the API, and
+/// with `--upstream` the reverse proxy. Configuration that can never work is a `BOOT_FAIL` in
+/// every mode; credentials that cannot be loaded yet are one in production mode, and otherwise
+/// leave the server unready until they load.
 async fn gate_and_proxy(
     args: &ServeArgs,
     state: &Arc<State>,
     api: Api,
     proxy_config: Option<ProxyConfig>,
-) -> Result<(Api, Option<crate::proxy::Proxy>), ExitCode> {
+) -> Result<(Api, Option<crate::proxy::Proxy>, Option<crate::gate::Gate>), ExitCode> {
     let Some((routes, upstream)) = proxy_config else {
-        return Ok((api, None));
+        return Ok((api, None, None));
     };
     let auth = match crate::auth::Authenticator::new(args.auth.settings()).await {
         Ok(auth) => Arc::new(auth),
@@ -698,9 +766,9 @@ async fn gate_and_proxy(
             None => proxy,
         }
     });
-    let mut api = api.with_gate(gate);
+    let mut api = api.with_gate(gate.clone());
     if let Some(proxy) = &proxy {
         api = api.with_probe(proxy.spawn_probe(UPSTREAM_PROBE_EVERY));
     }
-    Ok((api, proxy))
+    Ok((api, proxy, Some(gate)))
 }

@@ -165,6 +165,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub proxy: ProxyArgs,
 
+    /// Envoy `ext_authz` over gRPC.
+    #[command(flatten)]
+    pub grpc: GrpcArgs,
+
     /// Bearer-credential verification for the proxy and forward-auth.
     #[command(flatten)]
     pub auth: AuthArgs,
@@ -184,6 +188,47 @@ pub struct ServeArgs {
     /// A candidate package evaluated beside the live one (docs/policy-changes.md).
     #[command(flatten)]
     pub shadow: ShadowArgs,
+}
+
+/// `serve --grpc-listen`: Envoy's external authorization service over gRPC (docs/istio.md).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "gRPC ext_authz")]
+pub struct GrpcArgs {
+    /// Address of the gRPC listener (e.g. `127.0.0.1:9191`): Envoy's external authorization
+    /// service `envoy.service.auth.v3.Authorization/Check` (Istio's `envoyExtAuthzGrpc`
+    /// provider) through the same `--routes` and credentials as the proxy, and
+    /// `grpc.health.v1.Health/Check`. Off by default. Uses the decision listener's TLS
+    /// (`--tls-cert`, `--client-ca`, `--client-allowed-san`) and shares its `--max-in-flight`.
+    #[arg(long, env = "FLEX_AUTH_GRPC_LISTEN", value_name = "ADDR")]
+    pub grpc_listen: Option<SocketAddr>,
+
+    /// Largest `CheckRequest` message (the request's headers and the body Envoy forwards with
+    /// `with_request_body`), in bytes; a larger one is denied with 413.
+    #[arg(long, env = "FLEX_AUTH_GRPC_MAX_MESSAGE_BYTES", value_name = "BYTES", default_value_t = 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..=64 * 1024 * 1024))]
+    pub grpc_max_message_bytes: u64,
+
+    /// Concurrent calls one HTTP/2 connection to the gRPC listener may carry (Envoy sends every
+    /// check of a worker over one connection). The in-flight limit still applies.
+    #[arg(long, env = "FLEX_AUTH_GRPC_MAX_CONCURRENT_STREAMS", value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub grpc_max_concurrent_streams: u32,
+
+    /// Longest a check may take before it is denied with 503 `deadline_exceeded`. A caller's
+    /// sooner `grpc-timeout` (Envoy's `timeout`, 200ms by default) shortens it to nine tenths of
+    /// that, so the deny arrives before the caller gives up (and perhaps allows).
+    #[arg(long, env = "FLEX_AUTH_GRPC_CALL_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = parse_positive_duration)]
+    pub grpc_call_timeout: Duration,
+}
+
+impl GrpcArgs {
+    /// The handler's own limits.
+    pub fn config(&self) -> crate::grpc::GrpcConfig {
+        crate::grpc::GrpcConfig {
+            max_message_bytes: usize::try_from(self.grpc_max_message_bytes).unwrap_or(usize::MAX),
+            call_timeout: self.grpc_call_timeout,
+        }
+    }
 }
 
 /// `serve --shadow-policy`: a candidate policy package (and optionally registry) evaluated on
@@ -449,7 +494,8 @@ pub struct LimitsArgs {
     pub max_connections: u64,
 
     /// Requests one listener handles at once; further ones get 503 `overloaded` with
-    /// `Retry-After` at once (never queued). `/healthz` and `/readyz` are exempt.
+    /// `Retry-After` at once (never queued). `/healthz`, `/readyz` and the gRPC health service
+    /// are exempt. The gRPC listener shares the decision listener's budget.
     #[arg(long, env = "FLEX_AUTH_MAX_IN_FLIGHT", value_name = "N", default_value_t = 1024,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_in_flight: u64,

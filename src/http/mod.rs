@@ -10,7 +10,8 @@
 //! they happen.
 //!
 //! `json_body` turns JSON parse errors into field-path errors: the one place that reads
-//! serde's messages.
+//! serde's messages. `Buffered` is a whole response body with optional trailers (gRPC's status
+//! travels in them), the body type of answers built in memory.
 
 use ::http::header::{
     HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
@@ -33,6 +34,56 @@ use crate::decision::{Decision, DecisionId, Engine, Outcome, PolicyError, Reques
 pub const DECISION_HEADER: &str = "x-flex-auth-decision-id";
 /// The header carrying the authenticated subject to the upstream.
 pub const SUBJECT_HEADER: &str = "x-flex-auth-subject";
+
+/// A response body held whole in memory, optionally followed by trailers: a JSON answer, or a
+/// gRPC message with its `grpc-status` trailer. One data frame, then the trailers, then the end.
+#[derive(Debug, Default)]
+pub struct Buffered {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl Buffered {
+    /// A body of `data` (nothing when empty).
+    pub fn new(data: impl Into<Bytes>) -> Self {
+        let data: Bytes = data.into();
+        Self {
+            data: (!data.is_empty()).then_some(data),
+            trailers: None,
+        }
+    }
+
+    /// The same body followed by `trailers`.
+    pub fn with_trailers(mut self, trailers: HeaderMap) -> Self {
+        self.trailers = Some(trailers);
+        self
+    }
+}
+
+impl hyper::body::Body for Buffered {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let frame = match self.data.take() {
+            Some(data) => Some(hyper::body::Frame::data(data)),
+            None => self.trailers.take().map(hyper::body::Frame::trailers),
+        };
+        std::task::Poll::Ready(frame.map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        let len = self.data.as_ref().map_or(0, |d| d.len() as u64);
+        hyper::body::SizeHint::with_exact(len)
+    }
+}
 
 /// What a 401 says about a refused credential: its problem, never its content.
 pub fn www_authenticate(problem: &str) -> HeaderValue {
@@ -159,6 +210,16 @@ pub enum ApiError {
     },
     /// The route reads the body, which forward-auth does not receive.
     BodyUnavailable(String),
+    /// The route reads the body, and the caller sent only its first part (Envoy's
+    /// `with_request_body` with `allow_partial_message`): 413.
+    BodyPartial {
+        /// The route.
+        route: String,
+        /// The bytes received.
+        received: usize,
+    },
+    /// A binary (protobuf / gRPC) request message that cannot be read: 400.
+    MalformedMessage(String),
     /// The upstream refused the connection or failed mid-answer (502).
     UpstreamUnavailable(String),
     /// The upstream did not answer in time (504).
@@ -267,6 +328,7 @@ impl ApiError {
             | Self::Request(_)
             | Self::AmbiguousPath(_)
             | Self::RouteInput { .. }
+            | Self::MalformedMessage(_)
             | Self::BodyRead(_) => StatusCode::BAD_REQUEST,
             Self::Unauthenticated {
                 unavailable: true, ..
@@ -280,7 +342,9 @@ impl ApiError {
             | Self::ClientCertificateNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::BodyTooLarge { .. } | Self::BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTooLarge { .. } | Self::BatchTooLarge { .. } | Self::BodyPartial { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
@@ -431,6 +495,16 @@ impl ApiError {
                 format!("route `{route}` decides on the request body, which this endpoint does not receive; denied"),
                 None,
             ),
+            Self::BodyPartial { route, received } => (
+                "body_partial",
+                format!("route `{route}` decides on the request body, and only its first {received} bytes arrived (raise the proxy's body buffer, e.g. Envoy's `with_request_body.max_request_bytes`); denied"),
+                None,
+            ),
+            Self::MalformedMessage(m) => (
+                "malformed_message",
+                format!("the request message cannot be read: {m}"),
+                None,
+            ),
             Self::UpstreamUnavailable(m) => ("upstream_unavailable", m.clone(), None),
             Self::UpstreamTimeout(after) => (
                 "upstream_timeout",
@@ -459,6 +533,11 @@ impl ApiError {
         }
     }
 
+    /// The stable, machine-readable `error.code`.
+    pub fn code(&self) -> &'static str {
+        self.body().code
+    }
+
     /// The error object with `prefix` before its field (`checks[3].context.ttl_hours`).
     pub fn body_with_field_prefix(&self, prefix: &str) -> ErrorBody {
         let mut body = self.body();
@@ -471,6 +550,12 @@ impl ApiError {
 
     /// The HTTP response for this error: the one place errors become status codes.
     pub fn into_response(self) -> Response<Full<Bytes>> {
+        self.render().map(Full::new)
+    }
+
+    /// [`ApiError::into_response`] with the body as bytes, for a surface that carries the
+    /// answer in another envelope (gRPC ext_authz's denied response).
+    pub fn render(self) -> Response<Bytes> {
         let status = self.status();
         let body = self.body();
         let payload = match &self {
@@ -489,7 +574,7 @@ impl ApiError {
             }
             _ => serde_json::json!({"error": body}),
         };
-        let mut response = json_response(status, &payload);
+        let mut response = json_bytes(status, &payload);
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
@@ -524,6 +609,11 @@ impl ApiError {
 
 /// A JSON response with `status` (503 if, against expectation, `body` cannot be encoded).
 pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+    json_bytes(status, body).map(Full::new)
+}
+
+/// [`json_response`] with the body as bytes.
+pub fn json_bytes<T: Serialize>(status: StatusCode, body: &T) -> Response<Bytes> {
     // Serializing our own response types cannot fail (string keys, no custom serializers that
     // error); should it ever, answer 503 rather than an empty 200.
     // A decision answer is ~300 bytes: one allocation, not a doubling from empty.
@@ -535,7 +625,7 @@ pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Ful
             br#"{"error":{"code":"internal_error","message":"could not encode the response"},"fail_closed":true}"#.to_vec(),
         ),
     };
-    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    let mut response = Response::new(Bytes::from(bytes));
     *response.status_mut() = status;
     response
         .headers_mut()

@@ -10,23 +10,23 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::{Either, Full};
+use http::{Request, Response};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpStream;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 
+use crate::http::Buffered;
 use crate::telemetry::Metrics;
 use crate::tls::{ClientCert, Tls};
 
 use super::admission::Budget;
-use super::{http_builder, Admission, Handler, Limits, PeerAddr, MAX_PERMITS};
+use super::{http_builder, Admission, Handler, InFlightLimit, Limits, PeerAddr, Refusal};
 
 /// What every connection task of one listener shares.
 pub(super) struct Shared<H> {
@@ -49,12 +49,13 @@ impl<H> Shared<H> {
         limits: Limits,
         tls: Option<Arc<Tls>>,
         metrics: Option<Metrics>,
+        in_flight: InFlightLimit,
         closing: watch::Receiver<bool>,
     ) -> Self {
         Self {
             handler,
             budget: Arc::new(Budget {
-                in_flight: Arc::new(Semaphore::new(limits.max_in_flight.clamp(1, MAX_PERMITS))),
+                in_flight: in_flight.0,
                 body_read_timeout: limits.body_read_timeout,
                 metrics: metrics.clone(),
             }),
@@ -276,7 +277,7 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
     }
 }
 
-type ServerBody<B> = Either<Tracked<B>, Full<Bytes>>;
+type ServerBody<B> = Either<Tracked<B>, Buffered>;
 
 async fn serve_http<H, I>(
     shared: Arc<Shared<H>>,
@@ -299,7 +300,7 @@ async fn serve_http<H, I>(
         let shared = Arc::clone(&shared);
         let activity = Arc::clone(&activity);
         ServiceBuilder::new()
-            .layer(CatchPanicLayer::custom(panic_response))
+            .layer(CatchPanicLayer::custom(PanicAnswer(Arc::clone(&shared))))
             .service_fn(move |request: Request<Incoming>| {
                 answer(
                     Arc::clone(&shared),
@@ -377,10 +378,7 @@ async fn answer<H: Handler>(
     ));
     // A request with a body is admitted by its handler once the body is in (see `Admission`).
     if request.body().is_end_stream() && admission.admit().is_err() {
-        return Ok(refusal(
-            "overloaded",
-            "too many requests in flight; retry shortly (treat as deny)",
-        ));
+        return Ok(refused(&shared.handler, Refusal::Overloaded));
     }
     let in_flight = InFlight::new(activity, Arc::clone(&admission));
     request.extensions_mut().insert(PeerAddr(peer));
@@ -403,40 +401,33 @@ async fn answer<H: Handler>(
                 metrics.deadline_exceeded();
             }
             tracing::warn!(%peer, deadline = %humantime::format_duration(deadline), "request deadline exceeded; answered 503");
-            Ok(refusal(
-                "deadline_exceeded",
-                "no answer within the request deadline (treat as deny)",
-            ))
+            Ok(refused(&shared.handler, Refusal::DeadlineExceeded))
         }
     }
 }
 
-/// A fail-closed 503 with `Retry-After` from the connection layer.
-fn refusal<B>(code: &str, message: &str) -> Response<Either<B, Full<Bytes>>> {
-    let body = serde_json::json!({
-        "error": {"code": code, "message": message},
-        "fail_closed": true,
-    });
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
-    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    let headers = response.headers_mut();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-    response
+/// What a panicking handler's request is answered: the handler's own refusal.
+struct PanicAnswer<H>(Arc<Shared<H>>);
+
+impl<H> Clone for PanicAnswer<H> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
 }
 
-fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response<Full<Bytes>> {
-    tracing::error!("handler panicked; answered 503");
-    let mut response = Response::new(Full::new(Bytes::from_static(
-        br#"{"error":{"code":"internal_error","message":"internal error, treat as deny"},"fail_closed":true}"#,
-    )));
-    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+impl<H: Handler> tower_http::catch_panic::ResponseForPanic for PanicAnswer<H> {
+    type ResponseBody = Buffered;
+
+    fn response_for_panic(
+        &mut self,
+        _: Box<dyn std::any::Any + Send + 'static>,
+    ) -> Response<Buffered> {
+        tracing::error!("handler panicked; answered 503");
+        self.0.handler.refusal(Refusal::Panicked)
+    }
+}
+
+/// The handler's answer to a request the connection layer refuses.
+fn refused<H: Handler>(handler: &H, refusal: Refusal) -> Response<ServerBody<H::Body>> {
+    handler.refusal(refusal).map(Either::Right)
 }

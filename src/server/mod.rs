@@ -22,6 +22,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
+use crate::http::Buffered;
 use crate::telemetry::Metrics;
 use crate::tls::Tls;
 
@@ -47,6 +48,80 @@ pub trait Handler: Clone + Send + Sync + 'static {
     fn exempt_from_shedding(&self, request: &Request<Incoming>) -> bool {
         let _ = request;
         false
+    }
+
+    /// The answer, in this handler's protocol, to a request the server refuses itself (over the
+    /// in-flight limit, past the request deadline, a handler that panicked). By default a JSON
+    /// 503 with `Retry-After` and `fail_closed: true`; a gRPC handler answers a deny message
+    /// instead, so that a caller that allows on transport errors still gets a deny.
+    fn refusal(&self, refusal: Refusal) -> Response<Buffered> {
+        refusal.json().map(Buffered::new)
+    }
+}
+
+/// Why the server answered a request without (or instead of) its handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `--max-in-flight` is reached.
+    Overloaded,
+    /// No response headers within `--request-timeout`.
+    DeadlineExceeded,
+    /// The handler panicked.
+    Panicked,
+}
+
+impl Refusal {
+    /// The stable `error.code`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Overloaded => "overloaded",
+            Self::DeadlineExceeded => "deadline_exceeded",
+            Self::Panicked => "internal_error",
+        }
+    }
+
+    /// What it says to a person.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::Overloaded => "too many requests in flight; retry shortly (treat as deny)",
+            Self::DeadlineExceeded => "no answer within the request deadline (treat as deny)",
+            Self::Panicked => "internal error, treat as deny",
+        }
+    }
+
+    /// The JSON 503 every HTTP handler answers: `Retry-After` unless the handler failed.
+    pub fn json(self) -> Response<Bytes> {
+        let body = serde_json::json!({
+            "error": {"code": self.code(), "message": self.message()},
+            "fail_closed": true,
+        });
+        let mut response = Response::new(Bytes::from(body.to_string()));
+        *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        if self != Self::Panicked {
+            headers.insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+        }
+        response
+    }
+}
+
+/// An in-flight budget (`--max-in-flight`) that several listeners share: the gRPC ext_authz
+/// listener takes its slots from the decision listener's, so the two together never handle more
+/// than the one limit.
+#[derive(Debug, Clone)]
+pub struct InFlightLimit(Arc<Semaphore>);
+
+impl InFlightLimit {
+    /// A budget of `max` requests at once.
+    pub fn new(max: usize) -> Self {
+        Self(Arc::new(Semaphore::new(max.clamp(1, MAX_PERMITS))))
     }
 }
 
@@ -133,6 +208,7 @@ pub struct Server<H> {
     limits: Limits,
     tls: Option<Arc<Tls>>,
     metrics: Option<Metrics>,
+    in_flight: Option<InFlightLimit>,
 }
 
 impl<H: Handler> Server<H> {
@@ -145,7 +221,15 @@ impl<H: Handler> Server<H> {
             limits,
             tls: None,
             metrics: None,
+            in_flight: None,
         })
+    }
+
+    /// Take in-flight slots from `limit` (shared with other listeners) instead of a budget of
+    /// this listener's own `max_in_flight`.
+    pub fn with_in_flight_limit(mut self, limit: InFlightLimit) -> Self {
+        self.in_flight = Some(limit);
+        self
     }
 
     /// Serve HTTPS with `tls` (ALPN h2 and http/1.1) instead of plain HTTP.
@@ -172,11 +256,15 @@ impl<H: Handler> Server<H> {
         let max_connections = limits.max_connections.clamp(1, MAX_PERMITS);
         let connections = Arc::new(Semaphore::new(max_connections));
         let (close_tx, close_rx) = watch::channel(false);
+        let in_flight = self
+            .in_flight
+            .unwrap_or_else(|| InFlightLimit::new(limits.max_in_flight));
         let shared = Arc::new(Shared::new(
             self.handler,
             limits,
             self.tls,
             self.metrics,
+            in_flight,
             close_rx,
         ));
         let mut refused_logged: Option<Instant> = None;
