@@ -1130,3 +1130,342 @@ impl hyper::body::Body for Stalled {
         }
     }
 }
+
+/// What a generated check carries: each part from a small set of values that matter (valid,
+/// wrong, hostile) or arbitrary, so the cases reach the gate rather than stopping at the first
+/// unreadable field.
+#[derive(Debug, Clone)]
+struct Described {
+    method: String,
+    path: String,
+    host: String,
+    /// Which credential, and how often it is sent (0, 1 or 2 `authorization` headers).
+    credential: Credential,
+    credential_copies: usize,
+    /// `authorization` spelled `Authorization` (a duplicate by case in `headers`).
+    credential_capitalised: bool,
+    other_headers: Vec<(String, String)>,
+    body: String,
+    body_as_raw: bool,
+    /// Headers sent as `header_map` (raw, repeats kept) rather than `headers`.
+    raw: bool,
+    /// Both `headers` and `header_map` set.
+    both_lists: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Credential {
+    Demo,
+    Blocked,
+    Forged,
+    Garbage,
+}
+
+fn described() -> impl proptest::strategy::Strategy<Value = Described> {
+    use proptest::prelude::*;
+    let method = prop_oneof![
+        Just("POST".to_owned()),
+        Just("GET".to_owned()),
+        Just("post".to_owned()),
+        Just(String::new()),
+        "[A-Za-z \\x00-\\x1f]{0,8}",
+    ];
+    let path = prop_oneof![
+        Just("/v1/mint-aws-creds".to_owned()),
+        Just("/v1/mint?role=aws:demo-readonly".to_owned()),
+        Just("/v1/mint?role=aws:demo-readonly&role=aws:admin".to_owned()),
+        Just("/healthz".to_owned()),
+        Just("/v1/mint-aws-creds?".to_owned()),
+        Just("//v1/mint-aws-creds".to_owned()),
+        Just("/v1/%6dint-aws-creds".to_owned()),
+        Just("/v1/./mint-aws-creds".to_owned()),
+        Just(String::new()),
+        "\\PC{0,24}",
+    ];
+    let credential = prop_oneof![
+        Just(Credential::Demo),
+        Just(Credential::Blocked),
+        Just(Credential::Forged),
+        Just(Credential::Garbage),
+    ];
+    let header_name = prop_oneof![
+        Just("x-flex-auth-decision-id".to_owned()),
+        Just("x-flex-auth-subject".to_owned()),
+        Just("x-flex-auth-role".to_owned()),
+        Just("content-length".to_owned()),
+        Just("x-envoy-auth-partial-body".to_owned()),
+        Just("host".to_owned()),
+        Just(":path".to_owned()),
+        Just("X-Flex-Auth-Subject".to_owned()),
+        "[a-zA-Z0-9:_ -]{0,12}",
+    ];
+    let header_value = prop_oneof![
+        Just("admin".to_owned()),
+        Just("true".to_owned()),
+        Just("1".to_owned()),
+        Just("100000".to_owned()),
+        "\\PC{0,16}",
+        "[\\x00-\\x7f]{0,8}",
+    ];
+    let body = prop_oneof![
+        Just(MINT_BODY.to_owned()),
+        Just(r#"{"role": "aws:demo-readonly", "role": "aws:admin", "ttl_hours": 1}"#.to_owned()),
+        Just(r#"{"role": "aws:demo-readonly", "ttl_hours": 100}"#.to_owned()),
+        Just(String::new()),
+        "\\PC{0,80}",
+    ];
+    (
+        (
+            method,
+            path,
+            prop_oneof![Just("broker.example".to_owned()), "\\PC{0,12}"],
+        ),
+        (credential, 0usize..=2, any::<bool>()),
+        proptest::collection::vec((header_name, header_value), 0..4),
+        (body, any::<bool>()),
+        (any::<bool>(), proptest::bool::weighted(0.1)),
+    )
+        .prop_map(
+            |(
+                (method, path, host),
+                (credential, credential_copies, credential_capitalised),
+                other_headers,
+                (body, body_as_raw),
+                (raw, both_lists),
+            )| Described {
+                method,
+                path,
+                host,
+                credential,
+                credential_copies,
+                credential_capitalised,
+                other_headers,
+                body,
+                body_as_raw,
+                raw,
+                both_lists,
+            },
+        )
+}
+
+impl Described {
+    fn token(&self, f: &Fixture) -> String {
+        match self.credential {
+            Credential::Demo => f.token("agent-demo"),
+            Credential::Blocked => f.token("agent-blocked"),
+            Credential::Forged => {
+                TestKey::ed25519("k1").sign(&claims("agent-demo", ISSUER, AUDIENCE))
+            }
+            Credential::Garbage => "a.b.c".to_owned(),
+        }
+    }
+
+    /// Every header in the order it is sent (`authorization` first).
+    fn headers(&self, token: &str) -> Vec<(String, String)> {
+        let name = if self.credential_capitalised {
+            "Authorization"
+        } else {
+            "authorization"
+        };
+        let mut headers: Vec<(String, String)> = (0..self.credential_copies)
+            .map(|_| (name.to_owned(), format!("Bearer {token}")))
+            .collect();
+        headers.extend(self.other_headers.iter().cloned());
+        headers
+    }
+
+    fn request(&self, token: &str) -> CheckRequest {
+        let headers = self.headers(token);
+        let map = || headers.iter().cloned().collect::<HashMap<_, _>>();
+        let raw = || ProtoHeaderMap {
+            headers: headers
+                .iter()
+                .map(|(k, v)| HeaderValue {
+                    key: k.clone(),
+                    raw_value: v.as_bytes().to_vec(),
+                    ..HeaderValue::default()
+                })
+                .collect(),
+        };
+        let (body, raw_body) = if self.body_as_raw {
+            (String::new(), self.body.as_bytes().to_vec())
+        } else {
+            (self.body.clone(), Vec::new())
+        };
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(Request {
+                    http: Some(HttpRequest {
+                        method: self.method.clone(),
+                        path: self.path.clone(),
+                        host: self.host.clone(),
+                        headers: if self.raw && !self.both_lists {
+                            HashMap::new()
+                        } else {
+                            map()
+                        },
+                        header_map: (self.raw || self.both_lists).then(raw),
+                        body,
+                        raw_body,
+                        ..HttpRequest::default()
+                    }),
+                    ..Request::default()
+                }),
+                ..AttributeContext::default()
+            }),
+        }
+    }
+
+    /// Could flex-auth allow this? Only a public route, or one valid, unsuspended credential
+    /// sent exactly once, in one header list that names nothing twice.
+    fn may_be_allowed(&self, token: &str) -> bool {
+        let public = self.method == "GET" && self.path == "/healthz";
+        let mut sent = self.headers(token);
+        if !self.raw {
+            // `headers` is a map: the same key twice is one entry (the last).
+            let map: HashMap<_, _> = sent.into_iter().collect();
+            sent = map.into_iter().collect();
+        }
+        let credentials: Vec<&String> = sent
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            .map(|(_, v)| v)
+            .collect();
+        let one_valid_credential =
+            self.credential == Credential::Demo && credentials == [&format!("Bearer {token}")];
+        let one_list = !self.both_lists || sent.is_empty();
+        one_list && (public || one_valid_credential)
+    }
+}
+
+/// Checks `request` (or raw `body`) and returns the answer, asserting what holds for every
+/// answer: a successful call carrying a `CheckResponse`; a deny with a non-OK code, an HTTP
+/// error status and flex-auth's JSON body; never a handler panic.
+async fn any_answer(f: &Fixture, body: Bytes) -> CheckResponse {
+    let response = decode_answer(&call(f.grpc, CHECK_PATH, &[], body).await);
+    let code = response.status.as_ref().map_or(0, |s| s.code);
+    match &response.http_response {
+        Some(HttpResponse::OkResponse(_)) => assert_eq!(code, 0, "an allow carries OK"),
+        Some(HttpResponse::DeniedResponse(_)) => {
+            let deny = denied(&response);
+            assert!((400..=599).contains(&deny.status), "{}", deny.status);
+            assert_ne!(
+                deny.body["error"]["code"], "internal_error",
+                "a handler panicked"
+            );
+            assert!(
+                deny.body.get("decision_id").is_some() || deny.body.get("error").is_some(),
+                "{}",
+                deny.body
+            );
+        }
+        other => panic!("an answer without an HTTP response: {other:?}"),
+    }
+    response
+}
+
+fn is_allow(response: &CheckResponse) -> bool {
+    matches!(response.http_response, Some(HttpResponse::OkResponse(_)))
+}
+
+/// Any `CheckRequest`: always answered with a message, never an allow for a request that is
+/// malformed, ambiguous or carries a credential that is not exactly one valid token; an allow
+/// always carries flex-auth's decision headers and removes every other incoming `x-flex-auth-*`.
+#[test]
+fn arbitrary_check_requests_never_panic_and_never_allow_on_error() {
+    use proptest::test_runner::{Config, TestRunner};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let f = runtime.block_on(fixture(Options::default()));
+    let mut runner = TestRunner::new(Config {
+        cases: 256,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let allows = std::cell::Cell::new(0u32);
+    runner
+        .run(&described(), |d| {
+            let token = d.token(&f);
+            let request = d.request(&token);
+            let response = runtime.block_on(any_answer(&f, framed(&request.encode_to_vec())));
+            if is_allow(&response) {
+                allows.set(allows.get() + 1);
+                assert!(d.may_be_allowed(&token), "allowed: {d:?}");
+                let (set, removed) = allowed(&response);
+                // A public route is not decided; anything else carries its decision id.
+                let public = d.method == "GET" && d.path == "/healthz";
+                assert!(
+                    public
+                        || set
+                            .get(DECISION_HEADER_NAME)
+                            .is_some_and(|id| is_decision_id(id)),
+                    "{set:?}"
+                );
+                for (name, _) in d.headers(&token) {
+                    let name = name.to_ascii_lowercase();
+                    if name.starts_with("x-flex-auth-")
+                        && name != DECISION_HEADER_NAME
+                        && name != "x-flex-auth-subject"
+                    {
+                        assert!(removed.contains(&name), "{name} not removed: {removed:?}");
+                    }
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    // The generator reaches allows as well as refusals, or the property says nothing.
+    assert!((1..256).contains(&allows.get()), "{} allows", allows.get());
+}
+
+const DECISION_HEADER_NAME: &str = "x-flex-auth-decision-id";
+
+/// Arbitrary bytes, and a valid allowed check with bytes flipped: always a message, and an allow
+/// only when the bytes still decode to a request carrying the valid token unchanged.
+#[test]
+fn arbitrary_and_corrupted_messages_are_denied_unless_they_still_say_the_same() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let f = runtime.block_on(fixture(Options::default()));
+    let token = f.token("agent-demo");
+    let valid = mint(&token, &[]).encode_to_vec();
+    let len = valid.len();
+    let strategy = prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..512),
+        proptest::collection::vec((0..len, any::<u8>()), 1..4).prop_map(move |flips| {
+            let mut bytes = valid.clone();
+            for (at, byte) in flips {
+                bytes[at] = byte;
+            }
+            bytes
+        }),
+    ];
+    let mut runner = TestRunner::new(Config {
+        cases: 256,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&strategy, |bytes| {
+            let response = runtime.block_on(any_answer(&f, framed(&bytes)));
+            if is_allow(&response) {
+                let request = CheckRequest::decode(bytes.as_slice()).unwrap();
+                let http = request.attributes.unwrap().request.unwrap().http.unwrap();
+                assert_eq!(
+                    http.headers.get("authorization"),
+                    Some(&format!("Bearer {token}")),
+                    "allowed without the valid credential"
+                );
+            }
+            Ok(())
+        })
+        .unwrap();
+}
