@@ -368,6 +368,7 @@ struct Running {
     child: Child,
     main: SocketAddr,
     proxy: Option<SocketAddr>,
+    grpc: Option<SocketAddr>,
     _root: tempfile::TempDir,
 }
 
@@ -425,6 +426,7 @@ fn run_container(
         "FLEX_AUTH_LISTEN",
         "FLEX_AUTH_PROXY_LISTEN",
         "FLEX_AUTH_ADMIN_LISTEN",
+        "FLEX_AUTH_GRPC_LISTEN",
     ] {
         if env.contains_key(listen) {
             env.insert(listen.to_owned(), "127.0.0.1:0".to_owned());
@@ -478,10 +480,11 @@ fn run_container(
         }
     });
     let wants_proxy = env.contains_key("FLEX_AUTH_UPSTREAM");
-    let (mut main, mut proxy) = (None, None);
+    let wants_grpc = env.contains_key("FLEX_AUTH_GRPC_LISTEN");
+    let (mut main, mut proxy, mut grpc) = (None, None, None);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut seen = Vec::new();
-    while main.is_none() || (wants_proxy && proxy.is_none()) {
+    while main.is_none() || (wants_proxy && proxy.is_none()) || (wants_grpc && grpc.is_none()) {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let Ok((message, addr, line)) = rx.recv_timeout(left) else {
             panic!(
@@ -493,6 +496,7 @@ fn run_container(
         match message.as_str() {
             "listening" => main = addr.parse().ok(),
             "proxy listening" => proxy = addr.parse().ok(),
+            "gRPC ext_authz listening" => grpc = addr.parse().ok(),
             _ => seen.push(line),
         }
     }
@@ -500,6 +504,7 @@ fn run_container(
         child,
         main: main.unwrap(),
         proxy,
+        grpc,
         _root: root,
     }
 }
@@ -644,6 +649,203 @@ async fn the_broker_sidecar_of_deploy_lets_through_only_what_the_policy_allows()
     assert_eq!(denied.json()["reasons"], json!(["actor_suspended"]));
     let anonymous = send(proxy, Method::POST, "/v1/mint-aws-creds", &[], "{}").await;
     assert_eq!(anonymous.status, 401);
+}
+
+/// The Istio example's resources agree with each other: the CUSTOM policy names a provider of
+/// the mesh config, which names the ServiceEntry's host and port, which is the loopback address
+/// the flex-auth sidecar serves gRPC on; the policy selects the pod; and Envoy may send the body
+/// of every route that reads one.
+#[test]
+fn the_istio_example_wires_the_provider_to_the_sidecar() {
+    let (pod_labels, sidecar, provider, _) = istio_example();
+    // The same security, probe, drain and FLEX_AUTH_* checks as the other manifests.
+    for (name, pod) in pod_specs(&documents(&read("deploy/examples/istio/broker-mesh.yaml"))) {
+        check_pod(&name, &pod);
+    }
+    let policy = &documents(&read("deploy/examples/istio/authorization-policy.yaml"))[0];
+    assert_eq!(policy["spec"]["action"], "CUSTOM");
+    for (key, value) in policy["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(
+            &pod_labels[key], value,
+            "the policy selects the pod by {key}"
+        );
+    }
+    let entry = &documents(&read("deploy/examples/istio/service-entry.yaml"))[0];
+    assert!(entry["spec"]["hosts"]
+        .as_array()
+        .unwrap()
+        .contains(&provider["service"]));
+    assert_eq!(entry["spec"]["ports"][0]["number"], provider["port"]);
+    assert_eq!(entry["spec"]["ports"][0]["protocol"], "GRPC");
+    assert_eq!(entry["spec"]["endpoints"][0]["address"], "127.0.0.1");
+    assert_eq!(
+        env_of(&sidecar)["FLEX_AUTH_GRPC_LISTEN"],
+        format!("127.0.0.1:{}", provider["port"])
+    );
+    assert_eq!(
+        provider["failOpen"], false,
+        "docs/istio.md: keep failOpen false"
+    );
+    let body = &provider["includeRequestBodyInCheck"];
+    assert_eq!(body["allowPartialMessage"], false);
+    let routes =
+        Objects::from_kustomization("deploy").config_maps["broker-routes"]["routes.yaml"].clone();
+    let routes = &documents(&routes)[0]["routes"];
+    for route in routes.as_array().unwrap() {
+        if let Some(limit) = route["body_limit"].as_u64() {
+            assert!(
+                body["maxRequestBytes"].as_u64().unwrap() >= limit,
+                "Envoy must send the whole body of {}",
+                route["name"]
+            );
+        }
+    }
+    let telemetry = &documents(&read("deploy/examples/istio/telemetry.yaml"))[0];
+    let operator = &documents(&read("deploy/examples/istio/istio-operator.yaml"))[0];
+    let names: Vec<&Value> = operator["spec"]["meshConfig"]["extensionProviders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["name"])
+        .collect();
+    assert!(names.contains(&&telemetry["spec"]["accessLogging"][0]["providers"][0]["name"]));
+}
+
+/// The broker pod's labels, its flex-auth sidecar, and the `envoyExtAuthzGrpc` provider its
+/// CUSTOM policy names (with the access log provider's labels).
+fn istio_example() -> (serde_json::Map<String, Value>, Value, Value, Value) {
+    let docs = documents(&read("deploy/examples/istio/broker-mesh.yaml"));
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let labels = deployment["spec"]["template"]["metadata"]["labels"]
+        .as_object()
+        .unwrap()
+        .clone();
+    let (_, pod) = pod_specs(&docs).remove(0);
+    let sidecar = containers(&pod).into_iter().find(is_flex_auth).unwrap();
+    let policy = &documents(&read("deploy/examples/istio/authorization-policy.yaml"))[0];
+    let operator = &documents(&read("deploy/examples/istio/istio-operator.yaml"))[0];
+    let providers = operator["spec"]["meshConfig"]["extensionProviders"]
+        .as_array()
+        .unwrap();
+    let provider = providers
+        .iter()
+        .find(|p| p["name"] == policy["spec"]["provider"]["name"])
+        .expect("the policy's provider is in the mesh config")["envoyExtAuthzGrpc"]
+        .clone();
+    let log = providers
+        .iter()
+        .find_map(|p| p.get("envoyFileAccessLog"))
+        .unwrap()["logFormat"]["labels"]
+        .clone();
+    (labels, sidecar, provider, log)
+}
+
+/// The Istio example's flex-auth sidecar, run as its manifest says, behind a real Envoy with the
+/// ext_authz filter Istio generates from the `envoyExtAuthzGrpc` provider (its timeout, failOpen
+/// and request body settings) and the access log format of `envoyFileAccessLog`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_istio_example_sidecar_decides_for_envoy_configured_from_its_provider() {
+    let Some(envoy_bin) = support::envoy_binary() else {
+        return;
+    };
+    let (_, sidecar, provider, log_labels) = istio_example();
+    let objects = Objects::from_kustomization("deploy");
+    let docs = documents(&read("deploy/examples/istio/broker-mesh.yaml"));
+    let (_, pod) = pod_specs(&docs).remove(0);
+    let running = run_container(&pod, &sidecar, &objects, &[]);
+    wait_ready(running.main).await;
+    let grpc = running.grpc.expect("the sidecar serves gRPC");
+    let body = &provider["includeRequestBodyInCheck"];
+    let ext_authz = support::envoy::ExtAuthz {
+        failure_mode_allow: provider["failOpen"].as_bool().unwrap(),
+        timeout: provider["timeout"].as_str().unwrap().to_owned(),
+        max_request_bytes: body["maxRequestBytes"].as_u64().unwrap(),
+        allow_partial_message: body["allowPartialMessage"].as_bool().unwrap(),
+        pack_as_bytes: body["packAsBytes"].as_bool().unwrap(),
+        // The access log format of the mesh config, as Istio writes it (labels → JSON fields).
+        access_log: log_labels
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+            .collect(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = support::broker::Upstream::start().await;
+    let (listen, admin) = (support::free_port(), support::free_port());
+    let config = support::envoy::config(
+        dir.path(),
+        listen,
+        admin,
+        grpc.port(),
+        upstream.addr,
+        &ext_authz,
+    );
+    let _envoy = support::envoy::start(&envoy_bin, &config, dir.path(), listen).await;
+    let envoy = SocketAddr::from(([127, 0, 0, 1], listen));
+
+    let secret = objects.secrets["broker-hs256"]["hs256.secret"].clone();
+    let key = jwt::TestKey::hs256(secret.strip_suffix('\n').unwrap_or(&secret).as_bytes());
+    let env = env_of(&sidecar);
+    let token = |sub: &str| {
+        key.sign(&json!({
+            "iss": env["FLEX_AUTH_ISSUER"], "aud": env["FLEX_AUTH_AUDIENCE"], "sub": sub,
+            "exp": jwt::now() + 300, "iat": jwt::now(),
+        }))
+    };
+    let mint = |sub: Option<&str>| {
+        let auth = sub.map(|s| format!("Bearer {}", token(s)));
+        async move {
+            let mut headers = vec![("content-type", "application/json")];
+            if let Some(auth) = &auth {
+                headers.push(("authorization", auth.as_str()));
+            }
+            send(
+                envoy,
+                Method::POST,
+                "/v1/mint-aws-creds",
+                &headers,
+                r#"{"role": "aws:demo-readonly", "ttl_hours": 1}"#,
+            )
+            .await
+        }
+    };
+    let allowed = mint(Some("agent-demo")).await;
+    assert_eq!(allowed.status, 200, "{:?}", allowed.body);
+    let id = upstream.last().headers["x-flex-auth-decision-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let denied = mint(Some("agent-blocked")).await;
+    assert_eq!(denied.status, 403);
+    assert_eq!(denied.json()["reasons"], json!(["actor_suspended"]));
+    assert_eq!(mint(None).await.status, 401);
+    let health = send(envoy, Method::GET, "/healthz", &[], "").await;
+    assert_eq!(health.status, 200, "the public route");
+    assert_eq!(
+        upstream.count(),
+        2,
+        "only the allowed requests reached the broker"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines = support::envoy::access_log(dir.path());
+        if let Some(line) = lines
+            .iter()
+            .find(|l| l["flex_auth_decision_id"] == json!(id))
+        {
+            assert_eq!(line["flex_auth_decision"], "allow");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access log line with {id}: {lines:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// `helm`, when this machine has it: .ci/run installs it and sets CI, which makes it required;

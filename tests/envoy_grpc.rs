@@ -19,14 +19,14 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use support::broker::Upstream;
+use support::envoy;
 use support::{free_port, repo_path, send, Reply};
 
 const ROUTES: &str = r#"
@@ -54,132 +54,6 @@ routes:
 "#;
 
 const MINT_BODY: &str = r#"{"role": "aws:demo-readonly", "ttl_hours": 1}"#;
-
-/// Kills the process when dropped (a failed assertion must not leave Envoy running).
-struct Killed(Option<Child>);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        if let Some(child) = self.0.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn envoy_config(
-    dir: &Path,
-    listen: u16,
-    admin: u16,
-    flex_auth: u16,
-    upstream: SocketAddr,
-    failure_mode_allow: bool,
-) -> PathBuf {
-    let access_log = dir.join("access.log");
-    let config = format!(
-        r#"
-admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
-static_resources:
-  listeners:
-  - name: ingress
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listen} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress
-          access_log:
-          - name: envoy.access_loggers.file
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-              path: {access_log}
-              log_format:
-                json_format:
-                  path: "%REQ(:PATH)%"
-                  status: "%RESPONSE_CODE%"
-                  decision: "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:decision)%"
-                  decision_id: "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:decision_id)%"
-                  reasons: "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:reasons)%"
-          route_config:
-            virtual_hosts:
-            - name: broker
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: "/" }}
-                route: {{ cluster: broker }}
-          http_filters:
-          - name: envoy.filters.http.ext_authz
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
-              transport_api_version: V3
-              failure_mode_allow: {failure_mode_allow}
-              failure_mode_allow_header_add: {failure_mode_allow}
-              with_request_body: {{ max_request_bytes: 16384, allow_partial_message: false }}
-              grpc_service:
-                envoy_grpc: {{ cluster_name: flex_auth }}
-                timeout: 1s
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: broker
-    type: STATIC
-    load_assignment:
-      cluster_name: broker
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream_port} }} }} }} }}] }}]
-  - name: flex_auth
-    type: STATIC
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: flex_auth
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {flex_auth} }} }} }} }}] }}]
-"#,
-        access_log = access_log.display(),
-        upstream_port = upstream.port(),
-    );
-    let path = dir.join("envoy.yaml");
-    std::fs::write(&path, config).unwrap();
-    path
-}
-
-/// Start Envoy and wait (bounded) until its listener accepts.
-async fn start_envoy(envoy: &Path, config: &Path, dir: &Path, listen: u16) -> Killed {
-    let log = std::fs::File::create(dir.join("envoy.log")).unwrap();
-    let child = Command::new(envoy)
-        .args(["-c"])
-        .arg(config)
-        .args([
-            "--log-level",
-            "warn",
-            "--concurrency",
-            "1",
-            "--use-dynamic-base-id",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let envoy = Killed(Some(child));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(("127.0.0.1", listen))
-        .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "Envoy did not listen within 30s: {}",
-            std::fs::read_to_string(dir.join("envoy.log")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    envoy
-}
 
 struct Run {
     envoy: SocketAddr,
@@ -232,11 +106,7 @@ impl Run {
     }
 
     fn access_log(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.dir.path().join("access.log"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        envoy::access_log(self.dir.path())
     }
 }
 
@@ -280,19 +150,22 @@ async fn ext_authz_through_envoy(failure_mode_allow: bool) {
         "--poll-interval",
         "200ms",
     ]);
-    let mut flex_auth = Killed(Some(flex_auth));
+    let mut flex_auth = envoy::Killed(Some(flex_auth));
     let api: SocketAddr = api.parse().unwrap();
     let upstream = Upstream::start().await;
     let (listen, admin) = (free_port(), free_port());
-    let config = envoy_config(
+    let config = envoy::config(
         dir.path(),
         listen,
         admin,
         grpc_port,
         upstream.addr,
-        failure_mode_allow,
+        &envoy::ExtAuthz {
+            failure_mode_allow,
+            ..envoy::ExtAuthz::default()
+        },
     );
-    let _envoy = start_envoy(&envoy_bin, &config, dir.path(), listen).await;
+    let _envoy = envoy::start(&envoy_bin, &config, dir.path(), listen).await;
     let run = Run {
         envoy: SocketAddr::from(([127, 0, 0, 1], listen)),
         dir,

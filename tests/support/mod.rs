@@ -19,6 +19,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 pub mod broker;
+pub mod envoy;
 pub mod jwt;
 pub mod tls;
 
