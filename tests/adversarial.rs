@@ -1,5 +1,6 @@
 //! The attacks a hostile client (or a hostile disk) tries, kept as regression tests over real
-//! sockets and real files: duplicate JSON keys at any depth, a body read as another type than it
+//! sockets and real files: duplicate JSON keys at any depth, a query parameter or header given
+//! twice, a body read as another type than it
 //! declares, forwarding headers the upstream trusts, AuthZEN properties that rewrite the
 //! registry, silent connections at the connection limit, and a decision log whose directory is
 //! deleted or whose disk fills up.
@@ -221,6 +222,88 @@ async fn a_body_route_reads_only_json_that_says_it_is_json_and_never_a_duplicate
     )
     .await;
     assert_eq!(reply.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_query_parameter_or_header_the_route_reads_given_twice_is_refused_on_every_surface() {
+    // flex-auth would decide on one `role`, the upstream's framework may read the other.
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::ed25519("ed-1");
+    let upstream = Upstream::start().await;
+    let routes = flex_auth::routes::Routes::parse(
+        "routes:\n  - {method: GET, path: '/v1/creds/{actor}', action: mint, \
+         resource: {type: Actor, id: {path: actor}}, context: {role: {query: role}}}\n  \
+         - {method: GET, path: '/v1/by-header/{actor}', action: mint, \
+         resource: {type: Actor, id: {path: actor}}, context: {role: {header: x-role}}}",
+    )
+    .unwrap();
+    let broker = support::broker::broker_with_routes(
+        support::broker::jwks_file(&dir, &[&key]),
+        upstream.addr,
+        AuditLog::off(),
+        routes,
+    )
+    .await;
+    let bearer = format!(
+        "Bearer {}",
+        key.sign(&jwt::claims("agent-demo", ISSUER, AUDIENCE))
+    );
+    let auth = ("authorization", bearer.as_str());
+    let role = "aws:demo-readonly";
+    // Once: allowed, on the proxy and on forward-auth.
+    let once = format!("/v1/creds/agent-demo?role={role}");
+    let reply = send(broker.proxy, Method::GET, &once, &[auth], "").await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = send(
+        broker.proxy,
+        Method::GET,
+        "/v1/by-header/agent-demo",
+        &[auth, ("x-role", role)],
+        "",
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(upstream.count(), 2);
+    // Twice — the same value, another value, a percent-encoded spelling of the name — refused.
+    for query in [
+        format!("role={role}&role={role}"),
+        format!("role={role}&role=aws:admin"),
+        format!("role=aws:admin&%72ole={role}"),
+    ] {
+        let uri = format!("/v1/creds/agent-demo?{query}");
+        let reply = send(broker.proxy, Method::GET, &uri, &[auth], "").await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{query}");
+        let text = String::from_utf8_lossy(&reply.body);
+        assert!(text.contains("more than once"), "{query}: {text}");
+        let reply = broker
+            .api
+            .send(
+                Method::GET,
+                "/v1/authz/nginx",
+                &[
+                    auth,
+                    ("x-original-uri", uri.as_str()),
+                    ("x-original-method", "GET"),
+                ],
+                String::new(),
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "forward-auth {query}"
+        );
+    }
+    let reply = send(
+        broker.proxy,
+        Method::GET,
+        "/v1/by-header/agent-demo",
+        &[auth, ("x-role", role), ("x-role", "aws:admin")],
+        "",
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(upstream.count(), 2, "nothing forwarded");
 }
 
 #[tokio::test]

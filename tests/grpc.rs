@@ -1334,7 +1334,9 @@ impl Described {
         let one_valid_credential =
             self.credential == Credential::Demo && credentials == [&format!("Bearer {token}")];
         let one_list = !self.both_lists || sent.is_empty();
-        one_list && (public || one_valid_credential)
+        // A query parameter a route reads, given twice, is refused (parameter pollution).
+        let polluted = self.path.matches("role=").count() > 1;
+        one_list && !polluted && (public || one_valid_credential)
     }
 }
 

@@ -55,19 +55,37 @@ fn resolve(
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| Value::String(v.clone())),
-        Source::Query(name) => inputs.query.and_then(|q| {
-            form_urlencoded::parse(q.as_bytes())
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| Value::String(v.into_owned()))
-        }),
-        Source::Header(name) => match inputs.headers.get(name.as_str()) {
-            Some(v) => Some(Value::String(
-                v.to_str()
-                    .map_err(|_| input_error(field, spec, "is not ASCII text"))?
-                    .to_owned(),
-            )),
-            None => None,
-        },
+        // A name given twice is refused, not resolved to one of its values: the upstream may
+        // read the other one (parameter pollution), and the decision would be about a request
+        // it does not serve.
+        Source::Query(name) => {
+            let mut values = inputs
+                .query
+                .into_iter()
+                .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v);
+            match (values.next(), values.next()) {
+                (Some(_), Some(_)) => {
+                    return Err(input_error(field, spec, "is given more than once"))
+                }
+                (value, _) => value.map(|v| Value::String(v.into_owned())),
+            }
+        }
+        Source::Header(name) => {
+            let mut values = inputs.headers.get_all(name.as_str()).iter();
+            match (values.next(), values.next()) {
+                (Some(_), Some(_)) => {
+                    return Err(input_error(field, spec, "is given more than once"))
+                }
+                (Some(v), None) => Some(Value::String(
+                    v.to_str()
+                        .map_err(|_| input_error(field, spec, "is not ASCII text"))?
+                        .to_owned(),
+                )),
+                (None, _) => None,
+            }
+        }
         Source::Claim(name) => inputs.claims.get(name).cloned(),
         Source::Body(pointer) => inputs.body.and_then(|b| b.pointer(pointer)).cloned(),
         Source::Value(v) => Some(v.clone()),
@@ -160,5 +178,44 @@ mod tests {
             .extract(&params, &inputs)
             .unwrap_err();
         assert_eq!(e.field, "resource.id");
+    }
+
+    #[test]
+    fn a_query_parameter_or_header_given_twice_is_refused() {
+        let routes = Routes::parse(
+            "routes:\n  - {method: GET, path: /a, action: r, resource: {type: T, id: {query: id}}, \
+             context: {tenant: {header: x-tenant}}}",
+        )
+        .unwrap();
+        let (route, params) = routes.find(&http::Method::GET, "/a").unwrap().unwrap();
+        let check = route.check.as_ref().unwrap();
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-tenant", "t1".parse().unwrap());
+        let claims = Map::new();
+        let inputs = |query| Inputs {
+            query: Some(query),
+            headers: &headers,
+            claims: &claims,
+            body: None,
+        };
+        assert_eq!(check.extract(&params, &inputs("id=a")).unwrap().0, "a");
+        // Twice, also when one spelling is percent-encoded: neither value is picked.
+        for query in ["id=a&id=b", "id=a&%69d=b", "id=a&id=a"] {
+            let e = check.extract(&params, &inputs(query)).unwrap_err();
+            assert_eq!(e.field, "resource.id", "{query}");
+            assert!(e.to_string().contains("more than once"), "{e}");
+        }
+        let mut twice = headers.clone();
+        twice.append("x-tenant", "t2".parse().unwrap());
+        let e = check
+            .extract(
+                &params,
+                &Inputs {
+                    headers: &twice,
+                    ..inputs("id=a")
+                },
+            )
+            .unwrap_err();
+        assert_eq!(e.field, "context.tenant");
     }
 }
