@@ -1471,3 +1471,160 @@ fn arbitrary_and_corrupted_messages_are_denied_unless_they_still_say_the_same() 
         })
         .unwrap();
 }
+
+/// A request body fed from a channel: each message is a data frame, a closed channel ends it.
+struct Fed(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for Fed {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|bytes| bytes.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+/// SIGTERM with a check in flight on the gRPC listener: the check still gets its decision, an
+/// idle HTTP/2 connection is closed, new connections are refused, and the process exits 0.
+#[test]
+fn sigterm_drains_an_in_flight_check_and_closes_idle_grpc_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::ed25519("k1");
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, support::jwt::jwks(&[&key]).to_string()).unwrap();
+    let routes = dir.path().join("routes.yaml");
+    std::fs::write(&routes, ROUTES).unwrap();
+    let grpc: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+        .parse()
+        .unwrap();
+    let (child, _api) = support::spawn_binary(&[
+        "--policy",
+        "deploy/examples/broker/policy.cedar",
+        "--registry",
+        "deploy/examples/broker/registry.json",
+        "--routes",
+        routes.to_str().unwrap(),
+        "--jwks",
+        jwks.to_str().unwrap(),
+        "--issuer",
+        ISSUER,
+        "--audience",
+        AUDIENCE,
+        "--grpc-listen",
+        &grpc.to_string(),
+        "--shutdown-grace",
+        "8s",
+    ]);
+    let mut child = support::envoy::Killed(Some(child));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let message =
+        framed(&mint(&key.sign(&claims("agent-demo", ISSUER, AUDIENCE)), &[]).encode_to_vec());
+    let (feed, in_flight, idle) = runtime.block_on(async {
+        support::eventually("the gRPC listener accepts", async || {
+            tokio::net::TcpStream::connect(grpc).await.is_ok()
+        })
+        .await;
+        // An idle connection: handshake done, no stream.
+        let stream = tokio::net::TcpStream::connect(grpc).await.unwrap();
+        let (_idle_sender, idle) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+            TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        let idle = tokio::spawn(idle);
+        // A check whose message is half sent.
+        let stream = tokio::net::TcpStream::connect(grpc).await.unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let mut health_sender = sender.clone();
+        let (feed, body) = tokio::sync::mpsc::channel(2);
+        feed.send(message.slice(..10)).await.unwrap();
+        let request = http::Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://flex-auth{CHECK_PATH}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Fed(body))
+            .unwrap();
+        // Queued on the connection now (hyper's `send_request` dispatches before it is polled),
+        // so it is the connection's first stream.
+        let response = sender.send_request(request);
+        let in_flight = tokio::spawn(async move {
+            let response = response.await.unwrap();
+            let status = response.status();
+            let headers = response.headers().clone();
+            let collected = response.into_body().collect().await.unwrap();
+            let trailers = collected.trailers().cloned();
+            Call {
+                status,
+                headers,
+                body: collected.to_bytes(),
+                trailers,
+            }
+        });
+        // The call's head has reached the server once a health check sent after it on the same
+        // connection is answered (frames of one connection are written and read in order).
+        let (health_feed, health_body) = tokio::sync::mpsc::channel(1);
+        health_feed.send(framed(&[])).await.unwrap();
+        drop(health_feed);
+        let health = http::Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://flex-auth{HEALTH_CHECK_PATH}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Fed(health_body))
+            .unwrap();
+        let answered = tokio::time::timeout(DEADLINE, health_sender.send_request(health))
+            .await
+            .expect("the health check is answered")
+            .unwrap();
+        assert_eq!(answered.status(), StatusCode::OK);
+        (feed, in_flight, idle)
+    });
+    let signalled = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.0.as_ref().unwrap().id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    runtime.block_on(async {
+        // The idle connection is closed (GOAWAY), not held open until the grace.
+        tokio::time::timeout(Duration::from_secs(3), idle)
+            .await
+            .expect("the idle connection is closed at once")
+            .unwrap()
+            .unwrap();
+        support::eventually("new connections are refused", async || {
+            tokio::net::TcpStream::connect(grpc).await.is_err()
+        })
+        .await;
+        // The rest of the message: the check is decided and answered.
+        feed.send(message.slice(10..)).await.unwrap();
+        drop(feed);
+        let answer = tokio::time::timeout(DEADLINE, in_flight)
+            .await
+            .expect("the in-flight check is answered")
+            .unwrap();
+        let (headers, _) = allowed(&decode_answer(&answer));
+        assert!(is_decision_id(&headers["x-flex-auth-decision-id"]));
+    });
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let exit = loop {
+        if let Some(exit) = child.0.as_mut().unwrap().try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "did not exit after the drain");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(exit.code(), Some(0), "a clean drain exits 0");
+    assert!(signalled.elapsed() < Duration::from_secs(8));
+}
