@@ -1489,10 +1489,9 @@ impl hyper::body::Body for Fed {
     }
 }
 
-/// SIGTERM with a check in flight on the gRPC listener: the check still gets its decision, an
-/// idle HTTP/2 connection is closed, new connections are refused, and the process exits 0.
-#[test]
-fn sigterm_drains_an_in_flight_check_and_closes_idle_grpc_connections() {
+/// The real binary on the shipped broker policy and registry with `--grpc-listen` on a free
+/// port (waited for) and `extra` flags: the process, the gRPC address, the token key.
+fn binary(extra: &[&str]) -> (std::process::Child, SocketAddr, TestKey, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let key = TestKey::ed25519("k1");
     let jwks = dir.path().join("jwks.json");
@@ -1502,7 +1501,8 @@ fn sigterm_drains_an_in_flight_check_and_closes_idle_grpc_connections() {
     let grpc: SocketAddr = format!("127.0.0.1:{}", support::free_port())
         .parse()
         .unwrap();
-    let (child, _api) = support::spawn_binary(&[
+    let grpc_listen = grpc.to_string();
+    let mut args = vec![
         "--policy",
         "deploy/examples/broker/policy.cedar",
         "--registry",
@@ -1516,19 +1516,69 @@ fn sigterm_drains_an_in_flight_check_and_closes_idle_grpc_connections() {
         "--audience",
         AUDIENCE,
         "--grpc-listen",
-        &grpc.to_string(),
-        "--shutdown-grace",
-        "8s",
-    ]);
+        &grpc_listen,
+    ];
+    args.extend_from_slice(extra);
+    let (child, _api) = support::spawn_binary(&args);
+    let deadline = Instant::now() + DEADLINE;
+    while std::net::TcpStream::connect(grpc).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the gRPC listener never accepted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, grpc, key, dir)
+}
+
+/// What the listener advertises in its HTTP/2 SETTINGS as the most concurrent streams.
+async fn advertised_streams(grpc: SocketAddr) -> usize {
+    let stream = tokio::net::TcpStream::connect(grpc).await.unwrap();
+    let (sender, mut connection) = h2::client::handshake(stream).await.unwrap();
+    // The server's SETTINGS arrive as the connection is driven; the client's idea of the limit
+    // changes from "unlimited" to the server's value then.
+    let mut sender = sender.ready().await.unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let _ = tokio::time::timeout(Duration::from_millis(20), &mut connection).await;
+        sender = sender.ready().await.unwrap();
+        let max = sender.current_max_send_streams();
+        if max != usize::MAX {
+            return max;
+        }
+        assert!(Instant::now() < deadline, "no SETTINGS from the server");
+    }
+}
+
+/// `--grpc-max-concurrent-streams` is what the listener advertises in its HTTP/2 SETTINGS (the
+/// server's HTTP/2 layer refuses streams past it); 1024 without the flag.
+#[test]
+fn the_grpc_listener_advertises_its_concurrent_stream_limit() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for (extra, expected) in [
+        (&["--grpc-max-concurrent-streams", "3"][..], 3),
+        (&[][..], 1024),
+    ] {
+        let (child, grpc, _key, _dir) = binary(extra);
+        let _child = support::envoy::Killed(Some(child));
+        assert_eq!(
+            runtime.block_on(advertised_streams(grpc)),
+            expected,
+            "{extra:?}"
+        );
+    }
+}
+
+/// SIGTERM with a check in flight on the gRPC listener: the check still gets its decision, an
+/// idle HTTP/2 connection is closed, new connections are refused, and the process exits 0.
+#[test]
+fn sigterm_drains_an_in_flight_check_and_closes_idle_grpc_connections() {
+    let (child, grpc, key, _dir) = binary(&["--shutdown-grace", "8s"]);
     let mut child = support::envoy::Killed(Some(child));
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let message =
         framed(&mint(&key.sign(&claims("agent-demo", ISSUER, AUDIENCE)), &[]).encode_to_vec());
     let (feed, in_flight, idle) = runtime.block_on(async {
-        support::eventually("the gRPC listener accepts", async || {
-            tokio::net::TcpStream::connect(grpc).await.is_ok()
-        })
-        .await;
         // An idle connection: handshake done, no stream.
         let stream = tokio::net::TcpStream::connect(grpc).await.unwrap();
         let (_idle_sender, idle) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
