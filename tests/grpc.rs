@@ -290,6 +290,15 @@ async fn send_call(
     headers: &[(&str, &str)],
     body: Bytes,
 ) -> Call {
+    let response = sender
+        .send_request(grpc_request(path, headers, Full::new(body)))
+        .await
+        .unwrap();
+    read_call(response).await
+}
+
+/// A gRPC call's request to `path` with `body` as it is.
+fn grpc_request<B>(path: &str, headers: &[(&str, &str)], body: B) -> http::Request<B> {
     let mut builder = http::Request::builder()
         .method(Method::POST)
         .uri(format!("http://flex-auth{path}"))
@@ -298,10 +307,11 @@ async fn send_call(
     for (name, value) in headers {
         builder = builder.header(*name, *value);
     }
-    let response = sender
-        .send_request(builder.body(Full::new(body)).unwrap())
-        .await
-        .unwrap();
+    builder.body(body).unwrap()
+}
+
+/// The whole answer to a call.
+async fn read_call(response: http::Response<hyper::body::Incoming>) -> Call {
     let status = response.status();
     let headers = response.headers().clone();
     let collected = response.into_body().collect().await.unwrap();
@@ -1085,50 +1095,22 @@ async fn a_body_that_never_ends_is_denied_within_the_callers_deadline() {
             .await
             .unwrap();
     tokio::spawn(connection);
-    // The first bytes of a message, then nothing: the stream stays open.
-    let body = Stalled(Some(Bytes::from_static(b"\x00\x00\x00\x01")));
-    let request = http::Request::builder()
-        .method(Method::POST)
-        .uri(format!("http://flex-auth{CHECK_PATH}"))
-        .header("content-type", "application/grpc")
-        .header("grpc-timeout", "200m")
-        .body(body)
+    // The first bytes of a message, then nothing: the stream stays open while `feed` lives.
+    let (feed, body) = tokio::sync::mpsc::channel(1);
+    feed.send(Bytes::from_static(b"\x00\x00\x00\x01"))
+        .await
         .unwrap();
+    let request = grpc_request(CHECK_PATH, &[("grpc-timeout", "200m")], Fed(body));
     let started = Instant::now();
     let response = tokio::time::timeout(DEADLINE, async {
-        let response = sender.send_request(request).await.unwrap();
-        let collected = response.into_body().collect().await.unwrap();
-        let trailers = collected.trailers().cloned();
-        Call {
-            status: StatusCode::OK,
-            headers: HeaderMap::new(),
-            body: collected.to_bytes(),
-            trailers,
-        }
+        read_call(sender.send_request(request).await.unwrap()).await
     })
     .await
     .unwrap();
     assert!(started.elapsed() < Duration::from_millis(400));
     let deny = denied(&CheckResponse::decode(response.message()).unwrap());
     assert_eq!(deny.body["error"]["code"], "deadline_exceeded");
-}
-
-/// A request body that sends its first bytes and then never ends.
-struct Stalled(Option<Bytes>);
-
-impl hyper::body::Body for Stalled {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        match self.0.take() {
-            Some(bytes) => std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(bytes)))),
-            None => std::task::Poll::Pending,
-        }
-    }
+    drop(feed);
 }
 
 /// What a generated check carries: each part from a small set of values that matter (valid,
@@ -1598,41 +1580,16 @@ fn sigterm_drains_an_in_flight_check_and_closes_idle_grpc_connections() {
         let mut health_sender = sender.clone();
         let (feed, body) = tokio::sync::mpsc::channel(2);
         feed.send(message.slice(..10)).await.unwrap();
-        let request = http::Request::builder()
-            .method(Method::POST)
-            .uri(format!("http://flex-auth{CHECK_PATH}"))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(Fed(body))
-            .unwrap();
         // Queued on the connection now (hyper's `send_request` dispatches before it is polled),
         // so it is the connection's first stream.
-        let response = sender.send_request(request);
-        let in_flight = tokio::spawn(async move {
-            let response = response.await.unwrap();
-            let status = response.status();
-            let headers = response.headers().clone();
-            let collected = response.into_body().collect().await.unwrap();
-            let trailers = collected.trailers().cloned();
-            Call {
-                status,
-                headers,
-                body: collected.to_bytes(),
-                trailers,
-            }
-        });
+        let response = sender.send_request(grpc_request(CHECK_PATH, &[], Fed(body)));
+        let in_flight = tokio::spawn(async move { read_call(response.await.unwrap()).await });
         // The call's head has reached the server once a health check sent after it on the same
         // connection is answered (frames of one connection are written and read in order).
         let (health_feed, health_body) = tokio::sync::mpsc::channel(1);
         health_feed.send(framed(&[])).await.unwrap();
         drop(health_feed);
-        let health = http::Request::builder()
-            .method(Method::POST)
-            .uri(format!("http://flex-auth{HEALTH_CHECK_PATH}"))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(Fed(health_body))
-            .unwrap();
+        let health = grpc_request(HEALTH_CHECK_PATH, &[], Fed(health_body));
         let answered = tokio::time::timeout(DEADLINE, health_sender.send_request(health))
             .await
             .expect("the health check is answered")
