@@ -56,15 +56,7 @@ wait_port() {
   return 1
 }
 
-cat >"$work/routes.yaml" <<'YAML'
-routes:
-  - name: creds
-    method: GET
-    path: /v1/creds/{actor}
-    action: mint
-    resource: { type: Actor, id: { path: actor } }
-    context: { role: { query: role } }
-YAML
+cp scripts/lib/creds-routes.yaml "$work/routes.yaml"
 token=$(python3 deploy/examples/broker/mint-demo-token.py agent-demo)
 printf 'wrk.method = "GET"\nwrk.headers["Authorization"] = "Bearer %s"\n' "$token" >"$work/get.lua"
 path="/v1/creds/agent-demo?role=aws:demo-readonly"

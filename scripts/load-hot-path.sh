@@ -83,15 +83,7 @@ cat >"$work/entities.json" <<'JSON'
   {"uid": {"type": "Subject", "id": "alice"}, "attrs": {}, "parents": []}
 ]
 JSON
-cat >"$work/routes.yaml" <<'YAML'
-routes:
-  - name: creds
-    method: GET
-    path: /v1/creds/{actor}
-    action: mint
-    resource: { type: Actor, id: { path: actor } }
-    context: { role: { query: role } }
-YAML
+cp scripts/lib/creds-routes.yaml "$work/routes.yaml"
 ed_token=$(eddsa_token "$work" agent-demo)
 hs_token=$(python3 deploy/examples/broker/mint-demo-token.py agent-demo)
 path="/v1/creds/agent-demo?role=aws:demo-readonly"

@@ -33,15 +33,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cat >"$work/routes.yaml" <<'YAML'
-routes:
-  - name: creds
-    method: GET
-    path: /v1/creds/{actor}
-    action: mint
-    resource: { type: Actor, id: { path: actor } }
-    context: { role: { query: role } }
-YAML
+cp scripts/lib/creds-routes.yaml "$work/routes.yaml"
 b64() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
 # An Ed25519 key, its JWKS, and an EdDSA token signed with openssl (no Python crypto needed).
 openssl genpkey -algorithm ed25519 -out "$work/ed.pem" 2>/dev/null

@@ -59,15 +59,7 @@ wait_ready() {
   return 1
 }
 
-cat >"$work/routes.yaml" <<'YAML'
-routes:
-  - name: creds
-    method: GET
-    path: /v1/creds/{actor}
-    action: mint
-    resource: { type: Actor, id: { path: actor } }
-    context: { role: { query: role } }
-YAML
+cp scripts/lib/creds-routes.yaml "$work/routes.yaml"
 token=$(python3 deploy/examples/broker/mint-demo-token.py agent-demo)
 ed_token=$(eddsa_token "$work" agent-demo)
 get_lua() { printf 'wrk.method = "GET"\nwrk.headers["Authorization"] = "Bearer %s"\n' "$1" >"$2"; }
