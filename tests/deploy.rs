@@ -151,6 +151,20 @@ fn env_of(container: &Value) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// Tokens `sidecar` accepts: HS256 with the example's `broker-hs256` secret, its issuer and
+/// audience, valid for five minutes.
+fn demo_tokens(objects: &Objects, sidecar: &Value) -> impl Fn(&str) -> String {
+    let secret = objects.secrets["broker-hs256"]["hs256.secret"].clone();
+    let key = jwt::TestKey::hs256(secret.strip_suffix('\n').unwrap_or(&secret).as_bytes());
+    let env = env_of(sidecar);
+    move |sub: &str| {
+        key.sign(&json!({
+            "iss": env["FLEX_AUTH_ISSUER"], "aud": env["FLEX_AUTH_AUDIENCE"], "sub": sub,
+            "exp": jwt::now() + 300, "iat": jwt::now(),
+        }))
+    }
+}
+
 fn is_flex_auth(container: &Value) -> bool {
     container["name"] == "flex-auth"
 }
@@ -615,15 +629,7 @@ async fn the_broker_sidecar_of_deploy_lets_through_only_what_the_policy_allows()
     );
     wait_ready(running.main).await;
     let proxy = running.proxy.unwrap();
-    let secret = objects.secrets["broker-hs256"]["hs256.secret"].clone();
-    let key = jwt::TestKey::hs256(secret.strip_suffix('\n').unwrap_or(&secret).as_bytes());
-    let env = env_of(&sidecar);
-    let token = |sub: &str| {
-        key.sign(&json!({
-            "iss": env["FLEX_AUTH_ISSUER"], "aud": env["FLEX_AUTH_AUDIENCE"], "sub": sub,
-            "exp": jwt::now() + 300, "iat": jwt::now(),
-        }))
-    };
+    let token = demo_tokens(&objects, &sidecar);
     let mint = |sub: &str| {
         let auth = format!("Bearer {}", token(sub));
         async move {
@@ -787,15 +793,7 @@ async fn the_istio_example_sidecar_decides_for_envoy_configured_from_its_provide
     let _envoy = support::envoy::start(&envoy_bin, &config, dir.path(), listen).await;
     let envoy = SocketAddr::from(([127, 0, 0, 1], listen));
 
-    let secret = objects.secrets["broker-hs256"]["hs256.secret"].clone();
-    let key = jwt::TestKey::hs256(secret.strip_suffix('\n').unwrap_or(&secret).as_bytes());
-    let env = env_of(&sidecar);
-    let token = |sub: &str| {
-        key.sign(&json!({
-            "iss": env["FLEX_AUTH_ISSUER"], "aud": env["FLEX_AUTH_AUDIENCE"], "sub": sub,
-            "exp": jwt::now() + 300, "iat": jwt::now(),
-        }))
-    };
+    let token = demo_tokens(&objects, &sidecar);
     let mint = |sub: Option<&str>| {
         let auth = sub.map(|s| format!("Bearer {}", token(s)));
         async move {
