@@ -264,11 +264,13 @@ async fn a_query_parameter_or_header_the_route_reads_given_twice_is_refused_on_e
     .await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     assert_eq!(upstream.count(), 2);
-    // Twice — the same value, another value, a percent-encoded spelling of the name — refused.
+    // Twice — the same value, another value, a percent-encoded or upper-case spelling of the
+    // name — refused.
     for query in [
         format!("role={role}&role={role}"),
         format!("role={role}&role=aws:admin"),
         format!("role=aws:admin&%72ole={role}"),
+        format!("role={role}&ROLE=aws:admin"),
     ] {
         let uri = format!("/v1/creds/agent-demo?{query}");
         let reply = send(broker.proxy, Method::GET, &uri, &[auth], "").await;

@@ -1156,6 +1156,7 @@ fn described() -> impl proptest::strategy::Strategy<Value = Described> {
         Just("/v1/mint-aws-creds".to_owned()),
         Just("/v1/mint?role=aws:demo-readonly".to_owned()),
         Just("/v1/mint?role=aws:demo-readonly&role=aws:admin".to_owned()),
+        Just("/v1/mint?role=aws:demo-readonly&ROLE=aws:admin".to_owned()),
         Just("/healthz".to_owned()),
         Just("/v1/mint-aws-creds?".to_owned()),
         Just("//v1/mint-aws-creds".to_owned()),
@@ -1316,8 +1317,9 @@ impl Described {
         let one_valid_credential =
             self.credential == Credential::Demo && credentials == [&format!("Bearer {token}")];
         let one_list = !self.both_lists || sent.is_empty();
-        // A query parameter a route reads, given twice, is refused (parameter pollution).
-        let polluted = self.path.matches("role=").count() > 1;
+        // A query parameter a route reads, given twice (in any case), is refused (parameter
+        // pollution).
+        let polluted = self.path.to_ascii_lowercase().matches("role=").count() > 1;
         one_list && !polluted && (public || one_valid_credential)
     }
 }

@@ -57,19 +57,29 @@ fn resolve(
             .map(|(_, v)| Value::String(v.clone())),
         // A name given twice is refused, not resolved to one of its values: the upstream may
         // read the other one (parameter pollution), and the decision would be about a request
-        // it does not serve.
+        // it does not serve. Some frameworks read query names regardless of case, so `ROLE`
+        // counts as `role` — and is refused on its own too, since either reading is possible.
         Source::Query(name) => {
             let mut values = inputs
                 .query
                 .into_iter()
                 .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
-                .filter(|(k, _)| k == name)
-                .map(|(_, v)| v);
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name));
             match (values.next(), values.next()) {
                 (Some(_), Some(_)) => {
                     return Err(input_error(field, spec, "is given more than once"))
                 }
-                (value, _) => value.map(|v| Value::String(v.into_owned())),
+                (Some((key, _)), None) if key != name.as_str() => {
+                    return Err(input_error(
+                        field,
+                        spec,
+                        &format!(
+                            "is spelled `{}`: the route reads `{name}` exactly",
+                            key.escape_debug()
+                        ),
+                    ))
+                }
+                (value, _) => value.map(|(_, v)| Value::String(v.into_owned())),
             }
         }
         Source::Header(name) => {
@@ -200,11 +210,20 @@ mod tests {
         };
         assert_eq!(check.extract(&params, &inputs("id=a")).unwrap().0, "a");
         // Twice, also when one spelling is percent-encoded: neither value is picked.
-        for query in ["id=a&id=b", "id=a&%69d=b", "id=a&id=a"] {
+        for query in [
+            "id=a&id=b",
+            "id=a&%69d=b",
+            "id=a&id=a",
+            "id=a&ID=b",
+            "iD=b&id=a",
+        ] {
             let e = check.extract(&params, &inputs(query)).unwrap_err();
             assert_eq!(e.field, "resource.id", "{query}");
             assert!(e.to_string().contains("more than once"), "{e}");
         }
+        // Another spelling alone: a case-insensitive reader would take it, an exact one not.
+        let e = check.extract(&params, &inputs("Id=b")).unwrap_err();
+        assert!(e.to_string().contains("is spelled `Id`"), "{e}");
         let mut twice = headers.clone();
         twice.append("x-tenant", "t2".parse().unwrap());
         let e = check
