@@ -268,15 +268,26 @@ fn framed(message: &[u8]) -> Bytes {
     body.freeze()
 }
 
+/// An HTTP/2 client on `stream`, its connection driven in the background.
+async fn h2_client<S, B>(stream: S) -> hyper::client::conn::http2::SendRequest<B>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
 /// One HTTP/2 call on a fresh connection with `body` as it is (a framed message, or not).
 async fn call(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: Bytes) -> Call {
     let exchange = async {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(connection);
+        let mut sender = h2_client(tokio::net::TcpStream::connect(addr).await.unwrap()).await;
         send_call(&mut sender, path, headers, body).await
     };
     tokio::time::timeout(DEADLINE, exchange)
@@ -1061,12 +1072,7 @@ async fn with_client_certificates_only_allowed_callers_get_decisions() {
             let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
             let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
             let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-            let stream = connector.connect(name, tcp).await.unwrap();
-            let (mut sender, connection) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                    .await
-                    .unwrap();
-            tokio::spawn(connection);
+            let mut sender = h2_client(connector.connect(name, tcp).await.unwrap()).await;
             let check = send_call(&mut sender, CHECK_PATH, &[], body).await;
             let health = send_call(&mut sender, HEALTH_CHECK_PATH, &[], framed(b"")).await;
             (decode_answer(&check), health)
@@ -1089,12 +1095,7 @@ async fn with_client_certificates_only_allowed_callers_get_decisions() {
 #[tokio::test]
 async fn a_body_that_never_ends_is_denied_within_the_callers_deadline() {
     let f = fixture(Options::default()).await;
-    let stream = tokio::net::TcpStream::connect(f.grpc).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let mut sender = h2_client(tokio::net::TcpStream::connect(f.grpc).await.unwrap()).await;
     // The first bytes of a message, then nothing: the stream stays open while `feed` lives.
     let (feed, body) = tokio::sync::mpsc::channel(1);
     feed.send(Bytes::from_static(b"\x00\x00\x00\x01"))
@@ -1573,12 +1574,7 @@ fn sigterm_drains_an_in_flight_check_and_closes_idle_grpc_connections() {
         .unwrap();
         let idle = tokio::spawn(idle);
         // A check whose message is half sent.
-        let stream = tokio::net::TcpStream::connect(grpc).await.unwrap();
-        let (mut sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(connection);
+        let mut sender = h2_client(tokio::net::TcpStream::connect(grpc).await.unwrap()).await;
         let mut health_sender = sender.clone();
         let (feed, body) = tokio::sync::mpsc::channel(2);
         feed.send(message.slice(..10)).await.unwrap();

@@ -44,6 +44,15 @@ fn input_error(field: &str, spec: &ValueSpec, problem: &str) -> InputError {
     }
 }
 
+/// Whether a reader that ignores case could take query name `key` for `name`: ASCII case, and
+/// Unicode case mappings for non-ASCII names (`K` KELVIN SIGN upper-cases to `K`, `ſ` to `S`).
+fn same_query_name(key: &str, name: &str) -> bool {
+    key.eq_ignore_ascii_case(name)
+        || (!key.is_ascii()
+            && (key.to_uppercase() == name.to_uppercase()
+                || key.to_lowercase() == name.to_lowercase()))
+}
+
 fn resolve(
     spec: &ValueSpec,
     params: &[(String, String)],
@@ -64,7 +73,7 @@ fn resolve(
                 .query
                 .into_iter()
                 .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
-                .filter(|(k, _)| k.eq_ignore_ascii_case(name));
+                .filter(|(k, _)| same_query_name(k, name));
             match (values.next(), values.next()) {
                 (Some(_), Some(_)) => {
                     return Err(input_error(field, spec, "is given more than once"))
@@ -236,5 +245,25 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(e.field, "context.tenant");
+    }
+
+    #[test]
+    fn query_names_match_as_a_case_insensitive_reader_would() {
+        for (key, name) in [
+            ("role", "role"),
+            ("ROLE", "role"),
+            ("ro\u{17f}e", "rose"),
+            ("\u{212a}ey", "key"),
+        ] {
+            assert!(super::same_query_name(key, name), "{key} ~ {name}");
+        }
+        for (key, name) in [
+            ("roles", "role"),
+            ("rol", "role"),
+            ("r\u{f6}le", "role"),
+            ("", "role"),
+        ] {
+            assert!(!super::same_query_name(key, name), "{key} !~ {name}");
+        }
     }
 }

@@ -21,7 +21,8 @@
 //! (`{body: /json/pointer}`) or a constant (`{value: …}`); `as: long|bool|string` converts text.
 //! A query parameter or header a route reads that the request gives more than once is refused
 //! (400), never resolved to one of its values: the upstream might read the other. Query names
-//! compare regardless of ASCII case for this, and a name only in another case is refused too.
+//! compare regardless of case for this (Unicode case mappings included), and a name only in
+//! another case is refused too.
 //!
 //! `file` reads the YAML into routes, `path` matches request paths against them, `extract` reads
 //! a matched route's values from a request.
