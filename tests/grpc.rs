@@ -1435,6 +1435,19 @@ fn arbitrary_and_corrupted_messages_are_denied_unless_they_still_say_the_same() 
             bytes
         }),
     ];
+    // Found by this test: one flipped byte in the header name (`authorIzation`) names the
+    // same header, and the check is rightly allowed.
+    let flipped = mint(&token, &[]).encode_to_vec();
+    let at = flipped
+        .windows(13)
+        .position(|w| w == b"authorization")
+        .unwrap()
+        + 6;
+    let mut flipped = flipped;
+    flipped[at] = b'I';
+    assert!(is_allow(
+        &runtime.block_on(any_answer(&f, framed(&flipped)))
+    ));
     let mut runner = TestRunner::new(Config {
         cases: 256,
         failure_persistence: None,
@@ -1446,9 +1459,17 @@ fn arbitrary_and_corrupted_messages_are_denied_unless_they_still_say_the_same() 
             if is_allow(&response) {
                 let request = CheckRequest::decode(bytes.as_slice()).unwrap();
                 let http = request.attributes.unwrap().request.unwrap().http.unwrap();
+                // Header names are case-insensitive: a flipped `authorIzation` is the same
+                // header, so an allow for it is right.
+                let credentials: Vec<_> = http
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+                    .map(|(_, v)| v)
+                    .collect();
                 assert_eq!(
-                    http.headers.get("authorization"),
-                    Some(&format!("Bearer {token}")),
+                    credentials,
+                    [&format!("Bearer {token}")],
                     "allowed without the valid credential"
                 );
             }
